@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CPU machines pin the local CPU build of torch; on a GPU machine run `make install CONSTRAINTS=`.
+CONSTRAINTS ?= constraints-cpu.txt
+CFLAG  := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+STAMP  := $(VENV)/.installed
+OUT    ?= runs/demo
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(CFLAG) torch torchvision
+	$(PY) -m pip install -q $(CFLAG) -e ".[test]"
+	# auto_LiRPA 0.3 declares torch<1.13; robustsuite.certify.lirpa_compat makes it run on torch 2.
+	$(PY) -m pip install -q --no-deps auto-lirpa==0.3
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/robustsuite train configs/digits_crown_ibp.yaml --out $(OUT)/crown_ibp
+	$(VENV)/bin/robustsuite verify $(OUT)/crown_ibp/best.pt --eps 0.1 --method ibp,crown-ibp,crown,alpha-crown --out $(OUT)/crown_ibp/verify.json
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

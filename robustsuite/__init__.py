@@ -1,0 +1,18 @@
+"""robustsuite: certified and empirical adversarial robustness for PyTorch, side by side.
+
+Images are NCHW float tensors in [0, 1]; normalization lives inside the model. Threat models
+(``LinfBall``, ``L2Ball``, ``L1Ball``, ``Box``) are shared by attacks, bounds and budgets.
+"""
+from .errors import (CheckpointError, ConfigError, DataNotFoundError, InputError, InputTypeError,
+                     RobustSuiteError, UnknownNameError, UnsupportedModelError)
+from .runtime import resolve_device, seed_everything
+from .threats import Box, L1Ball, L2Ball, LinfBall, ThreatModel, threat_from_name
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Box", "L1Ball", "L2Ball", "LinfBall", "ThreatModel", "threat_from_name",
+    "resolve_device", "seed_everything",
+    "RobustSuiteError", "ConfigError", "InputError", "InputTypeError", "UnknownNameError",
+    "UnsupportedModelError", "DataNotFoundError", "CheckpointError",
+]

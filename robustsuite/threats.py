@@ -1,0 +1,341 @@
+"""Threat models: the perturbation sets that attacks search and bounds certify.
+
+A threat model is a value. Every set is intersected with the image domain [0, 1]:
+
+* ``LinfBall(eps)``: ``{x' : ||x' - x||_inf <= eps} ∩ [0, 1]^d``
+* ``L2Ball(eps)``:   ``{x' : ||x' - x||_2   <= eps} ∩ [0, 1]^d``
+* ``L1Ball(eps)``:   ``{x' : ||x' - x||_1   <= eps} ∩ [0, 1]^d``
+* ``Box(lower, upper)``: ``{x' : lower <= x' <= upper} ∩ [0, 1]^d`` with per-element tensors, the
+  general case of a uniform L-inf ball and the set a learned budget produces.
+
+Norms are taken per sample over all of C*H*W, in pixel units of [0, 1] images. Projections are exact
+Euclidean projections onto the set intersected with [0, 1] (bisection on the single multiplier of
+the norm constraint, batched; no loop over samples).
+"""
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .errors import InputError, InputTypeError, unknown
+
+__all__ = ["ThreatModel", "LinfBall", "L2Ball", "L1Ball", "Box", "check_images", "threat_from_name"]
+
+_BISECT_STEPS = 60
+
+
+def check_images(x: Tensor, name: str = "x", *, ndim: int | None = None) -> Tensor:
+    """Check that ``x`` is a floating tensor of images in [0, 1] without NaN/inf; return it."""
+    if not isinstance(x, Tensor):
+        raise InputTypeError(f"{name}: expected a torch.Tensor of images, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(f"{name}: expected a floating tensor with values in [0, 1], got dtype {x.dtype}")
+    if ndim is not None and x.dim() != ndim:
+        raise InputError(f"{name}: expected {ndim} dimensions (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dim() < 2:
+        raise InputError(f"{name}: expected a batch (N, ...) with at least 2 dimensions, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise InputError(f"{name}: contains NaN or inf; images must be finite floats in [0, 1]")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise InputError(f"{name}: values must lie in [0, 1] (normalization belongs inside the model), "
+                         f"got range [{lo:.4g}, {hi:.4g}]")
+    return x
+
+
+def _check_eps(eps: float, field: str = "eps") -> float:
+    if isinstance(eps, Tensor):
+        if eps.numel() != 1:
+            raise InputError(f"{field}: a ball takes one scalar radius; use Box for per-element budgets")
+        eps = float(eps)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        raise InputTypeError(f"{field}: expected a number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not math.isfinite(eps) or eps < 0:
+        raise InputError(f"{field}: must be a finite number >= 0, got {eps}")
+    return eps
+
+
+def _flat_norm(d: Tensor, p: float) -> Tensor:
+    return d.flatten(1).norm(p=p, dim=1)
+
+
+def _per_sample(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+class ThreatModel(abc.ABC):
+    """Base of the perturbation sets. Subclasses implement the set-specific geometry."""
+
+    norm: ClassVar[str] = ""
+
+    # --- geometry every set supplies ------------------------------------------------------
+    @abc.abstractmethod
+    def bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Element-wise box ``(lower, upper)`` containing the set around ``x``, clipped to [0, 1].
+
+        Exact for ``LinfBall`` and ``Box``; the enclosing box for L2/L1 balls. Shapes as ``x``.
+        """
+
+    @abc.abstractmethod
+    def project(self, x: Tensor, x_adv: Tensor) -> Tensor:
+        """Exact Euclidean projection of ``x_adv`` onto the set around ``x`` intersected with [0, 1]."""
+
+    def distance(self, x: Tensor, x_adv: Tensor) -> Tensor:
+        """Per-sample distance (B,) in this set's norm (L-inf for a Box)."""
+        return _flat_norm(x_adv - x, self._p)
+
+    @abc.abstractmethod
+    def random_point(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A random point of the set around ``x`` (the random start of PGD)."""
+
+    # --- shared --------------------------------------------------------------------------
+    _p: ClassVar[float] = float("inf")
+
+    def contains(self, x: Tensor, x_adv: Tensor, atol: float = 1e-5) -> Tensor:
+        """(B,) bool: ``x_adv`` lies in the set around ``x`` and in [0, 1], up to ``atol``."""
+        in_unit = ((x_adv >= -atol) & (x_adv <= 1 + atol)).flatten(1).all(1)
+        return in_unit & self._contains(x, x_adv, atol)
+
+    def _contains(self, x: Tensor, x_adv: Tensor, atol: float) -> Tensor:
+        return self.distance(x, x_adv) <= self.eps + atol
+
+    def check(self, x: Tensor, name: str = "x") -> Tensor:
+        """Validate images for this set (range, finiteness, shape); return them."""
+        return check_images(x, name)
+
+
+@dataclass(frozen=True)
+class LinfBall(ThreatModel):
+    """L-inf ball of radius ``eps`` (pixel units, images in [0, 1]) intersected with [0, 1]."""
+
+    eps: float
+    norm: ClassVar[str] = "linf"
+    _p: ClassVar[float] = float("inf")
+
+    def __post_init__(self):
+        object.__setattr__(self, "eps", _check_eps(self.eps))
+
+    def bounds(self, x):
+        return (x - self.eps).clamp(0, 1), (x + self.eps).clamp(0, 1)
+
+    def project(self, x, x_adv):
+        return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
+
+    def random_point(self, x, generator=None):
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return (x + (2 * u - 1) * self.eps).clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class L2Ball(ThreatModel):
+    """L2 ball of radius ``eps`` (norm over all C*H*W pixels in [0, 1]) intersected with [0, 1]."""
+
+    eps: float
+    norm: ClassVar[str] = "l2"
+    _p: ClassVar[float] = 2.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "eps", _check_eps(self.eps))
+
+    def bounds(self, x):
+        return (x - self.eps).clamp(0, 1), (x + self.eps).clamp(0, 1)
+
+    def project(self, x, x_adv):
+        return x + project_l2_box(x_adv - x, -x, 1 - x, self.eps)
+
+    def random_point(self, x, generator=None):
+        # Uniform in the ball: Gaussian direction, radius eps * U^(1/d); then into [0, 1].
+        d = x[0].numel()
+        g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        g = g / _per_sample(_flat_norm(g, 2).clamp_min(1e-12), x)
+        r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
+        return self.project(x, x + g * _per_sample(r * self.eps, x))
+
+
+@dataclass(frozen=True)
+class L1Ball(ThreatModel):
+    """L1 ball of radius ``eps`` (sum of |delta| over all C*H*W pixels) intersected with [0, 1]."""
+
+    eps: float
+    norm: ClassVar[str] = "l1"
+    _p: ClassVar[float] = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "eps", _check_eps(self.eps))
+
+    def bounds(self, x):
+        return (x - self.eps).clamp(0, 1), (x + self.eps).clamp(0, 1)
+
+    def project(self, x, x_adv):
+        return x + project_l1_box(x_adv - x, -x, 1 - x, self.eps)
+
+    def random_point(self, x, generator=None):
+        # Uniform on the simplex-scaled L1 ball: Laplace direction, radius eps * U^(1/d).
+        d = x[0].numel()
+        e = torch.empty(x.shape, device=x.device, dtype=x.dtype).exponential_(generator=generator)
+        s = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+        g = e * s
+        g = g / _per_sample(_flat_norm(g, 1).clamp_min(1e-12), x)
+        r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
+        return self.project(x, x + g * _per_sample(r * self.eps, x))
+
+
+class Box(ThreatModel):
+    """Per-element box ``{x' : lower <= x' <= upper}`` intersected with [0, 1].
+
+    ``lower`` and ``upper`` are tensors broadcastable to the image batch (N, C, H, W), usually
+    ``x - eps`` and ``x + eps`` with a per-element budget ``eps``. Gradients flow from anything
+    computed on the box (bounds, losses) back to ``lower``/``upper`` when they require grad.
+    """
+
+    norm: ClassVar[str] = "box"
+    _p: ClassVar[float] = float("inf")
+
+    def __init__(self, lower: Tensor, upper: Tensor):
+        for name, t in (("lower", lower), ("upper", upper)):
+            if not isinstance(t, Tensor):
+                raise InputTypeError(f"Box.{name}: expected a torch.Tensor, got {type(t).__name__}")
+            if not t.is_floating_point():
+                raise InputError(f"Box.{name}: expected a floating tensor, got dtype {t.dtype}")
+            if not torch.isfinite(t.detach()).all():
+                raise InputError(f"Box.{name}: contains NaN or inf")
+        try:
+            torch.broadcast_shapes(lower.shape, upper.shape)
+        except RuntimeError:
+            raise InputError(f"Box: lower {tuple(lower.shape)} and upper {tuple(upper.shape)} "
+                             "have shapes that do not broadcast") from None
+        if bool((lower.detach() > upper.detach()).any()):
+            worst = float((lower.detach() - upper.detach()).max())
+            raise InputError(f"Box: lower must be <= upper element-wise (largest violation {worst:.3g})")
+        self.lower = lower
+        self.upper = upper
+
+    @classmethod
+    def around(cls, x: Tensor, eps: Tensor | float) -> "Box":
+        """The box ``[x - eps, x + eps]`` for a per-element (or scalar) budget ``eps >= 0``."""
+        eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+        if bool((eps_t.detach() < 0).any()):
+            raise InputError("Box.around: eps must be >= 0 everywhere")
+        return cls(x - eps_t, x + eps_t)
+
+    @property
+    def eps(self) -> Tensor:
+        """Half-widths of the (unclipped) box, per element."""
+        return (self.upper - self.lower) / 2
+
+    def __repr__(self) -> str:
+        return f"Box(lower={tuple(self.lower.shape)}, upper={tuple(self.upper.shape)})"
+
+    def __getitem__(self, idx) -> "Box":
+        """The box of a subset of the batch (when lower/upper carry a batch axis)."""
+        lo = self.lower[idx] if self.lower.dim() == 4 and self.lower.shape[0] > 1 else self.lower
+        hi = self.upper[idx] if self.upper.dim() == 4 and self.upper.shape[0] > 1 else self.upper
+        return Box(lo, hi)
+
+    def to(self, *args, **kwargs) -> "Box":
+        return Box(self.lower.to(*args, **kwargs), self.upper.to(*args, **kwargs))
+
+    def check_against(self, x: Tensor) -> None:
+        """Raise if the box does not broadcast to ``x``'s shape."""
+        try:
+            shape = torch.broadcast_shapes(self.lower.shape, self.upper.shape, x.shape)
+        except RuntimeError:
+            raise InputError(f"Box: lower {tuple(self.lower.shape)} / upper {tuple(self.upper.shape)} "
+                             f"do not broadcast to the input shape {tuple(x.shape)}") from None
+        if tuple(shape) != tuple(x.shape):
+            raise InputError(f"Box: broadcasting lower/upper to the input gives {tuple(shape)}, "
+                             f"not the input shape {tuple(x.shape)}")
+
+    def check(self, x, name="x"):
+        check_images(x, name)
+        self.check_against(x)
+        return x
+
+    def bounds(self, x):
+        lo = self.lower.clamp(0, 1).expand_as(x)
+        hi = self.upper.clamp(0, 1).expand_as(x)
+        return lo, hi
+
+    def project(self, x, x_adv):
+        lo, hi = self.bounds(x)
+        return torch.min(torch.max(x_adv, lo.detach()), hi.detach())
+
+    def random_point(self, x, generator=None):
+        lo, hi = self.bounds(x)
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return lo.detach() + u * (hi - lo).detach()
+
+    def _contains(self, x, x_adv, atol):
+        lo, hi = self.bounds(x)
+        return ((x_adv >= lo - atol) & (x_adv <= hi + atol)).flatten(1).all(1)
+
+
+# --- projections (pure functions) -------------------------------------------------------------
+
+def project_l2_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float) -> Tensor:
+    """Exact projection of perturbations ``v`` (B, ...) onto ``{||d||_2 <= eps, lo <= d <= hi}``.
+
+    Requires ``lo <= 0 <= hi`` (the box contains 0). KKT: ``d = clip(t * v, lo, hi)`` for the
+    largest ``t`` in [0, 1] with ``||d||_2 <= eps`` (the norm is monotone in ``t``); ``t`` by
+    batched bisection, keeping the feasible end of the bracket.
+    """
+    d_full = torch.max(torch.min(v, hi), lo)
+    inside = _flat_norm(d_full, 2) <= eps
+    if bool(inside.all()):
+        return d_full
+    B = v.shape[0]
+    t_lo = torch.zeros(B, dtype=v.dtype, device=v.device)
+    t_hi = torch.ones(B, dtype=v.dtype, device=v.device)
+    for _ in range(_BISECT_STEPS):
+        t = (t_lo + t_hi) / 2
+        d = torch.max(torch.min(v * _per_sample(t, v), hi), lo)
+        ok = _flat_norm(d, 2) <= eps
+        t_lo = torch.where(ok, t, t_lo)
+        t_hi = torch.where(ok, t_hi, t)
+    d = torch.max(torch.min(v * _per_sample(t_lo, v), hi), lo)
+    return torch.where(_per_sample(inside, v), d_full, d)
+
+
+def project_l1_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float) -> Tensor:
+    """Exact projection of ``v`` (B, ...) onto ``{||d||_1 <= eps, lo <= d <= hi}`` (``lo <= 0 <= hi``).
+
+    KKT: ``d_i = sign(v_i) * min(max(|v_i| - lam, 0), cap_i)`` with ``cap_i`` the room in the
+    direction of ``v_i``; the L1 norm is monotone in the soft threshold ``lam``, found by batched
+    bisection, keeping the feasible end.
+    """
+    d_full = torch.max(torch.min(v, hi), lo)
+    inside = _flat_norm(d_full, 1) <= eps
+    if bool(inside.all()):
+        return d_full
+    a = v.abs()
+    cap = torch.where(v >= 0, hi, -lo)
+    sgn = torch.sign(v)
+    B = v.shape[0]
+    l_lo = torch.zeros(B, dtype=v.dtype, device=v.device)
+    l_hi = a.flatten(1).max(1).values
+    for _ in range(_BISECT_STEPS):
+        lam = (l_lo + l_hi) / 2
+        d = torch.min((a - _per_sample(lam, v)).clamp_min(0), cap)
+        ok = d.flatten(1).sum(1) <= eps
+        l_hi = torch.where(ok, lam, l_hi)
+        l_lo = torch.where(ok, l_lo, lam)
+    d = sgn * torch.min((a - _per_sample(l_hi, v)).clamp_min(0), cap)
+    return torch.where(_per_sample(inside, v), d_full, d)
+
+
+_BY_NAME = {"linf": LinfBall, "l2": L2Ball, "l1": L1Ball}
+
+
+def threat_from_name(norm: str, eps: float) -> ThreatModel:
+    """``LinfBall``/``L2Ball``/``L1Ball`` from a norm name (``linf``, ``l2``, ``l1``) and a radius."""
+    key = str(norm).lower().replace("-", "").replace("_", "")
+    key = {"inf": "linf", "2": "l2", "1": "l1"}.get(key, key)
+    if key not in _BY_NAME:
+        raise unknown("norm", norm, _BY_NAME)
+    return _BY_NAME[key](eps)

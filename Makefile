@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# CPU machines pin the local CPU build of torch; on a GPU machine run `make install CONSTRAINTS=`.
-CONSTRAINTS ?= constraints-cpu.txt
+# constraints.txt pins the tested torch pair; `make install CONSTRAINTS=` leaves the range open.
+CONSTRAINTS ?= constraints.txt
 CFLAG  := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 STAMP  := $(VENV)/.installed
 OUT    ?= runs/demo

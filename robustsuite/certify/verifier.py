@@ -99,7 +99,9 @@ class Verifier:
         """Rebuild the bounded graph (after training changed BatchNorm statistics, or after an error)."""
         from .lirpa import BoundedModule
 
-        probe = torch.rand(2, *self.input_shape, device=self.device)
+        param = next(iter(self.model.parameters()), None)
+        self.dtype = param.dtype if param is not None else torch.float32
+        probe = torch.rand(2, *self.input_shape, device=self.device, dtype=self.dtype)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -128,7 +130,7 @@ class Verifier:
         if tuple(x.shape[1:]) != self.input_shape:
             raise InputError(f"x: expected shape (B, {', '.join(map(str, self.input_shape))}) for this "
                              f"verifier, got {tuple(x.shape)}")
-        return x.to(self.device)
+        return x.to(self.device, self.dtype)
 
     def _check_y(self, y: Tensor, batch: int) -> Tensor:
         if not isinstance(y, Tensor):

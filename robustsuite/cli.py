@@ -1,0 +1,212 @@
+"""The ``robustsuite`` command line: a thin layer over the Python API.
+
+Every command parses its arguments and calls one API function; errors of the package
+(:class:`~robustsuite.errors.RobustSuiteError`) are printed as one paragraph without a traceback
+and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from pathlib import Path
+
+from .errors import ConfigError, RobustSuiteError
+
+log = logging.getLogger("robustsuite")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        vals = [float(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return vals
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------ commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training.run import train
+
+    overrides = list(args.set or [])
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    result = train(cfg, out, device=args.device, resume=not args.no_resume, quiet=args.quiet)
+    last = result.history[-1] if result.history else {}
+    print(f"trained {cfg.name}: {len(result.history)} epochs -> {result.best} (last: {result.last})")
+    shown = {k: v for k, v in last.items() if k.startswith("val_") and isinstance(v, float)}
+    if shown:
+        print("final validation: " + ", ".join(f"{k[4:]}={v:.4f}" for k, v in shown.items()))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .certify.evaluate import certified_table, format_table
+    from .files import atomic_write_json
+    from .training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt)
+    x, y = _test_tensors(ckpt, args)
+    eps = args.eps or _default_eps(ckpt)
+    rows = certified_table(model, x, y, eps=eps, methods=args.method, pgd_steps=args.pgd_steps,
+                           device=args.device, seed=args.seed)
+    print(f"{args.checkpoint}: {x.shape[0]} test samples of {ckpt['config']['data']['name']}")
+    print(format_table(rows))
+    if args.out:
+        atomic_write_json(args.out, {"checkpoint": str(args.checkpoint), "rows": rows})
+        print(f"wrote {args.out}")
+    return 3 if any(r.get("violations") for r in rows) else 0
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from . import threat_from_name
+    from .attacks.registry import make_attack, robust_accuracy
+    from .training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt, device=_device(args.device))
+    x, y = _test_tensors(ckpt, args)
+    x, y = x.to(_device(args.device)), y.to(_device(args.device))
+    settings = {}
+    for item in args.option or []:
+        from .config import parse_override
+        path, value = parse_override(item)
+        settings[".".join(path)] = value
+    if args.steps is not None:
+        settings["steps"] = args.steps
+    atk = make_attack(args.attack, model, threat_from_name(args.norm, args.eps), **settings)
+    res = robust_accuracy(model, x, y, atk)
+    print(f"{args.attack} ({args.norm}, eps={args.eps}) on {x.shape[0]} samples: clean accuracy "
+          f"{100 * res['clean_accuracy']:.2f}%, robust accuracy {100 * res['robust_accuracy']:.2f}%, "
+          f"ASR {100 * res['asr']:.2f}% (over clean-correct samples)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _device(name: str):
+    from .runtime import resolve_device
+    return resolve_device(name)
+
+
+def _default_eps(ckpt: dict) -> list[float]:
+    train = ckpt.get("config", {}).get("train", {})
+    e = train.get("eps_test") or train.get("eps")
+    if e is None:
+        raise ConfigError("--eps: the checkpoint's config has no training radius; give --eps explicitly")
+    return [float(e)]
+
+
+def _test_tensors(ckpt: dict, args: argparse.Namespace):
+    from . import data as rdata
+    from .config import DataConfig
+
+    d = DataConfig.model_validate(ckpt["config"]["data"])
+    root = args.data_root or d.root
+    test = rdata.load(d.name, "test", root=root, download=d.download, **d.options)
+    if args.subset:
+        test = rdata.subset(test, n=args.subset)
+    return rdata.as_tensors(test)
+
+
+# ------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="robustsuite",
+        description="Certified and empirical adversarial robustness for PyTorch, side by side.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent("""\
+            examples:
+              robustsuite train configs/digits_crown_ibp.yaml --out runs/crown_ibp
+              robustsuite verify runs/crown_ibp/best.pt --eps 0.1,0.2 --method ibp,crown-ibp,crown
+              robustsuite attack runs/crown_ibp/best.pt --attack pgd --norm linf --eps 0.1
+            """))
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model from a YAML config",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train the model of a config with its trainer (train.method). Writes best.pt "
+                                   "(best validation score), last.pt (resumable), config.yaml (resolved) and "
+                                   "history.json into --out; an interrupted run resumes from last.pt.",
+                       epilog="example:\n  robustsuite train configs/digits_crown_ibp.yaml --set train.epochs=5 --out runs/quick")
+    t.add_argument("config", help="YAML config (see configs/)")
+    t.add_argument("--out", help="output folder (default runs/<config name>)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+    t.add_argument("--seed", type=int, help="shortcut for --set seed=N")
+    t.add_argument("--device", default=None, help="auto | cpu | cuda (default: the config's)")
+    t.add_argument("--no-resume", action="store_true", help="start over even if last.pt exists")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("verify", help="certified accuracy of a checkpoint per bound method and radius",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Certify the test split of the checkpoint's data set under L-inf balls with "
+                                   "each bound method, beside PGD robust accuracy (certified must never exceed "
+                                   "it; a violation is reported loudly and exits with status 3).",
+                       epilog="example:\n  robustsuite verify runs/crown_ibp/best.pt --eps 0.1,0.2 --method ibp,crown-ibp,crown")
+    v.add_argument("checkpoint", help="a checkpoint written by robustsuite train (best.pt or last.pt)")
+    v.add_argument("--eps", type=_floats, help="L-inf radii, comma-separated (default: the training eps_test)")
+    v.add_argument("--method", type=_names, default=["ibp", "crown-ibp", "crown"],
+                   help="bound methods: ibp, crown-ibp, crown, alpha-crown (comma-separated)")
+    v.add_argument("--pgd-steps", type=int, default=40, help="PGD steps of the empirical column (0: off)")
+    v.add_argument("--subset", type=int, help="first N test samples only")
+    v.add_argument("--data-root", help="data folder (default: the checkpoint's)")
+    v.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", help="also write the rows as JSON to this file")
+    v.set_defaults(func=cmd_verify)
+
+    a = sub.add_parser("attack", help="robust accuracy and attack success rate of a checkpoint under one attack",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="A quick empirical check: run one attack on the test split of the checkpoint's "
+                                   "data set and print clean accuracy, robust accuracy and ASR.",
+                       epilog="example:\n  robustsuite attack runs/crown_ibp/best.pt --attack pgd --norm linf --eps 0.1 --steps 40")
+    a.add_argument("checkpoint")
+    a.add_argument("--attack", default="pgd", help="fgsm, bim, pgd, mim, cw, apgd, boundary, pixel")
+    a.add_argument("--norm", default="linf", help="linf | l2 | l1")
+    a.add_argument("--eps", type=float, required=True, help="radius of the threat ball (pixel units)")
+    a.add_argument("--steps", type=int, help="iterations of the attack")
+    a.add_argument("--option", action="append", metavar="KEY=VALUE", help="another attack setting (repeatable)")
+    a.add_argument("--subset", type=int, help="first N test samples only")
+    a.add_argument("--data-root", help="data folder (default: the checkpoint's)")
+    a.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    a.set_defaults(func=cmd_attack)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    _setup_logging(getattr(args, "quiet", False))
+    try:
+        return int(args.func(args) or 0)
+    except RobustSuiteError as e:
+        print(f"robustsuite {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"robustsuite {args.command}: interrupted; a training run resumes from its last.pt", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

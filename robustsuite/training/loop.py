@@ -1,0 +1,216 @@
+"""The training loop every trainer shares: epochs, seeded shuffling, checkpoints, resume, selection.
+
+A trainer subclasses :class:`Trainer` and supplies ``train_step`` (one batch, returns detached
+scalar tensors to log) and optionally ``validate`` (a dict with a ``select`` score, higher is
+better, that picks ``best.pt``), ``sync_model`` (copy state back from wrapped modules before a
+checkpoint) and ``extra_state``/``load_extra_state``.
+
+Determinism: the batch order of epoch e comes from a generator seeded with (seed, e), and every RNG
+state is saved in ``last.pt``, so a run resumed from its last checkpoint reaches the same weights
+as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import RunConfig
+from ..files import atomic_write_json, atomic_write_text
+from ..runtime import rng_state, set_rng_state
+from .checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def build_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
+    """Adam or SGD (momentum, Nesterov off) from an :class:`~robustsuite.config.OptimConfig`."""
+    params = [p for p in params if p.requires_grad]
+    if optim_cfg.name == "adam":
+        return torch.optim.Adam(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+    return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
+                           weight_decay=optim_cfg.weight_decay)
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress bars only on a terminal and when not asked to be quiet."""
+    return not quiet and sys.stderr.isatty()
+
+
+class Trainer(abc.ABC):
+    """Base class: owns the epoch loop, checkpoints (``last.pt``, ``best.pt``) and resume.
+
+    Args:
+        model: the network to train (already on ``device``).
+        train_set, val_set: datasets of (image (C, H, W) in [0, 1], label); ``val_set`` may be None.
+        cfg: the validated run config (``cfg.train`` holds the trainer's section).
+        out_dir: folder for checkpoints, the resolved config and the history.
+        device: torch device.
+        quiet: no progress bars.
+    """
+
+    kind = "base"
+
+    def __init__(self, model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: RunConfig,
+                 out_dir: str | Path, device: torch.device, *, quiet: bool = False):
+        self.model = model
+        self.train_set, self.val_set = train_set, val_set
+        self.cfg, self.tcfg = cfg, cfg.train
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.quiet = quiet
+        self.epoch = 0  # epochs completed
+        self.history: list[dict[str, Any]] = []
+        self.best_score = -math.inf
+        self.steps_per_epoch = max(1, math.ceil(len(train_set) / self.tcfg.batch_size))
+        self.optimizer = build_optimizer(self.parameters(), self.tcfg.optim)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=list(self.tcfg.optim.milestones), gamma=self.tcfg.optim.gamma)
+
+    # --------------------------------------------------------------------------- hooks
+    def parameters(self):
+        """Parameters the optimizer updates (override to add e.g. a budget generator)."""
+        return self.model.parameters()
+
+    @abc.abstractmethod
+    def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
+        """One batch: forward, loss, backward, optimizer step; return detached scalars to log."""
+
+    def validate(self) -> dict[str, float]:
+        """Validation metrics; a ``select`` entry (higher is better) picks ``best.pt``."""
+        return {}
+
+    def selectable(self) -> bool:
+        """Whether this epoch may become ``best.pt`` (e.g. only after the eps ramp)."""
+        return True
+
+    def sync_model(self) -> None:
+        """Copy state held outside ``self.model`` (e.g. BatchNorm statistics of a bounded copy) back."""
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def on_resume(self) -> None:
+        """Rebuild anything derived from the model after its weights were restored."""
+
+    # --------------------------------------------------------------------------- helpers
+    def clip_and_step(self, loss: Tensor) -> None:
+        """Backward pass, gradient-norm clipping (if configured) and an optimizer step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.tcfg.optim.grad_clip
+        if clip:
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], clip)
+        self.optimizer.step()
+
+    def loader(self, epoch: int) -> DataLoader:
+        gen = torch.Generator().manual_seed(int(self.cfg.seed) * 100_003 + epoch)
+        return DataLoader(self.train_set, batch_size=self.tcfg.batch_size, shuffle=True, generator=gen,
+                          drop_last=False, num_workers=0)
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    def _model_entry(self) -> dict:
+        return {"kind": self.kind, "model_spec": getattr(self.model, "spec", None),
+                "model_state": self.model.state_dict(), "config": self.cfg.resolved()}
+
+    def save_last(self, finished: bool) -> None:
+        save_checkpoint(self.last_path, **self._model_entry(), epoch=self.epoch, finished=finished,
+                        optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                        rng=rng_state(), history=self.history, best_score=self.best_score,
+                        extra=self.extra_state(), metrics=self.history[-1] if self.history else {})
+
+    def resume(self) -> bool:
+        """Load ``last.pt`` if present; return whether the run continues from it."""
+        if not self.last_path.is_file():
+            return False
+        ckpt = load_checkpoint(self.last_path, map_location=self.device)
+        self.model.load_state_dict(ckpt["model_state"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        self.epoch = int(ckpt["epoch"])
+        self.history = list(ckpt.get("history", []))
+        self.best_score = float(ckpt.get("best_score", -math.inf))
+        self.load_extra_state(ckpt.get("extra", {}))
+        self.on_resume()
+        log.info("resumed %s from epoch %d", self.last_path, self.epoch)
+        return True
+
+    # --------------------------------------------------------------------------- the loop
+    def fit(self, *, resume: bool = True, stop_after: int | None = None) -> list[dict[str, Any]]:
+        """Train to ``cfg.train.epochs`` (continuing from ``last.pt`` when ``resume``); return the history.
+
+        ``stop_after`` ends the call after that many epochs in total (used to test resume).
+        """
+        from tqdm.auto import tqdm
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out_dir / "config.yaml", _yaml(self.cfg.resolved()))
+        if resume:
+            self.resume()
+        total = self.tcfg.epochs if stop_after is None else min(self.tcfg.epochs, stop_after)
+        bars = show_progress(self.quiet)
+        while self.epoch < total:
+            epoch = self.epoch
+            self.model.train()
+            t0 = time.perf_counter()
+            sums: dict[str, Tensor] = {}
+            counts: dict[str, int] = {}
+            it = tqdm(self.loader(epoch), total=self.steps_per_epoch, disable=not bars, leave=False,
+                      desc=f"{self.kind} epoch {epoch + 1}/{self.tcfg.epochs}")
+            for i, (x, y) in enumerate(it):
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                stats = self.train_step(x, y, epoch * self.steps_per_epoch + i)
+                for k, v in stats.items():  # a key may be missing in some batches (no bounds at eps 0)
+                    sums[k] = sums.get(k, 0) + v.detach() * x.shape[0]
+                    counts[k] = counts.get(k, 0) + x.shape[0]
+                if bars and i % 10 == 0 and "loss" in stats:
+                    it.set_postfix(loss=f"{float(stats['loss']):.3f}")
+            self.scheduler.step()
+            self.epoch += 1
+            self.sync_model()
+            row: dict[str, Any] = {"epoch": self.epoch, "time_s": round(time.perf_counter() - t0, 3),
+                                   "lr": self.optimizer.param_groups[0]["lr"]}
+            row.update({k: float(v) / counts[k] for k, v in sums.items()})
+            self.model.eval()
+            val = self.validate()
+            row.update({f"val_{k}": v for k, v in val.items()})
+            self.history.append(row)
+            log.info("epoch %d: %s", self.epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                                             if isinstance(v, float)))
+            if "select" in val and self.selectable() and val["select"] > self.best_score:
+                self.best_score = val["select"]
+                save_checkpoint(self.best_path, **self._model_entry(), epoch=self.epoch, finished=False,
+                                metrics=row)
+            finished = self.epoch >= self.tcfg.epochs
+            if finished or self.epoch % self.tcfg.checkpoint_every == 0 or self.epoch == total:
+                self.save_last(finished)
+        if self.epoch >= self.tcfg.epochs and not self.best_path.is_file():
+            save_checkpoint(self.best_path, **self._model_entry(), epoch=self.epoch, finished=True,
+                            metrics=self.history[-1] if self.history else {})
+        atomic_write_json(self.out_dir / "history.json", self.history)
+        self.model.eval()
+        return self.history
+
+
+def _yaml(obj: dict) -> str:
+    import yaml
+    return yaml.safe_dump(obj, sort_keys=False)

@@ -1,0 +1,184 @@
+"""The model registry: build any zoo model by name, record how it was built, rebuild it from that.
+
+    model = build("cnn7", (3, 32, 32), 10, bn=True, mean=(0.4914, 0.4822, 0.4465),
+                  std=(0.2471, 0.2435, 0.2616))
+    model.spec      # {"name": "cnn7", "in_shape": [3, 32, 32], "num_classes": 10, "options": {...}}
+    twin = build_from_spec(model.spec)   # same architecture; load_state_dict gives the same model
+
+``model.spec`` holds every option resolved (defaults filled in), as plain JSON/YAML types, so a
+checkpoint rebuilds the same architecture even if a default changes later.
+
+``info(name).certifiable`` says whether the model is in the layer family auto_LiRPA 0.3 bounds
+soundly (Conv2d, Linear, ReLU, BatchNorm2d, residual add, nn.Flatten, AdaptiveAvgPool2d(1), and the
+fixed 1x1 convolutions of Normalize and the option-A shortcut; see :mod:`.family`). Every
+certifiable model is parsed and bounded (IBP and CROWN) by the zoo's tests.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, unknown
+from ._checks import is_int
+from .cnn import CNN7, CNNSmall
+from .mlp import MLP
+from .preact import PreActResNet18
+from .resnet import ResNetSmall, ResNetV1
+from .wideresnet import WideResNet
+
+SPEC_KEYS = ("name", "in_shape", "num_classes", "options")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registry entry.
+
+    Attributes:
+        name: the registry name.
+        factory: ``factory(in_shape, num_classes, **options) -> nn.Module``.
+        certifiable: True when every layer is one auto_LiRPA 0.3 bounds soundly in IBP, CROWN-IBP
+            and CROWN (patches and matrix mode); the verifier refuses the others.
+        summary: one line for listings.
+        note: cost or caveats worth knowing before bounding it.
+    """
+
+    name: str
+    factory: Callable[..., nn.Module]
+    certifiable: bool
+    summary: str
+    note: str = ""
+
+    def defaults(self) -> dict[str, Any]:
+        """The options this model accepts, with their default values."""
+        params = inspect.signature(self.factory).parameters
+        return {k: p.default for k, p in params.items() if k not in ("in_shape", "num_classes")}
+
+
+_REGISTRY: dict[str, ModelInfo] = {info.name: info for info in (
+    ModelInfo("mlp", MLP, True, "fully connected ReLU network; options hidden=(256, 256)"),
+    ModelInfo("cnn_small", CNNSmall, True,
+              "2 conv (k4 s2) + 2 linear, the CROWN-IBP small CNN; needs H, W >= 4"),
+    ModelInfo("cnn7", CNN7, True, "CNN-7: 64-64-128/2-128-128-FC512-FC(K), optional BatchNorm",
+              "full CROWN at 3x32x32 needs ~30 GiB per image; use IBP/CROWN-IBP for training"),
+    ModelInfo("resnet_small", ResNetSmall, True,
+              "tiny residual model: stem + 2 basic blocks (1x1 conv shortcut), optional BN",
+              "cheap enough for full CROWN on 1x8x8 on a CPU"),
+    ModelInfo("resnet_v1", ResNetV1, True,
+              "CIFAR ResNet-V1, depth 6n+2 (20/32/44/56), shortcut 'pad' (option A) or 'conv'",
+              "the 'pad' shortcut is a fixed 1x1 convolution because 0.3 cannot parse strided "
+              "slicing; deep models are expensive under CROWN"),
+    ModelInfo("preact_resnet18", PreActResNet18, True,
+              "PreAct ResNet-18 ('ResNet-V2 18'), stages [2, 2, 2, 2] of 64-128-256-512",
+              "parses and bounds, but far too large for CROWN; IBP bounds are loose"),
+    ModelInfo("wideresnet", WideResNet, True, "WideResNet WRN-depth-width, pre-activation, dropout 0",
+              "parses and bounds, but far too large for CROWN at the usual sizes"),
+)}
+
+
+def available() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def info(name: str) -> ModelInfo:
+    """The registry entry of ``name``; UnknownNameError listing the names if there is none."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise unknown("model", name, _REGISTRY)
+    return _REGISTRY[name]
+
+
+def check_in_shape(in_shape: object) -> tuple[int, int, int]:
+    """``in_shape`` as a (C, H, W) tuple of three ints >= 1."""
+    if isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, (Sequence, torch.Size)) \
+            or len(in_shape) != 3 \
+            or not all(is_int(v) and v >= 1 for v in in_shape):
+        raise ConfigError(f"in_shape: expected (C, H, W), three integers >= 1, got {in_shape!r}")
+    return tuple(int(v) for v in in_shape)  # type: ignore[return-value]
+
+
+def check_num_classes(num_classes: object) -> int:
+    """``num_classes`` as an int >= 2."""
+    if not is_int(num_classes) or num_classes < 2:
+        raise ConfigError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
+    return int(num_classes)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples, tensors, arrays -> lists; numpy scalars -> Python numbers, recursively: a spec must
+    survive JSON and YAML."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, torch.Tensor) or hasattr(value, "__array__"):
+        return torch.as_tensor(value).detach().cpu().tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def build(name: str, in_shape: Sequence[int], num_classes: int, **options: Any) -> nn.Module:
+    """Build the zoo model ``name`` for inputs of shape ``in_shape`` = (C, H, W) and ``num_classes``.
+
+    Every model starts with its Normalize layer (options ``mean``, ``std``: one value per channel
+    or one number; default mean 0, std 1, i.e. none) and maps (B, C, H, W) pixels in [0, 1] to
+    (B, num_classes) logits. Parameters are initialized from torch's global RNG: seed it first
+    for reproducible weights.
+
+    The returned model has a ``spec`` attribute (see :func:`build_from_spec`).
+
+    Raises:
+        UnknownNameError: unknown ``name`` (the message lists the names).
+        ConfigError: bad ``in_shape``/``num_classes``, an option the model does not take (the message
+            lists the allowed ones), or an option value out of range.
+    """
+    entry = info(name)
+    in_shape = check_in_shape(in_shape)
+    num_classes = check_num_classes(num_classes)
+    defaults = entry.defaults()
+    extra = sorted(set(options) - set(defaults))
+    if extra:
+        raise ConfigError(f"options: model {name!r} has no option(s) {', '.join(map(repr, extra))}; "
+                          f"allowed: {', '.join(sorted(defaults))}")
+    model = entry.factory(in_shape, num_classes, **options)
+    resolved = {**defaults, **options}
+    # Store the resolved statistics, so the spec never depends on the default of mean/std.
+    resolved["mean"], resolved["std"] = list(model.normalize.mean), list(model.normalize.std)
+    model.spec = {"name": name, "in_shape": list(in_shape), "num_classes": num_classes,
+                  "options": _plain(resolved)}
+    return model
+
+
+def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a model from ``model.spec`` (e.g. read back from a checkpoint).
+
+    The result has freshly initialized weights: load the checkpoint's ``state_dict`` into it.
+    """
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"spec: expected a mapping with keys {', '.join(SPEC_KEYS)}, "
+                          f"got {type(spec).__name__}")
+    extra = sorted(set(spec) - set(SPEC_KEYS))
+    missing = [k for k in SPEC_KEYS[:3] if k not in spec]
+    if extra or missing:
+        raise ConfigError(f"spec: unknown key(s) {extra} / missing key(s) {missing}; "
+                          f"expected keys: {', '.join(SPEC_KEYS)}")
+    options = spec.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"spec.options: expected a mapping, got {options!r}")
+    return build(spec["name"], spec["in_shape"], spec["num_classes"], **copy.deepcopy(dict(options)))
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters (each shared tensor once; buffers such as Normalize's excluded)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -111,12 +111,24 @@ class VerifyConfig(Strict):
     subset: Optional[int] = Field(None, gt=0)
 
 
-_TRAIN_CONFIGS: dict[str, Type[TrainBase]] = {"crown-ibp": CertifiedTrainConfig, "ibp": CertifiedTrainConfig}
+#: train.method -> its config class, or a ``"package.module:Class"`` string imported on first use
+#: (so this module never imports the parts that build on it).
+_TRAIN_CONFIGS: dict[str, Any] = {"crown-ibp": CertifiedTrainConfig, "ibp": CertifiedTrainConfig}
 
 
-def register_train_config(method: str, cls: Type[TrainBase]) -> None:
-    """Make ``train.method: <method>`` validate with ``cls`` (called by each trainer module)."""
+def register_train_config(method: str, cls: "Type[TrainBase] | str") -> None:
+    """Make ``train.method: <method>`` validate with ``cls`` (a class, or ``"module:Class"``)."""
     _TRAIN_CONFIGS[method] = cls
+
+
+def train_config_class(method: str) -> Type[TrainBase]:
+    """The config class of a training method (importing it if registered by name)."""
+    target = _TRAIN_CONFIGS[method]
+    if isinstance(target, str):
+        import importlib
+        mod, _, name = target.partition(":")
+        target = _TRAIN_CONFIGS[method] = getattr(importlib.import_module(mod), name)
+    return target
 
 
 class RunConfig(Strict):
@@ -147,7 +159,7 @@ class RunConfig(Strict):
         method = v.get("method")
         if method not in _TRAIN_CONFIGS:
             raise ValueError(f"unknown train.method {method!r}; choose one of: {', '.join(sorted(_TRAIN_CONFIGS))}")
-        return _TRAIN_CONFIGS[method].model_validate(v)
+        return train_config_class(method).model_validate(v)
 
     def resolved(self) -> dict:
         """The full config with every default filled in (what a run writes beside its outputs)."""
@@ -241,7 +253,7 @@ def validate(raw: dict) -> RunConfig:
     if method not in _TRAIN_CONFIGS:
         raise ConfigError(f"invalid config:\n  train.method: unknown value {method!r}; choose one of: "
                           f"{', '.join(sorted(_TRAIN_CONFIGS))}")
-    cls = _TRAIN_CONFIGS[method]
+    cls = train_config_class(method)
     try:
         raw["train"] = cls.model_validate(train)
     except ValidationError as e:

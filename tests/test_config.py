@@ -1,0 +1,75 @@
+"""Configs: validation errors name the key path and the allowed values; overrides; round trip."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from robustsuite.config import apply_overrides, dump_yaml, load_config, parse_override, validate
+from robustsuite.errors import ConfigError
+
+BASE = {"train": {"method": "crown-ibp", "eps": 0.1}}
+
+
+def _err(raw) -> str:
+    with pytest.raises(ConfigError) as e:
+        validate(raw)
+    return str(e.value)
+
+
+def test_unknown_key_is_an_error_naming_the_path_and_allowed_keys():
+    msg = _err({"train": {"method": "crown-ibp", "eps": 0.1, "schedule": {"ramp": 3}}})
+    assert "train.schedule.ramp: unknown key" in msg and "ramp_epochs" in msg
+    msg = _err({**BASE, "dataa": {}})
+    assert "dataa: unknown key" in msg and "data" in msg
+
+
+def test_wrong_type_and_out_of_range_values_name_the_field():
+    assert "train.epochs" in _err({"train": {**BASE["train"], "epochs": "many"}})
+    assert "train.eps" in _err({"train": {"method": "ibp", "eps": -0.1}})
+    assert "data.val_fraction" in _err({**BASE, "data": {"val_fraction": 1.5}})
+    assert "device" in _err({**BASE, "device": "tpu"})
+
+
+def test_missing_and_unknown_train_method():
+    assert "train: required section" in _err({"data": {}})
+    msg = _err({"train": {"method": "magic"}})
+    assert "train.method" in msg and "crown-ibp" in msg
+    assert "train.eps: required key is missing" in _err({"train": {"method": "ibp"}})
+
+
+def test_overrides_set_nested_keys_with_yaml_values():
+    raw = apply_overrides(BASE, ["train.epochs=5", "train.optim.milestones=[2, 4]", "model.options.width=2"])
+    cfg = validate(raw)
+    assert cfg.train.epochs == 5 and cfg.train.optim.milestones == [2, 4]
+    assert cfg.model.options == {"width": 2}
+    assert BASE["train"] == {"method": "crown-ibp", "eps": 0.1}  # the input is not mutated
+    with pytest.raises(ConfigError, match="key.path=value"):
+        parse_override("train.epochs")
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    cfg = validate(apply_overrides(BASE, ["train.eps_test=0.05"]))
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_yaml(cfg))
+    again = load_config(path)
+    assert again.resolved() == cfg.resolved() and again.train.eps_test == 0.05
+    assert yaml.safe_load(path.read_text())["train"]["schedule"]["kind"] == "smoothed"
+
+
+def test_eps_test_defaults_to_the_training_eps():
+    assert validate(BASE).train.eps_test == 0.1
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+    for path in sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")):
+        load_config(path)

@@ -1,0 +1,1 @@
+"""Speed ratios and the papers' claims in miniature; not part of `make test`."""

@@ -25,8 +25,10 @@ demo: $(STAMP)
 	$(VENV)/bin/robustsuite train configs/digits_crown_ibp.yaml --out $(OUT)/crown_ibp
 	$(VENV)/bin/robustsuite verify $(OUT)/crown_ibp/best.pt --eps 0.1 --method ibp,crown-ibp,crown,alpha-crown --out $(OUT)/crown_ibp/verify.json
 
+# Two workers with one thread each: the tests are many small tensor ops, for which two processes beat
+# two threads (and threads oversubscribe a busy machine badly).
 test: $(STAMP)
-	$(PY) -m pytest tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

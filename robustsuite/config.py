@@ -113,7 +113,8 @@ class VerifyConfig(Strict):
 
 #: train.method -> its config class, or a ``"package.module:Class"`` string imported on first use
 #: (so this module never imports the parts that build on it).
-_TRAIN_CONFIGS: dict[str, Any] = {"crown-ibp": CertifiedTrainConfig, "ibp": CertifiedTrainConfig}
+_TRAIN_CONFIGS: dict[str, Any] = {"crown-ibp": CertifiedTrainConfig, "ibp": CertifiedTrainConfig,
+                                  "budgets": "robustsuite.budgets.config:BudgetTrainConfig"}
 
 
 def register_train_config(method: str, cls: "Type[TrainBase] | str") -> None:

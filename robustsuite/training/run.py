@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 TRAINERS: dict[str, str] = {
     "crown-ibp": "robustsuite.certify.training:CertifiedTrainer",
     "ibp": "robustsuite.certify.training:CertifiedTrainer",
+    "gaussian": "robustsuite.training.gaussian:GaussianTrainer",
 }
 
 

@@ -113,8 +113,18 @@ class VerifyConfig(Strict):
 
 #: train.method -> its config class, or a ``"package.module:Class"`` string imported on first use
 #: (so this module never imports the parts that build on it).
-_TRAIN_CONFIGS: dict[str, Any] = {"crown-ibp": CertifiedTrainConfig, "ibp": CertifiedTrainConfig,
-                                  "budgets": "robustsuite.budgets.config:BudgetTrainConfig"}
+_TRAIN_CONFIGS: dict[str, Any] = {
+    "crown-ibp": CertifiedTrainConfig,
+    "ibp": CertifiedTrainConfig,
+    "budgets": "robustsuite.budgets.config:BudgetTrainConfig",
+    "gaussian": "robustsuite.training.gaussian:GaussianTrainConfig",
+    "pgd_at": "robustsuite.stochastic.config:PGDATConfig",
+    "pni": "robustsuite.stochastic.config:PNIConfig",
+    "learn2perturb": "robustsuite.stochastic.config:Learn2PerturbConfig",
+    "trades": "robustsuite.stochastic.config:TradesConfig",
+    "anis2": "robustsuite.stochastic.config:ANIS2Config",
+    "mng_ac": "robustsuite.stochastic.config:MNGACConfig",
+}
 
 
 def register_train_config(method: str, cls: "Type[TrainBase] | str") -> None:

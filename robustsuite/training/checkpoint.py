@@ -52,7 +52,12 @@ def model_from_checkpoint(ckpt: dict | str | Path, device: str | torch.device = 
 
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
-    model = build_from_spec(ckpt["model_spec"])
+    spec = ckpt["model_spec"]
+    if isinstance(spec, dict) and "stochastic" in spec:  # a zoo model with noise layers inserted
+        from ..stochastic.builders import build_from_spec as build_stochastic_from_spec
+        model = build_stochastic_from_spec(spec)
+    else:
+        model = build_from_spec(spec)
     try:
         model.load_state_dict(ckpt["model_state"])
     except RuntimeError as e:

@@ -25,6 +25,13 @@ TRAINERS: dict[str, str] = {
     "crown-ibp": "robustsuite.certify.training:CertifiedTrainer",
     "ibp": "robustsuite.certify.training:CertifiedTrainer",
     "gaussian": "robustsuite.training.gaussian:GaussianTrainer",
+    "budgets": "robustsuite.budgets.training:BudgetTrainer",
+    "pgd_at": "robustsuite.stochastic.adversarial:PGDATTrainer",
+    "pni": "robustsuite.stochastic.adversarial:PNITrainer",
+    "learn2perturb": "robustsuite.stochastic.learn2perturb:Learn2PerturbTrainer",
+    "trades": "robustsuite.stochastic.trades:TradesTrainer",
+    "anis2": "robustsuite.stochastic.anis2:ANIS2Trainer",
+    "mng_ac": "robustsuite.stochastic.mng_ac:MNGACTrainer",
 }
 
 

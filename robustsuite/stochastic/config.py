@@ -1,0 +1,169 @@
+"""Typed ``train`` sections of the stochastic defenses and their adversarial-training baselines.
+
+``method`` picks the class: ``pgd_at``, ``pni``, ``learn2perturb``, ``trades``, ``anis2``,
+``mng_ac``. Every section has the shared settings of :class:`~robustsuite.config.TrainBase`, an
+``attack`` (the PGD used for training and for model selection), and validation settings.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from ..config import OptimConfig, Strict, TrainBase
+
+__all__ = ["AttackSettings", "StochasticTrainBase", "PGDATConfig", "PNIConfig", "Learn2PerturbConfig",
+           "TradesConfig", "ANIS2Config", "MNGACConfig", "GeneratorSettings", "L2PNoiseSettings",
+           "PNINoiseSettings", "CONFIGS"]
+
+
+class AttackSettings(Strict):
+    """A PGD attack: threat norm and radius (pixel units of [0, 1] images), steps, step size."""
+
+    norm: Literal["linf", "l2", "l1"] = "linf"
+    eps: float = Field(..., gt=0, description="radius in the norm, pixel units")
+    steps: int = Field(7, ge=1)
+    step_size: Optional[float] = Field(None, gt=0, description="default 2.5 * eps / steps")
+    random_start: bool = True
+    l1_fraction: float = Field(0.05, gt=0, le=1, description="L1 only: coordinates per sparse step")
+
+
+class StochasticTrainBase(TrainBase):
+    """Shared settings of the adversarial trainers."""
+
+    attack: AttackSettings
+    clean_weight: float = Field(0.0, ge=0, le=1, description="loss = (1 - w) CE(adv) + w CE(clean)")
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD only)")
+    val_subset: int = Field(256, ge=1, description="validation samples attacked for model selection")
+    val_attack_steps: int = Field(5, ge=0, description="PGD steps for model selection (0: clean accuracy)")
+
+
+class PGDATConfig(StochasticTrainBase):
+    """Madry PGD adversarial training (``method: pgd_at``), optionally mixed with clean data."""
+
+    method: Literal["pgd_at"] = "pgd_at"
+
+
+class PNINoiseSettings(Strict):
+    init: float = Field(0.25, ge=0)
+    shared: bool = Field(False, description="one draw per batch (reference code) instead of per sample")
+
+
+class PNIConfig(StochasticTrainBase):
+    """Parametric noise injection (``method: pni``): a learnable scalar per layer, PGD-AT."""
+
+    method: Literal["pni"] = "pni"
+    noise: PNINoiseSettings = Field(default_factory=PNINoiseSettings)
+    noise_weight_decay: bool = Field(False, description="apply the weight decay to alpha too")
+
+
+class L2PNoiseSettings(Strict):
+    init: float = Field(0.25, gt=0)
+    theta_min: float = Field(0.01, ge=0)
+    shared: bool = Field(False, description="one draw per batch (reference code) instead of per sample")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.init < self.theta_min:
+            raise ValueError(f"init ({self.init}) must be >= theta_min ({self.theta_min})")
+        return self
+
+
+class Learn2PerturbConfig(StochasticTrainBase):
+    """Learn2Perturb (``method: learn2perturb``): see :mod:`robustsuite.stochastic.learn2perturb`."""
+
+    method: Literal["learn2perturb"] = "learn2perturb"
+    noise: L2PNoiseSettings = Field(default_factory=L2PNoiseSettings)
+    gamma: float = Field(1e-4, ge=0, description="regularizer weight")
+    noise_start: int = Field(10, ge=0, description="0-based epoch from which noise is on and learned")
+    adv_start: int = Field(20, ge=0, description="0-based epoch from which the loss uses PGD examples")
+    theta_lr: Optional[float] = Field(None, gt=0, description="theta's learning rate; default optim.lr")
+    clean_weight: float = Field(0.5, ge=0, le=1)
+    nesterov: bool = True
+
+    @model_validator(mode="after")
+    def _delays(self):
+        if self.noise_start >= self.epochs:
+            raise ValueError(f"noise_start ({self.noise_start}) must be < epochs ({self.epochs}): "
+                             "the noise would never be trained")
+        return self
+
+
+class TradesConfig(StochasticTrainBase):
+    """TRADES (``method: trades``): CE(clean) + beta * KL, x_adv maximizing the KL."""
+
+    method: Literal["trades"] = "trades"
+    beta: float = Field(6.0, ge=0)
+
+    @model_validator(mode="after")
+    def _norm(self):
+        if self.attack.norm == "l1":
+            raise ValueError("attack.norm: TRADES supports 'linf' and 'l2', got 'l1'")
+        return self
+
+
+class ANIS2Config(StochasticTrainBase):
+    """ANIS2 (``method: anis2``): see :mod:`robustsuite.stochastic.anis2`."""
+
+    method: Literal["anis2"] = "anis2"
+    teacher_checkpoint: Optional[str] = Field(None, description="a trained deterministic teacher; "
+                                              "None trains one first (teacher_epochs)")
+    teacher_epochs: int = Field(10, ge=1)
+    teacher_optim: OptimConfig = Field(default_factory=OptimConfig)
+    teacher_adversarial: bool = Field(False, description="train the teacher with PGD-AT instead of CE")
+    alpha: float = Field(0.5, ge=0, lt=1, description="EMA factor of sigma")
+    gamma_init: float = Field(0.0, ge=0)
+    gamma_max: float = Field(0.2, ge=0)
+    gamma_ramp_epochs: int = Field(10, ge=0, description="epochs to reach gamma_max")
+    gamma_step_every: int = Field(2, ge=1, description="epochs per staircase step")
+    shared: bool = False
+
+    @model_validator(mode="after")
+    def _gammas(self):
+        if self.gamma_max < self.gamma_init:
+            raise ValueError(f"gamma_max ({self.gamma_max}) must be >= gamma_init ({self.gamma_init})")
+        return self
+
+
+class GeneratorSettings(Strict):
+    """MNG-AC's meta noise generator."""
+
+    input: Literal["noise", "image"] = Field("noise", description="'noise': Gaussian noise only "
+                                             "(reference code); 'image': noise and the image (paper)")
+    hidden: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0)
+
+
+def _cifar_attacks() -> list[AttackSettings]:
+    return [AttackSettings(norm="linf", eps=8 / 255, steps=10, step_size=2 / 255),
+            AttackSettings(norm="l1", eps=2000 / 255, steps=20),
+            AttackSettings(norm="l2", eps=128 / 255, steps=10)]
+
+
+class MNGACConfig(StochasticTrainBase):
+    """MNG-AC (``method: mng_ac``): see :mod:`robustsuite.stochastic.mng_ac`. ``attacks`` are the
+    norms drawn per batch; ``attack`` (model selection) defaults to the first of them."""
+
+    method: Literal["mng_ac"] = "mng_ac"
+    attack: Optional[AttackSettings] = None  # type: ignore[assignment]
+    attacks: list[AttackSettings] = Field(default_factory=_cifar_attacks)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    js_weight: float = Field(12.0, ge=0)
+    lr_max: float = Field(0.21, gt=0)
+    cyclic_peak: float = Field(0.4, gt=0, lt=1)
+    lookahead_lr: Optional[float] = Field(None, gt=0, description="default: the classifier's current lr")
+
+    @model_validator(mode="after")
+    def _attacks(self):
+        if not self.attacks:
+            raise ValueError("attacks: at least one attack is needed")
+        norms = [a.norm for a in self.attacks]
+        if len(set(norms)) != len(norms):
+            raise ValueError(f"attacks: each norm at most once, got {norms}")
+        if self.attack is None:
+            object.__setattr__(self, "attack", self.attacks[0])
+        return self
+
+
+CONFIGS = {"pgd_at": PGDATConfig, "pni": PNIConfig, "learn2perturb": Learn2PerturbConfig,
+           "trades": TradesConfig, "anis2": ANIS2Config, "mng_ac": MNGACConfig}

@@ -61,6 +61,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .training.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
+    if ckpt.get("kind") == "budgets":  # certified under its own boxes and the uniform ball of equal volume
+        from .budgets.evaluate import verify_command
+        return verify_command(ckpt, args, *_test_tensors(ckpt, args))
     model = model_from_checkpoint(ckpt)
     x, y = _test_tensors(ckpt, args)
     eps = args.eps or _default_eps(ckpt)

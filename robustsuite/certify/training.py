@@ -129,10 +129,19 @@ class CertifiedTrainer(Trainer):
         return self.epoch * self.steps_per_epoch >= self.start_step + self.ramp_steps
 
     # --------------------------------------------------------------------------- one batch
+    def bound_method(self) -> str:
+        """``crown-ibp`` (CROWN-IBP mixed with IBP by beta) or ``ibp`` (beta = 0 throughout)."""
+        return self.tcfg.method
+
+    def box_stats(self, lo: Tensor, hi: Tensor) -> dict[str, Tensor]:
+        """Extra per-batch statistics of the training box, for the history (none here)."""
+        return {}
+
     def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
         eps = self.eps_for_step(step)
-        beta = mix_factor(eps, self.tcfg.eps, self.tcfg.beta_final) if self.tcfg.method == "crown-ibp" else 0.0
+        beta = mix_factor(eps, self.tcfg.eps, self.tcfg.beta_final) if self.bound_method() == "crown-ibp" else 0.0
         kappa = mix_factor(eps, self.tcfg.eps, self.tcfg.kappa_final)
+        out: dict[str, Tensor] = {}
         if self.tcfg.loss_fusion:
             natural, robust = self._fused_losses(x, y, eps, beta)
         else:
@@ -143,12 +152,13 @@ class CertifiedTrainer(Trainer):
                 lo, hi = self.box(x, eps)
                 m = margin_lower_bounds(self.bm, x, y, lo, hi, beta, self.num_classes)
                 robust = robust_ce_from_margins(m).mean()
+                with torch.no_grad():
+                    out.update(self.box_stats(lo, hi))
         loss = natural if robust is None else kappa * natural + (1.0 - kappa) * robust
         self.clip_and_step(loss)
-        out = {"loss": loss.detach(), "natural_ce": natural.detach()}
+        out.update(loss=loss.detach(), natural_ce=natural.detach(), eps=torch.tensor(eps))
         if robust is not None:
             out["robust_ce"] = robust.detach()
-        out["eps"] = torch.tensor(eps)
         return out
 
     def _fused_losses(self, x: Tensor, y: Tensor, eps: float, beta: float):

@@ -1,0 +1,293 @@
+"""Certified evaluation under learned budgets, and the budget metrics of the synthetic sets.
+
+``certify_budgets`` certifies each test image under its own learned box (the generator in eval mode
+at the test radius e and range rho) and, for the same model, under the uniform L-inf ball of equal
+volume (radius e); it reports the nominal log-mean radius (before the [0, 1] clip: log e by
+construction) and the effective one ((upper - lower) / 2 per dimension after the clip) of both
+sets, and runs PGD inside the learned box: a sample certified under a box must never be broken by
+PGD in that box (a violation is logged as an error and counted). Every number comes from the
+per-sample records it returns.
+
+``budget_ratio`` measures whether the budgets follow feature importance on a set with a known
+label-irrelevant region: the ratio of the geometric-mean budget on the irrelevant region to that on
+the relevant one, and the fraction of irrelevant pixels at the upper range limit ``rho * e``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..certify.bounds import canonical_method
+from ..certify.verifier import Verifier
+from ..errors import InputError
+from ..threats import Box, LinfBall, check_images
+from .generator import BudgetModel
+from .projection import check_rho
+
+log = logging.getLogger(__name__)
+
+__all__ = ["certify_budgets", "radius_summary", "budget_ratio", "pgd_in_box", "certified_curve",
+           "format_budget_table", "verify_command"]
+
+#: relative tolerance for "at the upper range limit"
+AT_LIMIT_RTOL = 1e-4
+
+
+def radius_summary(x: Tensor, budgets: Tensor) -> dict[str, Tensor]:
+    """Per-sample (B,) log-mean radii of the box ``[x - budgets, x + budgets]``.
+
+    ``nominal``: mean of ``log budgets`` (before the [0, 1] clip; the volume constraint fixes it);
+    ``effective``: mean of ``log((upper - lower) / 2)`` after the clip (saturated pixels of digit
+    backgrounds halve their half-width).
+    """
+    lo, hi = (x - budgets).clamp(0, 1), (x + budgets).clamp(0, 1)
+    nominal = budgets.clamp_min(1e-30).log().flatten(1).mean(1)
+    effective = ((hi - lo) / 2).clamp_min(1e-30).log().flatten(1).mean(1)
+    return {"nominal": nominal, "effective": effective}
+
+
+def pgd_in_box(model: torch.nn.Module, x: Tensor, y: Tensor, box: Box, *, steps: int = 40, restarts: int = 1,
+               seed: int = 0, batch: int = 256) -> Tensor:
+    """(B,) bool: the prediction stays correct under PGD inside ``box`` (projection onto the box each
+    step; signed-gradient steps of a fraction of each element's half-width; random start)."""
+    from ..attacks import PGD
+
+    out = []
+    for i in range(0, x.shape[0], batch):
+        s = slice(i, i + batch)
+        sub = Box(box.lower[s], box.upper[s])
+        atk = PGD(model, sub, steps=steps, random_start=True, restarts=restarts, seed=seed + i)
+        xa = atk(x[s], y[s])
+        with torch.no_grad():
+            out.append(model(xa).argmax(1) == y[s])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _budgets(model: BudgetModel, x: Tensor, eps: float, rho: float, batch: int = 1024) -> Tensor:
+    was = model.training
+    model.eval()
+    try:
+        return torch.cat([model.budgets(x[i:i + batch], eps, rho) for i in range(0, x.shape[0], batch)])
+    finally:
+        model.train(was)
+
+
+def certify_budgets(model: BudgetModel, x: Tensor, y: Tensor, *, eps: float, rho: float,
+                    methods: Sequence[str] = ("ibp", "crown-ibp"), pgd_steps: int = 40, pgd_restarts: int = 1,
+                    device: str | torch.device = "auto", seed: int = 0, records: bool = True) -> dict:
+    """Certified accuracy of ``model`` under its learned boxes and under the uniform ball of equal volume.
+
+    Args:
+        model: a :class:`BudgetModel` (classifier + generator); used in eval mode.
+        x: (N, C, H, W) images in [0, 1]; y: (N,) labels.
+        eps: the target radius e (geometric mean of every sample's budgets; the uniform radius).
+        rho: the range ratio of the budgets (>= 1).
+        methods: bound methods (``ibp``, ``crown-ibp``, ``crown``, ``alpha-crown``).
+        pgd_steps: PGD steps inside the learned box (0: no empirical check).
+        records: include the per-sample records.
+
+    Returns:
+        A dict: ``eps``, ``rho``, ``n``, ``clean_acc``; ``radius`` (nominal and effective log-mean
+        radii, learned and uniform, averaged over samples, with ``exp`` of each); ``rows``, one per
+        method, with ``certified_learned``, ``certified_uniform``, ``violations``, ``seconds``;
+        ``pgd_learned_acc``; ``records`` (one per sample: index, label, pred, per method certified
+        under each set, PGD robust, nominal and effective log radii).
+    """
+    check_images(x, "x", ndim=4)
+    rho = check_rho(rho)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not (math.isfinite(eps) and eps > 0):
+        raise InputError(f"eps: the target radius must be a number > 0, got {eps!r}")
+    methods = [canonical_method(m) for m in methods]
+    if not methods:
+        raise InputError("methods: give at least one bound method (ibp, crown-ibp, crown, alpha-crown)")
+    model.eval()
+    verifiers = {m: Verifier(model.classifier, tuple(x.shape[1:]), method=m, device=device) for m in methods}
+    dev = next(iter(verifiers.values())).device
+    model.to(dev)
+    x, y = x.to(dev), y.to(dev)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    b = _budgets(model, x, eps, rho)
+    box = Box((x - b).clamp(0, 1), (x + b).clamp(0, 1))
+    uniform = LinfBall(eps)
+    r_learned = radius_summary(x, b)
+    r_uniform = radius_summary(x, torch.full_like(x, float(eps)))
+
+    robust = None
+    if pgd_steps > 0:
+        robust = pgd_in_box(model.classifier, x, y, box, steps=pgd_steps, restarts=pgd_restarts, seed=seed)
+    rows, per_method = [], {}
+    for m, v in verifiers.items():
+        t0 = time.perf_counter()
+        res_l = v.verify(x, y, box)
+        res_u = v.verify(x, y, uniform)
+        row = {"method": m, "certified_learned": float(res_l.certified.float().mean()),
+               "certified_uniform": float(res_u.certified.float().mean()),
+               "seconds": round(time.perf_counter() - t0, 3)}
+        if robust is not None:
+            violations = int((res_l.certified & ~robust).sum())
+            row["violations"] = violations
+            if violations:
+                log.error("SOUNDNESS VIOLATION: %d samples certified by %s under their learned boxes "
+                          "(eps %g, rho %g) are broken by PGD inside the box", violations, m, eps, rho)
+        rows.append(row)
+        per_method[m] = (res_l.certified.cpu(), res_u.certified.cpu())
+
+    def mean(t: Tensor) -> float:
+        return float(t.mean())
+
+    out = {
+        "eps": float(eps), "rho": rho, "n": int(x.shape[0]),
+        "clean_acc": float((pred == y).float().mean()),
+        "radius": {
+            "nominal_log_learned": mean(r_learned["nominal"]), "nominal_log_uniform": mean(r_uniform["nominal"]),
+            "effective_log_learned": mean(r_learned["effective"]),
+            "effective_log_uniform": mean(r_uniform["effective"]),
+        },
+        "rows": rows,
+    }
+    out["radius"].update({k.replace("_log", "") + "_geomean": math.exp(v) for k, v in list(out["radius"].items())})
+    if robust is not None:
+        out.update(pgd_learned_acc=float(robust.float().mean()), pgd_steps=int(pgd_steps))
+    if records:
+        yc, pc = y.cpu(), pred.cpu()
+        nom, eff = r_learned["nominal"].cpu(), r_learned["effective"].cpu()
+        rec = []
+        for i in range(x.shape[0]):
+            r = {"index": i, "label": int(yc[i]), "pred": int(pc[i]),
+                 "certified_learned": {m: bool(c[0][i]) for m, c in per_method.items()},
+                 "certified_uniform": {m: bool(c[1][i]) for m, c in per_method.items()},
+                 "nominal_log_radius": float(nom[i]), "effective_log_radius": float(eff[i])}
+            if robust is not None:
+                r["pgd_robust"] = bool(robust[i])
+            rec.append(r)
+        out["records"] = rec
+    return out
+
+
+def budget_ratio(budgets: Tensor, irrelevant_mask: Tensor, *, eps: float, rho: float) -> dict[str, float]:
+    """How much more budget the label-irrelevant region gets than the relevant one.
+
+    Args:
+        budgets: (N, C, H, W) per-pixel radii (before the clip).
+        irrelevant_mask: bool (C, H, W), True on the irrelevant region (both regions non-empty).
+        eps, rho: the target radius and range ratio the budgets were produced with.
+
+    Returns:
+        ``ratio``: geometric-mean budget over all irrelevant pixels of all samples divided by that
+        over the relevant ones (1 for uniform budgets, at most rho^2);
+        ``frac_irrelevant_at_upper``: fraction of irrelevant pixels with budget at ``rho * eps``
+        (relative tolerance 1e-4); ``frac_relevant_at_upper`` and ``frac_relevant_at_lower`` beside it;
+        ``ratio_cap``: the largest ratio the volume and range constraints allow for this mask
+        (``rho^2`` when the irrelevant region is at most half of the input; less when it is larger,
+        since the relevant pixels cannot go below ``e / rho`` to pay for it).
+    """
+    if not isinstance(irrelevant_mask, Tensor) or irrelevant_mask.dtype != torch.bool:
+        raise InputError("irrelevant_mask: expected a bool tensor (C, H, W)")
+    if budgets.dim() != 4 or tuple(budgets.shape[1:]) != tuple(irrelevant_mask.shape):
+        raise InputError(f"budgets: expected (N, {', '.join(map(str, irrelevant_mask.shape))}) to match the mask, "
+                         f"got {tuple(budgets.shape)}")
+    m = irrelevant_mask.to(budgets.device).expand_as(budgets)
+    if bool(m.all()) or not bool(m.any()):
+        raise InputError("irrelevant_mask: both the irrelevant and the relevant region must be non-empty")
+    logb = budgets.clamp_min(1e-30).log()
+    upper = budgets >= rho * eps * (1 - AT_LIMIT_RTOL)
+    lower = budgets <= eps / rho * (1 + AT_LIMIT_RTOL)
+    f, L = float(irrelevant_mask.float().mean()), math.log(check_rho(rho))
+    cap = math.exp(min(L, (1 - f) * L / f) + min(L, f * L / (1 - f)))
+    return {"ratio": math.exp(float(logb[m].mean() - logb[~m].mean())), "ratio_cap": cap,
+            "geomean_irrelevant": math.exp(float(logb[m].mean())),
+            "geomean_relevant": math.exp(float(logb[~m].mean())),
+            "frac_irrelevant_at_upper": float(upper[m].float().mean()),
+            "frac_relevant_at_upper": float(upper[~m].float().mean()),
+            "frac_relevant_at_lower": float(lower[~m].float().mean())}
+
+
+def certified_curve(model: torch.nn.Module, x: Tensor, y: Tensor, eps_list: Sequence[float], *,
+                    rho: float | None = None, method: str = "ibp", device: str | torch.device = "auto") -> list[float]:
+    """Certified accuracy at each radius: under the learned boxes (``model`` a :class:`BudgetModel`
+    and ``rho`` given) or under uniform L-inf balls (a classifier, or ``rho`` None)."""
+    clf = model.classifier if isinstance(model, BudgetModel) else model
+    clf.eval()
+    v = Verifier(clf, tuple(x.shape[1:]), method=method, device=device)
+    x, y = x.to(v.device), y.to(v.device)
+    out = []
+    for e in eps_list:
+        if rho is not None and isinstance(model, BudgetModel):
+            model.to(v.device)
+            b = _budgets(model, x, float(e), rho)
+            threat = Box((x - b).clamp(0, 1), (x + b).clamp(0, 1))
+        else:
+            threat = LinfBall(float(e))
+        out.append(v.verify(x, y, threat).certified_accuracy)
+    return out
+
+
+def format_budget_table(reports: Sequence[dict]) -> str:
+    """Plain-text table of :func:`certify_budgets` results (one line per eps and method)."""
+    head = (f"{'eps':>6} {'rho':>5}  {'method':<11} {'clean':>7} {'cert learned':>13} {'cert uniform':>13}"
+            f" {'PGD box':>8}  {'radius nominal/eff.learned/eff.uniform':>40}")
+    lines = [head, "-" * len(head)]
+    for rep in reports:
+        r = rep["radius"]
+        radii = f"{r['nominal_learned_geomean']:.4f} / {r['effective_learned_geomean']:.4f} / " \
+                f"{r['effective_uniform_geomean']:.4f}"
+        for row in rep["rows"]:
+            pgd = f"{100 * rep['pgd_learned_acc']:>7.2f}%" if "pgd_learned_acc" in rep else f"{'-':>8}"
+            line = (f"{rep['eps']:>6.4g} {rep['rho']:>5.3g}  {row['method']:<11} {100 * rep['clean_acc']:>6.2f}%"
+                    f" {100 * row['certified_learned']:>12.2f}% {100 * row['certified_uniform']:>12.2f}% {pgd}"
+                    f"  {radii:>40}")
+            if row.get("violations"):
+                line += f"  !! {row['violations']} SOUNDNESS VIOLATIONS"
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def verify_command(ckpt: dict, args, x: Tensor, y: Tensor) -> int:
+    """``robustsuite verify`` on a budget checkpoint: the table of :func:`certify_budgets` at each
+    ``--eps`` (default the checkpoint's test radius) with the checkpoint's rho; with ``--out``, the
+    JSON report and, beside it, the budget heatmaps and the log-budget histogram (PNG)."""
+    from pathlib import Path
+
+    from ..files import atomic_write_json
+    from ..runtime import resolve_device
+    from .plots import plot_budget_grid, plot_log_budget_histogram
+    from .training import budget_settings, load_budget_model
+
+    settings = budget_settings(ckpt)
+    dev = resolve_device(args.device)
+    model = load_budget_model(ckpt, device=dev)
+    eps_list = args.eps or [settings["eps"]]
+    rho = settings["rho"]
+    reports = [certify_budgets(model, x, y, eps=float(e), rho=rho, methods=args.method, pgd_steps=args.pgd_steps,
+                               device=dev, seed=args.seed) for e in eps_list]
+    print(f"{args.checkpoint}: {x.shape[0]} test samples of {ckpt['config']['data']['name']}, learned budgets "
+          f"(rho {rho:g}) vs the uniform ball of equal volume; radii are geometric means")
+    print(format_budget_table(reports))
+    if args.out:
+        out = Path(args.out)
+        atomic_write_json(out, {"checkpoint": str(args.checkpoint), "kind": "budgets", "reports": reports})
+        e0 = float(eps_list[0])
+        b = _budgets(model, x.to(dev), e0, rho).cpu()
+        mask = _mask_of(ckpt, args)
+        grid = plot_budget_grid(x, b, eps=e0, rho=rho, path=out.with_name(out.stem + "_heatmaps.png"),
+                                labels=y, mask=mask)
+        hist = plot_log_budget_histogram(b, eps=e0, rho=rho, mask=mask,
+                                         path=out.with_name(out.stem + "_log_budgets.png"))
+        print(f"wrote {out}, {grid}, {hist}")
+    return 3 if any(row.get("violations") for rep in reports for row in rep["rows"]) else 0
+
+
+def _mask_of(ckpt: dict, args) -> Tensor | None:
+    from .. import data as rdata
+
+    d = ckpt["config"]["data"]
+    ds = rdata.load(d["name"], "test", root=getattr(args, "data_root", None) or d.get("root"),
+                    download=bool(d.get("download", False)), **(d.get("options") or {}))
+    return getattr(ds, "irrelevant_mask", None)

@@ -21,9 +21,13 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip install -q --no-deps auto-lirpa==0.3
 	touch $(STAMP)
 
+# The main job on the embedded digits: a certified (CROWN-IBP) and an adversarially trained (PGD-AT)
+# model, then one report that puts bounds, attacks and smoothing side by side (runs/demo/eval).
 demo: $(STAMP)
 	$(VENV)/bin/robustsuite train configs/digits_crown_ibp.yaml --out $(OUT)/crown_ibp
-	$(VENV)/bin/robustsuite verify $(OUT)/crown_ibp/best.pt --eps 0.1 --method ibp,crown-ibp,crown,alpha-crown --out $(OUT)/crown_ibp/verify.json
+	$(VENV)/bin/robustsuite verify $(OUT)/crown_ibp/best.pt --eps 0.1 --method ibp,crown-ibp,crown --out $(OUT)/crown_ibp/verify.json
+	$(VENV)/bin/robustsuite train configs/digits_pgd_at.yaml --out $(OUT)/pgd_at
+	$(VENV)/bin/robustsuite eval $(OUT)/crown_ibp/best.pt $(OUT)/pgd_at/best.pt --suite configs/suites/demo.yaml --out $(OUT)/eval
 
 # Two workers with one thread each: the tests are many small tensor ops, for which two processes beat
 # two threads (and threads oversubscribe a busy machine badly).

@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
               robustsuite train configs/digits_crown_ibp.yaml --out runs/crown_ibp
               robustsuite verify runs/crown_ibp/best.pt --eps 0.1,0.2 --method ibp,crown-ibp,crown
               robustsuite attack runs/crown_ibp/best.pt --attack pgd --norm linf --eps 0.1
+              robustsuite eval runs/crown_ibp/best.pt runs/pgd_at/best.pt --suite configs/suites/demo.yaml --out runs/eval
+              robustsuite compare runs/eval runs/other_eval --out runs/compare
             """))
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -191,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--data-root", help="data folder (default: the checkpoint's)")
     a.add_argument("--device", default="auto", help="auto | cpu | cuda")
     a.set_defaults(func=cmd_attack)
+
+    from .eval.commands import add_eval_parsers
+    add_eval_parsers(sub)  # eval, compare
     return p
 
 

@@ -39,9 +39,12 @@ def check_images(x: Tensor, name: str = "x", *, ndim: int | None = None) -> Tens
         raise InputError(f"{name}: expected {ndim} dimensions (N, C, H, W), got shape {tuple(x.shape)}")
     if x.dim() < 2:
         raise InputError(f"{name}: expected a batch (N, ...) with at least 2 dimensions, got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
+    if x.numel() == 0:
+        raise InputError(f"{name}: empty batch (shape {tuple(x.shape)})")
+    # One pass and one host sync: NaN propagates through min/max, inf shows up as out of range.
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InputError(f"{name}: contains NaN or inf; images must be finite floats in [0, 1]")
-    lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         raise InputError(f"{name}: values must lie in [0, 1] (normalization belongs inside the model), "
                          f"got range [{lo:.4g}, {hi:.4g}]")

@@ -66,3 +66,20 @@ def test_help_answers_with_examples(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "example" in capsys.readouterr().out
+
+
+def test_attack_prints_robust_accuracy_and_asr(trained, capsys):
+    rc = main(["attack", str(trained / "best.pt"), "--attack", "pgd", "--norm", "linf", "--eps", "0.1",
+               "--steps", "5", "--subset", "32", "--device", "cpu"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "robust accuracy" in text and "ASR" in text
+
+
+def test_eval_writes_a_report_that_passes_the_consistency_check(trained, tmp_path, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("certify:\n  - {method: ibp, norm: linf, eps: [0.05]}\n"
+                     "attacks:\n  - {name: pgd, norm: linf, eps: [0.05], steps: 5}\nsubset: {first: 30}\n")
+    rc = main(["eval", str(trained / "best.pt"), "--suite", str(suite), "--out", str(tmp_path / "ev"), "--device", "cpu"])
+    assert rc == 0
+    for name in ("report.json", "records.csv", "report.md"):
+        assert (tmp_path / "ev" / name).is_file()

@@ -1,1 +1,42 @@
-"""attacks"""
+"""Attacks: the empirical side of robustsuite.
+
+Every attack is a small class constructed with the model, a threat set and keyword-only
+settings, and called on a batch::
+
+    atk = PGD(model, LinfBall(8/255), steps=20, step_size=2/255)
+    x_adv = atk(x, y)           # (B, C, H, W), inside the threat set and [0, 1]
+    res = atk.run(x, y)         # AttackResult: x_adv, success (B,), distance (B,), queries (B,), steps
+
+White-box (gradient) attacks: :class:`FGSM`, :class:`BIM`, :class:`PGD` (L-inf, L2, sparse L1,
+per-element Box), :class:`MIM`, :class:`APGD` (APGD-CE), :class:`CW` (C&W L2 with binary search).
+Any of them averages gradients over a stochastic model's randomness with ``eot=n`` or
+:class:`EOT`. Black-box: :class:`BoundaryAttack` (decision-based, labels only),
+:class:`PixelAttack` (few-pixel, differential evolution), :class:`TransferAttack` (crafted on a
+source model). By name: :data:`ATTACKS`, :func:`make_attack`; evaluation: :func:`robust_accuracy`.
+
+Shared guarantees: outputs are projected onto the threat set intersected with [0, 1] in one place
+(``Attack.run``); success and distance are computed there too. Attacks never change the model's
+mode (a stochastic model keeps its noise on), never leave gradients on its parameters, run on
+``x.device`` and take a ``seed`` where they draw random numbers.
+"""
+from .apgd import APGD
+from .base import Attack, AttackResult, GradientAttack
+from .bim import BIM
+from .boundary import BoundaryAttack
+from .cw import CW
+from .eot import EOT
+from .fgsm import FGSM
+from .losses import LOSSES, ce_loss, dlr_loss, margin_loss
+from .mim import MIM
+from .pgd import PGD
+from .pixel import PixelAttack
+from .registry import ATTACKS, attack_settings, make_attack, robust_accuracy
+from .transfer import TransferAttack
+
+__all__ = [
+    "Attack", "AttackResult", "GradientAttack",
+    "FGSM", "BIM", "PGD", "MIM", "CW", "EOT", "APGD",
+    "BoundaryAttack", "PixelAttack", "TransferAttack",
+    "ATTACKS", "make_attack", "attack_settings", "robust_accuracy",
+    "LOSSES", "ce_loss", "margin_loss", "dlr_loss",
+]

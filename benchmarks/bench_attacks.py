@@ -1,0 +1,280 @@
+"""Attack speed ratios, measured in one process on the same model and batch.
+
+(a) PGD-k: our ``PGD`` vs the floor (a bare loop of k forward + backward-to-input passes, the
+    least any k-step gradient attack can cost) and vs ``torchattacks.PGD`` with the same settings.
+    Goals: ours / floor <= 1.1, ours / torchattacks <= 1.0.
+(b) Boundary attack: label queries per second vs a bare loop of batched forward passes
+    (``model(x).argmax(1)`` on the same 2B-row batch the attack labels per step).
+    Goal: bare / ours <= 1.2 (ours within 1.2x of the bare throughput).
+
+Runs are interleaved (floor, ours, torchattacks, then rotated) on one intra-op thread by default,
+because the machine may be shared; the headline ratio is the median over repeats of the ratio
+of neighbouring runs, in process CPU time (ratios of the medians and of the minima, and wall
+times, are recorded too). Results go to ``benchmarks/results/attacks_pgd.json`` and
+``benchmarks/results/attacks_boundary.json``.
+
+Usage::
+
+    .venv/bin/python -m benchmarks.bench_attacks [--repeats 30] [--threads 1] [--no-malloc-tuning] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from robustsuite.attacks import PGD, BoundaryAttack
+from robustsuite.threats import LinfBall
+
+log = logging.getLogger("bench_attacks")
+HEADLINE_CLOCK = "cpu"  # set in main(): "cpu" with one thread, "wall" otherwise
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def digits_cnn() -> nn.Module:
+    """A digits-sized CNN (1x8x8 inputs, 10 classes), the shape of the test suite's model."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return x, torch.tensor(d.target, dtype=torch.long)
+
+
+def train_quickly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 10) -> nn.Module:
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 64):
+            idx = perm[i:i + 64]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for p in model.parameters():
+        p.grad = None
+    return model
+
+
+def batch_of(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    reps = (n + len(x) - 1) // len(x)
+    return x.repeat(reps, 1, 1, 1)[:n].contiguous(), y.repeat(reps)[:n].contiguous()
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+# --- (a) PGD --------------------------------------------------------------------------------------
+
+def floor_loop(model, x, y, k):
+    for _ in range(k):
+        xr = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(xr), y, reduction="sum")
+        torch.autograd.grad(loss, xr)
+
+
+def _interleaved(runs: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Time every run once per repeat, rotating the order, so neighbours share the machine's load.
+    Returns ``{"wall": {name: [s, ...]}, "cpu": {name: [s, ...]}}``."""
+    for fn in runs.values():  # warm-up
+        fn()
+    times = {"wall": {name: [] for name in runs}, "cpu": {name: [] for name in runs}}
+    names = list(runs)
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            wall, cpu = timed(runs[name])
+            times["wall"][name].append(wall)
+            times["cpu"][name].append(cpu)
+    return times
+
+
+def _ratios(times: dict[str, dict[str, list[float]]], num: str, den: str) -> dict[str, dict[str, float]]:
+    out = {}
+    for clock, t in times.items():
+        paired = [a / b for a, b in zip(t[num], t[den], strict=True)]
+        out[clock] = {"median_of_paired": statistics.median(paired),
+                      "ratio_of_medians": statistics.median(t[num]) / statistics.median(t[den]),
+                      "ratio_of_minima": min(t[num]) / min(t[den])}
+    return out
+
+
+def _headline(r: dict[str, dict[str, float]]) -> float:
+    """The reported ratio: median of paired ratios, in CPU time on one thread (robust to other
+    jobs on the machine), else in wall time."""
+    return r[HEADLINE_CLOCK]["median_of_paired"]
+
+
+def _summary(times) -> dict:
+    return {clock: {n: statistics.median(v) for n, v in t.items()} for clock, t in times.items()}
+
+
+def bench_pgd(model, x, y, *, k: int, eps: float, repeats: int) -> dict:
+    import torchattacks
+    ours = PGD(model, LinfBall(eps), steps=k, step_size=eps / 4, random_start=True, seed=0)
+    theirs = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=k, random_start=True)
+    times = _interleaved({"floor": lambda: floor_loop(model, x, y, k), "ours": lambda: ours(x, y),
+                          "torchattacks": lambda: theirs(x, y)}, repeats)
+    vs_floor = _ratios(times, "ours", "floor")
+    vs_ta = _ratios(times, "ours", "torchattacks")
+    return {
+        "batch": int(x.shape[0]), "steps": k, "eps": eps, "repeats": repeats,
+        "median_s": _summary(times),
+        "images_per_s_ours_wall": x.shape[0] / statistics.median(times["wall"]["ours"]),
+        "headline_clock": HEADLINE_CLOCK,
+        "ours_over_floor": _headline(vs_floor), "ours_over_torchattacks": _headline(vs_ta),
+        "ours_over_floor_all": vs_floor, "ours_over_torchattacks_all": vs_ta,
+        "goal_floor_1.1_met": _headline(vs_floor) <= 1.1,
+        "goal_torchattacks_1.0_met": _headline(vs_ta) <= 1.0,
+        "all_s": times,
+    }
+
+
+# --- (b) boundary attack ------------------------------------------------------------------------------
+
+def bench_boundary(model, x, y, *, max_queries: int, repeats: int) -> dict:
+    B = x.shape[0]
+    atk = BoundaryAttack(model, max_queries=max_queries, seed=0, record_every=10**9)
+    res = atk.run(x, y)
+    steps = res.steps
+    x2 = torch.cat([x, x]).contiguous()
+
+    def bare():
+        with torch.no_grad():
+            for _ in range(steps):
+                model(x2).argmax(1)
+
+    times = _interleaved({"bare": bare, "ours": lambda: atk.run(x, y)}, repeats)
+    queries = int(res.queries.sum())          # labels the attack asked for (all phases)
+    bare_queries = 2 * B * steps              # rows the bare loop labels
+    # queries/s ratio bare/ours = (bare_queries / t_bare) / (queries / t_ours)
+    scale = bare_queries / queries
+    r = _ratios(times, "ours", "bare")
+    ratio = {clock: {key: v * scale for key, v in d.items()} for clock, d in r.items()}
+    return {
+        "batch": B, "max_queries": max_queries, "steps": steps, "queries_total": queries,
+        "bare_rows_total": bare_queries, "repeats": repeats,
+        "median_s": _summary(times),
+        "queries_per_s_ours_wall": queries / statistics.median(times["wall"]["ours"]),
+        "queries_per_s_bare_wall": bare_queries / statistics.median(times["wall"]["bare"]),
+        "headline_clock": HEADLINE_CLOCK,
+        "bare_over_ours_queries_per_s": _headline(ratio),
+        "bare_over_ours_queries_per_s_all": ratio,
+        "goal_1.2_met": _headline(ratio) <= 1.2,
+        "median_l2_final": float(res.distance[res.success].median()),
+        "all_s": times,
+    }
+
+
+def tune_malloc() -> bool:
+    """Keep freed memory in the process (glibc ``mallopt``: no mmap for large blocks, no heap
+    trimming), so a run does not pay page faults for re-allocating the activations the previous
+    one freed. Without it a digits-CNN PGD run spends about a third of its time in the kernel
+    (70k minor faults per run at batch 2048), noise that swamps the ratios. Applied to every
+    variant alike; returns whether it took effect."""
+    if sys.platform != "linux":
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
+def environment(argv: list[str]) -> dict:
+    import torchattacks
+    return {
+        "torch": torch.__version__, "torchattacks": torchattacks.__version__,
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "device": "cpu", "python": platform.python_version(), "machine": platform.machine(),
+        "command": " ".join([".venv/bin/python -m benchmarks.bench_attacks"] + argv),
+        "note": ("shared machine: runs interleaved; headline = median over repeats of the ratio of "
+                 "neighbouring runs, in process CPU time when threads == 1 (else wall time)"),
+    }
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and smaller runs (smoke)")
+    ap.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc's malloc settings alone")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: stable timings on a shared machine)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    global HEADLINE_CLOCK
+    HEADLINE_CLOCK = "cpu" if args.threads == 1 else "wall"
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    repeats = 5 if args.quick else args.repeats
+    torch.manual_seed(0)
+    x_all, y_all = digits_data()
+    model = train_quickly(digits_cnn(), x_all[:1500], y_all[:1500])
+    env = environment(argv)
+    env["malloc_tuned"] = False if args.no_malloc_tuning else tune_malloc()
+
+    pgd_rows = []
+    for batch, k in ([(256, 10)] if args.quick else [(256, 10), (256, 20), (2048, 10)]):
+        x, y = batch_of(x_all, y_all, batch)
+        row = bench_pgd(model, x, y, k=k, eps=0.1, repeats=repeats if batch <= 256 else max(5, repeats // 2))
+        row["model"] = "digits CNN 1x8x8 (conv16-conv32/2-fc64-fc10)"
+        log.info("PGD-%d batch %d: ours/floor %.3f  ours/torchattacks %.3f  (%s time, median of paired "
+                 "ratios; wall %.0f img/s)", k, batch, row["ours_over_floor"], row["ours_over_torchattacks"],
+                 HEADLINE_CLOCK, row["images_per_s_ours_wall"])
+        pgd_rows.append(row)
+    write_json(RESULTS / "attacks_pgd.json", {"benchmark": "PGD-k vs floor and torchattacks",
+                                               "environment": env, "results": pgd_rows})
+
+    boundary_rows = []
+    # held-out digits the model classifies correctly, so every sample walks and the attack labels
+    # the same 2B rows per step as the bare loop
+    with torch.no_grad():
+        correct = model(x_all[1500:]).argmax(1) == y_all[1500:]
+    x_ok, y_ok = x_all[1500:][correct], y_all[1500:][correct]
+    for batch in ([256] if args.quick else [256, 1024]):
+        x, y = batch_of(x_ok, y_ok, batch)
+        row = bench_boundary(model, x, y, max_queries=400, repeats=max(5, repeats // 2))
+        row["model"] = "digits CNN 1x8x8 (conv16-conv32/2-fc64-fc10)"
+        log.info("boundary batch %d: bare/ours queries/s %.3f  (%s time; wall %.0f queries/s ours, %.0f bare)",
+                 batch, row["bare_over_ours_queries_per_s"], HEADLINE_CLOCK, row["queries_per_s_ours_wall"],
+                 row["queries_per_s_bare_wall"])
+        boundary_rows.append(row)
+    write_json(RESULTS / "attacks_boundary.json", {"benchmark": "boundary attack queries/s vs bare forward",
+                                                    "environment": env, "results": boundary_rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Attack losses: per-sample objectives that an attack *maximizes*.
+
+Every loss takes logits ``(B, K)``, labels ``(B,)`` (true labels, or target labels when
+``targeted=True``) and returns a ``(B,)`` tensor. Attacks ascend the loss, so targeted variants
+are signed to increase towards the target:
+
+* ``"ce"``: cross-entropy ``CE(z, y)``; targeted ``-CE(z, t)``.
+* ``"margin"``: the C&W margin ``max_{j != y} z_j - z_y``; targeted ``z_t - max_{j != t} z_j``.
+  Positive exactly when the sample is misclassified (resp. classified as the target).
+* ``"dlr"``: the difference-of-logits ratio of Croce & Hein (2020),
+  ``-(z_y - max_{j != y} z_j) / (z_(1) - z_(3))``; needs at least 3 classes; untargeted only.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import InputError, unknown
+
+__all__ = ["LOSSES", "LossFn", "ce_loss", "margin_loss", "dlr_loss", "get_loss", "margin_gap"]
+
+LossFn = Callable[[Tensor, Tensor, bool], Tensor]
+
+
+def margin_gap(logits: Tensor, y: Tensor) -> Tensor:
+    """``z_y - max_{j != y} z_j`` per sample (B,): negative exactly when ``y`` is not the top class."""
+    z_y = logits.gather(1, y.unsqueeze(1)).squeeze(1)
+    other = logits.scatter(1, y.unsqueeze(1), float("-inf")).amax(1)
+    return z_y - other
+
+
+def ce_loss(logits: Tensor, y: Tensor, targeted: bool = False) -> Tensor:
+    """Cross-entropy per sample; negated when ``targeted`` (ascending it moves towards ``y``)."""
+    loss = F.cross_entropy(logits, y, reduction="none")
+    return -loss if targeted else loss
+
+
+def margin_loss(logits: Tensor, y: Tensor, targeted: bool = False) -> Tensor:
+    """C&W margin per sample: ``max_{j != y} z_j - z_y`` (targeted: ``z_t - max_{j != t} z_j``)."""
+    gap = margin_gap(logits, y)
+    return gap if targeted else -gap
+
+
+def dlr_loss(logits: Tensor, y: Tensor, targeted: bool = False) -> Tensor:
+    """Difference-of-logits ratio (Croce & Hein 2020), untargeted; scale-invariant in the logits."""
+    if targeted:
+        raise InputError("loss: 'dlr' is untargeted only; use 'ce' or 'margin' with targeted=True")
+    if logits.shape[1] < 3:
+        raise InputError(f"loss: 'dlr' needs at least 3 classes, the model gives {logits.shape[1]}")
+    top = logits.topk(3, dim=1).values
+    return margin_loss(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}
+
+
+def get_loss(name: str) -> LossFn:
+    """The loss function called ``name`` (``ce``, ``margin``, ``dlr``); unknown names raise."""
+    if not isinstance(name, str) or name.lower() not in LOSSES:
+        raise unknown("loss", name, LOSSES)
+    return LOSSES[name.lower()]

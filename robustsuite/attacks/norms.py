@@ -1,0 +1,155 @@
+"""Per-norm hooks of the first-order attacks: random start, steepest-ascent step, projection.
+
+An attack's loop is written once (``descent.py``, ``apgd.py``); what depends on the threat set
+lives here, one small class per set, built around the clean batch ``x`` at the start of a run:
+
+================  ==========================  =================================  =====================
+set               ``random_start``            ``step(x_adv, d, size)``           ``project``
+================  ==========================  =================================  =====================
+``LinfBall``      uniform in the ball         ``x_adv + size * sign(d)``         clamp to the bounds
+``Box``           uniform in each element's   ``x_adv + size * w * sign(d)``,    clamp to the bounds
+                  interval                    ``w`` = element half-width
+``L2Ball``        uniform in the ball         ``x_adv + size * d / ||d||_2``     exact (threat.project)
+``L1Ball``        uniform in the ball         sparse L1 descent (see below)      exact (threat.project)
+``None``          ``x``                       as L2                              clip to [0, 1]
+================  ==========================  =================================  =====================
+
+``size`` is a float or a per-sample ``(B,)`` tensor. **Box units:** for a ``Box`` the step size
+is a *fraction of each element's half-width* ``(upper - lower) / 2``, so a per-pixel budget is
+searched at the same relative speed everywhere (a step of 1.0 moves every element by its own
+half-width; FGSM on a box centred on ``x`` lands on the box's faces).
+
+**Sparse L1 descent** (SLIDE, Tramèr & Boneh 2019): directions that would leave [0, 1] at
+saturated pixels are dropped, the sign of the gradient is kept only where its magnitude is in the
+top ``l1_fraction`` of the coordinates (at least one), and the result is normalized to unit L1
+norm; the step is then projected exactly onto the L1 ball intersected with [0, 1].
+
+Projections onto L-inf balls and boxes are a single clamp against bounds computed once per run
+(``threat.bounds``), which is the exact projection onto the set intersected with [0, 1].
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..threats import Box, L1Ball, L2Ball, LinfBall, ThreatModel
+
+__all__ = ["Geometry", "geometry_for"]
+
+
+def _per_sample(v: Tensor | float, like: Tensor) -> Tensor | float:
+    if isinstance(v, Tensor) and v.dim() == 1:
+        return v.view(-1, *([1] * (like.dim() - 1)))
+    return v
+
+
+def _add_scaled_(x_adv: Tensor, d: Tensor, size: Tensor | float) -> Tensor:
+    """``x_adv += size * d`` in place, ``size`` a float or a per-sample (B,) tensor."""
+    if isinstance(size, Tensor):
+        return x_adv.addcmul_(d, _per_sample(size, x_adv))
+    return x_adv.add_(d, alpha=size)
+
+
+def _l2_normalize(d: Tensor) -> Tensor:
+    n = torch.linalg.vector_norm(d.flatten(1), ord=2, dim=1).clamp_min_(1e-12)
+    return d / n.view(-1, *([1] * (d.dim() - 1)))
+
+
+class Geometry:
+    """Hooks for one threat set around one clean batch ``x``. Subclasses override what differs."""
+
+    def __init__(self, threat: ThreatModel | None, x: Tensor):
+        self.threat = threat
+        self.x = x
+
+    def random_start(self, generator: torch.Generator | None) -> Tensor:
+        """A random point of the set (PGD's random start)."""
+        return self.threat.random_point(self.x, generator)
+
+    def step(self, x_adv: Tensor, direction: Tensor, size: Tensor | float) -> Tensor:
+        """A new tensor: ``x_adv`` moved by ``size`` along the steepest-ascent step for ``direction``."""
+        return self.step_(x_adv.clone(), direction, size)
+
+    def step_(self, x_adv: Tensor, direction: Tensor, size: Tensor | float) -> Tensor:
+        """The same step, in place on ``x_adv`` (which the caller owns); ``direction`` is not changed."""
+        return _add_scaled_(x_adv, _l2_normalize(direction), size)
+
+    def project(self, x_adv: Tensor) -> Tensor:
+        """Projection onto the set intersected with [0, 1]; may work in place on ``x_adv``."""
+        return self.threat.project(self.x, x_adv)
+
+
+class _BoundsGeometry(Geometry):
+    """Sets whose projection is a clamp: L-inf ball and Box (bounds computed once)."""
+
+    def __init__(self, threat, x):
+        super().__init__(threat, x)
+        lo, hi = threat.bounds(x)
+        self.lo = lo.detach().contiguous()
+        self.hi = hi.detach().contiguous()
+
+    def project(self, x_adv):
+        return x_adv.clamp_(self.lo, self.hi)
+
+
+class LinfGeometry(_BoundsGeometry):
+    def step_(self, x_adv, direction, size):
+        return _add_scaled_(x_adv, direction.sign(), size)
+
+
+class BoxGeometry(_BoundsGeometry):
+    def __init__(self, threat: Box, x: Tensor):
+        super().__init__(threat, x)
+        self.half_width = threat.eps.detach().expand_as(x).contiguous()
+
+    def step_(self, x_adv, direction, size):
+        return _add_scaled_(x_adv, direction.sign().mul_(self.half_width), size)
+
+
+class L2Geometry(Geometry):
+    pass
+
+
+class L1Geometry(Geometry):
+    def __init__(self, threat: L1Ball, x: Tensor, l1_fraction: float = 0.01):
+        super().__init__(threat, x)
+        d = x[0].numel()
+        self.k = max(1, min(d, int(math.ceil(l1_fraction * d))))
+
+    def step_(self, x_adv, direction, size):
+        g = direction
+        # Directions leaving [0, 1] at saturated pixels cannot be taken: drop them.
+        blocked = ((x_adv <= 0) & (g < 0)) | ((x_adv >= 1) & (g > 0))
+        a = g.abs().masked_fill_(blocked, 0).flatten(1)
+        thr = a.topk(self.k, dim=1).values[:, -1:]
+        keep = (a >= thr) & (a > 0)
+        e = torch.sign(g.flatten(1)) * keep
+        e = e / e.abs().sum(1, keepdim=True).clamp_min_(1.0)
+        return _add_scaled_(x_adv, e.view_as(x_adv), size)
+
+
+class UnitBoxGeometry(Geometry):
+    """No threat set: only the image domain [0, 1] (minimal-perturbation attacks)."""
+
+    def random_start(self, generator):
+        return self.x.clone()
+
+    def project(self, x_adv):
+        return x_adv.clamp_(0, 1)
+
+
+def geometry_for(threat: ThreatModel | None, x: Tensor, *, l1_fraction: float = 0.01) -> Geometry:
+    """The hooks for ``threat`` around the clean batch ``x``."""
+    if threat is None:
+        return UnitBoxGeometry(None, x)
+    if isinstance(threat, LinfBall):
+        return LinfGeometry(threat, x)
+    if isinstance(threat, Box):
+        return BoxGeometry(threat, x)
+    if isinstance(threat, L2Ball):
+        return L2Geometry(threat, x)
+    if isinstance(threat, L1Ball):
+        return L1Geometry(threat, x, l1_fraction)
+    raise TypeError(f"no attack geometry for threat {type(threat).__name__}")  # pragma: no cover

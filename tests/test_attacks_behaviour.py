@@ -1,0 +1,173 @@
+"""Attack behaviour: reproducibility, restarts, targeted mode, C&W search, APGD, registry, accuracy."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from robustsuite.attacks import (APGD, ATTACKS, BIM, CW, FGSM, MIM, PGD, AttackResult, attack_settings,
+                                 make_attack, robust_accuracy)
+from robustsuite.attacks.apgd import apgd_checkpoints
+from robustsuite.attacks.losses import margin_gap
+from robustsuite.threats import Box, L1Ball, L2Ball, LinfBall
+
+try:
+    from test_attacks_support import held_out, trained_cnn, one_thread  # noqa: F401
+except ImportError:
+    from tests.test_attacks_support import held_out, trained_cnn, one_thread  # noqa: F401
+
+
+def test_seeded_attacks_are_reproducible_and_the_seed_matters():
+    x, y = held_out(32)
+    model = trained_cnn()
+    a = PGD(model, L2Ball(0.5), steps=3, seed=7).run(x, y).x_adv
+    b = PGD(model, L2Ball(0.5), steps=3, seed=7).run(x, y).x_adv
+    c = PGD(model, L2Ball(0.5), steps=3, seed=8).run(x, y).x_adv
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_call_returns_the_same_points_as_run():
+    x, y = held_out(32)
+    atk = PGD(trained_cnn(), L1Ball(2.0), steps=4)
+    assert torch.equal(atk(x, y), atk.run(x, y).x_adv)
+
+
+@pytest.mark.parametrize("threat", [LinfBall(0.06), L2Ball(0.5)], ids=["linf", "l2"])
+def test_restarts_keep_the_worst_case_per_sample(threat):
+    """The first restart repeats the single run (same seed), later ones can only add successes."""
+    x, y = held_out(128)
+    model = trained_cnn()
+    one = PGD(model, threat, steps=5, restarts=1, seed=3).run(x, y)
+    many = PGD(model, threat, steps=5, restarts=4, seed=3).run(x, y)
+    assert bool((many.success | ~one.success).all())
+    assert int(many.success.sum()) >= int(one.success.sum())
+    assert many.steps == 20 and int(many.queries[0]) == 4 * 5 + 4
+
+
+def test_targeted_pgd_reaches_the_targets():
+    x, y = held_out(64)
+    target = (y + 3) % 10
+    res = PGD(trained_cnn(), L2Ball(2.0), steps=20, targeted=True).run(x, target)
+    assert float(res.success.float().mean()) > 0.8
+    assert torch.equal(res.success, res.pred == target)
+
+
+@pytest.mark.parametrize("cls", [FGSM, BIM, MIM], ids=["fgsm", "bim", "mim"])
+def test_targeted_signed_attacks_move_towards_the_target(cls):
+    x, y = held_out(64)
+    model = trained_cnn()
+    target = (y + 1) % 10
+    res = cls(model, LinfBall(0.2), targeted=True).run(x, target)
+    with torch.no_grad():
+        before = margin_gap(model(x), target)
+        after = margin_gap(model(res.x_adv), target)
+    assert float((after > before).float().mean()) > 0.9  # the target logit gained on the others
+
+
+def test_step_size_defaults_follow_the_documented_rules():
+    m = trained_cnn()
+    assert PGD(m, LinfBall(0.1), steps=10).resolved_step_size() == pytest.approx(0.025)
+    assert PGD(m, LinfBall(0.1), steps=20).resolved_step_size() == pytest.approx(0.0125)
+    assert BIM(m, LinfBall(0.1), steps=20).resolved_step_size() == pytest.approx(0.025)
+    assert MIM(m, LinfBall(0.1)).resolved_step_size() == pytest.approx(0.01)
+    assert FGSM(m, L2Ball(0.5)).resolved_step_size() == pytest.approx(0.5)
+    box = Box.around(torch.zeros(1, 1, 8, 8), 0.1)
+    assert PGD(m, box, steps=10).resolved_step_size() == pytest.approx(0.25)  # of the half-width
+    paper = BIM.paper(m, LinfBall(8 / 255))
+    assert paper.steps == 10 and paper.step_size == pytest.approx(1 / 255)
+
+
+def test_cw_binary_search_keeps_the_smallest_success():
+    """The first search step is the single-c run; later steps can only add or shrink successes."""
+    x, y = held_out(64)
+    model = trained_cnn()
+    single = CW(model, c=0.5, steps=50, search_steps=1).run(x, y)
+    search = CW(model, c=0.5, steps=50, search_steps=4).run(x, y)
+    assert bool((search.success | ~single.success).all())
+    both = single.success
+    assert bool((search.distance[both] <= single.distance[both] + 1e-6).all())
+    assert float(search.distance[both].mean()) < float(single.distance[both].mean())
+
+
+def test_cw_confidence_margin_holds_at_the_returned_points():
+    x, y = held_out(32)
+    model = trained_cnn()
+    res = CW(model, c=1.0, kappa=2.0, steps=60, search_steps=3).run(x, y)
+    with torch.no_grad():
+        gap = -margin_gap(model(res.x_adv), y)  # max_other - z_y
+    assert int(res.success.sum()) > 0
+    assert bool((gap[res.success] >= 2.0 - 1e-3).all())
+
+
+def test_targeted_cw_reaches_the_targets():
+    x, y = held_out(32)
+    target = (y + 5) % 10
+    res = CW(trained_cnn(), c=1.0, lr=0.05, steps=60, search_steps=3, targeted=True).run(x, target)
+    assert int(res.success.sum()) > 16
+    assert torch.equal(res.success, res.pred == target)
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd_checkpoints(1) == [1]
+
+
+@pytest.mark.parametrize("threat", [LinfBall(0.08), L2Ball(0.5)], ids=["linf", "l2"])
+def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_steps(threat):
+    x, y = held_out(128)
+    model = trained_cnn()
+    pgd = PGD(model, threat, steps=20).run(x, y)
+    apgd = APGD(model, threat, steps=20).run(x, y)
+    assert int(apgd.success.sum()) >= int(pgd.success.sum())
+    assert apgd.steps == 20 and int(apgd.queries[0]) == 21
+
+
+def test_make_attack_builds_every_registered_attack():
+    model = trained_cnn()
+    for name, cls in ATTACKS.items():
+        threat = None if name in ("cw", "boundary", "pixel") else LinfBall(0.1)
+        atk = make_attack(name, model, threat)
+        assert type(atk) is cls
+        assert "targeted" in attack_settings(name)
+    assert make_attack("PGD", model, LinfBall(0.1), steps=3, restarts=2).restarts == 2
+
+
+def test_robust_accuracy_reports_consistent_numbers_and_records():
+    x, y = held_out(100)
+    model = trained_cnn()
+    out = robust_accuracy(model, x, y, PGD(model, LinfBall(0.08), steps=5), batch_size=32,
+                          return_records=True)
+    assert out["n"] == 100 and len(out["records"]) == 100
+    assert 0 <= out["robust_accuracy"] < out["clean_accuracy"] <= 1
+    assert out["robust_accuracy"] == pytest.approx(out["clean_accuracy"] * (1 - out["asr"]))
+    assert out["robust_accuracy"] == pytest.approx(
+        sum(r["clean_correct"] and not r["success"] for r in out["records"]) / 100)
+
+
+def test_robust_accuracy_slices_a_per_sample_box_with_the_batches():
+    x, y = held_out(50)
+    model = trained_cnn()
+    eps = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 0.15
+    atk = PGD(model, Box.around(x, eps), steps=5, random_start=False)
+    whole = atk.run(x, y)
+    out = robust_accuracy(model, x, y, atk, batch_size=16, return_records=True)
+    assert [r["success"] for r in out["records"]] == whole.success.tolist()
+
+
+def test_box_with_learnable_budgets_gets_no_gradient_from_the_attack():
+    x, y = held_out(16)
+    eps = torch.full(x.shape, 0.05, requires_grad=True)
+    res = PGD(trained_cnn(), Box.around(x, eps), steps=3).run(x, y)
+    assert isinstance(res, AttackResult) and not res.x_adv.requires_grad
+    assert eps.grad is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_attacks_run_on_the_inputs_device():
+    cuda_model = copy.deepcopy(trained_cnn()).cuda()
+    x, y = held_out(16)
+    for atk in (PGD(cuda_model, L2Ball(0.5)), APGD(cuda_model, LinfBall(0.1), steps=5),
+                CW(cuda_model, steps=5, search_steps=1)):
+        res = atk.run(x.cuda(), y.cuda())
+        assert res.x_adv.is_cuda and res.success.is_cuda

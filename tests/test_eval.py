@@ -1,0 +1,344 @@
+"""The unified evaluator: metrics from records, consistency check, reports, suite, CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from robustsuite import data as rdata
+from robustsuite.errors import ConfigError
+from robustsuite.eval import (Report, Suite, evaluate, load_suite, metrics_from_records, smoothing_summary,
+                              suite_from_dict)
+from robustsuite.models import build
+
+
+# ------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def digits():
+    torch.manual_seed(0)
+    x, y = rdata.as_tensors(rdata.load("digits", "train"))
+    xt, yt = rdata.as_tensors(rdata.load("digits", "test"))
+    return x, y, xt, yt
+
+
+@pytest.fixture(scope="module")
+def model(digits):
+    """A small CNN trained naturally for a few seconds (about 90% clean accuracy)."""
+    x, y, _, _ = digits
+    torch.manual_seed(0)
+    m = build("cnn_small", (1, 8, 8), 10, width=0.5, linear=32)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    for _ in range(8):
+        perm = torch.randperm(x.shape[0])
+        for i in range(0, x.shape[0], 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x[idx]), y[idx]).backward()
+            opt.step()
+    return m.eval()
+
+
+class Noisy(nn.Module):
+    """A stochastic model: Gaussian noise on the input of a deterministic classifier."""
+
+    is_stochastic = True
+
+    def __init__(self, inner: nn.Module, sigma: float = 0.1):
+        super().__init__()
+        self.inner, self.sigma = inner, sigma
+
+    def forward(self, x):
+        return self.inner(x + self.sigma * torch.randn_like(x))
+
+
+SUITE = {
+    "name": "test",
+    "certify": [{"method": "ibp", "norm": "linf", "eps": [0.02, 0.05]}, {"method": "crown", "eps": 0.05}],
+    "attacks": [{"name": "pgd", "norm": "linf", "eps": [0.02, 0.05], "steps": 5},
+                {"name": "fgsm", "norm": "linf", "eps": [0.05]},
+                {"name": "pgd", "norm": "l2", "eps": [0.5], "steps": 5}],
+    "eot": {"samples": 2},
+    "repeats": 3,
+    "smoothing": {"sigmas": [0.25], "n0": 20, "n": 100, "alpha": 0.01, "radii": [0, 0.1, 0.3]},
+    "subset": {"first": 40, "every": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def report(model, digits):
+    _, _, xt, yt = digits
+    return evaluate({"det": model, "noisy": Noisy(model)}, (xt, yt), suite_from_dict(SUITE), device="cpu", seed=0)
+
+
+# ------------------------------------------------------------------------------------ metrics
+def _direct(rec, model, repeat):
+    rows = [i for i in range(len(rec["index"])) if rec["model"][i] == model and rec["repeat"][i] == repeat]
+    col = lambda k: np.asarray([rec[k][i] for i in rows])  # noqa: E731
+    return rows, col
+
+
+def test_metrics_equal_direct_computation_from_records(report):
+    rec = report.records
+    rows, col = _direct(rec, "det", 0)
+    label, clean = col("label"), col("clean_pred") == col("label")
+    m = report.metrics["det"]
+    assert m["clean_accuracy"]["mean"] == pytest.approx(clean.mean())
+    for sid in ("linf@0.02", "linf@0.05"):
+        cert = col(f"cert|ibp|{sid}").astype(bool)
+        assert m[f"certified|ibp|{sid}"]["mean"] == pytest.approx(cert.mean())
+        assert m[f"verified_error|ibp|{sid}"]["mean"] == pytest.approx(1 - cert.mean())
+    broken = {}
+    for key in [k for k in rec if k.startswith("atk|") and rec[k][rows[0]] is not None]:
+        _, atk, sid = key.split("|")
+        s = col(key).astype(bool)
+        assert m[f"robust|{atk}|{sid}"]["mean"] == pytest.approx((clean & ~s).mean())
+        assert m[f"asr|{atk}|{sid}"]["mean"] == pytest.approx((clean & s).sum() / clean.sum())
+        broken.setdefault(sid, []).append(s)
+    assert m["worst|linf@0.05"]["mean"] == pytest.approx((clean & ~(broken["linf@0.05"][0] | broken["linf@0.05"][1])).mean())
+    linf = np.logical_or.reduce(broken["linf@0.02"] + broken["linf@0.05"])
+    l2 = np.logical_or.reduce(broken["l2@0.5"])
+    assert m["worst|linf"]["mean"] == pytest.approx((clean & ~linf).mean())
+    assert m["worst|l2"]["mean"] == pytest.approx((clean & ~l2).mean())
+    assert m["union"]["mean"] == pytest.approx((clean & ~(linf | l2)).mean())
+    assert m["average"]["mean"] == pytest.approx(((clean & ~linf).mean() + (clean & ~l2).mean()) / 2)
+    # smoothing agrees with smoothing_summary on the same records
+    summ = smoothing_summary(torch.as_tensor(col("smooth_pred|0.25")), torch.as_tensor(col("smooth_radius|0.25")),
+                             torch.as_tensor(label), radii=[0, 0.1, 0.3])
+    for r, acc in zip(("0", "0.1", "0.3"), summ.certified_accuracy):
+        assert m[f"smooth|0.25|certified@{r}"]["mean"] == pytest.approx(acc)
+    assert m["smooth|0.25|abstention"]["mean"] == pytest.approx(summ.abstention_rate)
+    assert m["smooth|0.25|mcr"]["mean"] == pytest.approx(summ.mean_certified_radius)
+    # and the function recomputes the same numbers from the records alone
+    assert metrics_from_records(rec, {"0.25": [0, 0.1, 0.3]}) == report.metrics
+
+
+def test_union_below_every_norm_and_certified_below_robust(report):
+    for model, m in report.metrics.items():
+        norms = [k for k in m if k.startswith("worst|") and "@" not in k]
+        assert len(norms) == 2
+        assert m["union"]["mean"] <= min(m[k]["mean"] for k in norms) + 1e-12
+        for k, v in m.items():
+            if k.startswith("certified|"):
+                sid = k.split("|")[2]
+                assert v["mean"] <= m[f"worst|{sid}"]["mean"] + 1e-12
+                assert v["mean"] <= m["clean_accuracy"]["mean"] + 1e-12
+    assert report.ok and report.violations == []
+
+
+def test_subset_indices_recorded(report):
+    assert report.samples["indices"] == list(range(0, 80, 2))
+    assert report.records["index"][:40] == list(range(0, 80, 2))
+
+
+def test_stochastic_model_repeats_eot_and_not_applicable(report):
+    na = report.not_applicable
+    assert na["noisy"]["cert|ibp|linf@0.05"] == "stochastic model: bounds do not apply"
+    assert "EOT not needed" in na["det"]["atk|pgd+eot|linf@0.05"]
+    assert "atk|pgd+eot|linf@0.05" not in na["noisy"] and "atk|fgsm+eot|linf@0.05" in report.records
+    rec = report.records
+    assert sorted(set(r for r, m in zip(rec["repeat"], rec["model"]) if m == "noisy")) == [0, 1, 2]
+    assert sorted(set(r for r, m in zip(rec["repeat"], rec["model"]) if m == "det")) == [0]
+    m = report.metrics["noisy"]
+    vals = []
+    for r in range(3):
+        rows, col = _direct(rec, "noisy", r)
+        vals.append(((col("clean_pred") == col("label")) & ~col("atk|pgd+eot|linf@0.05").astype(bool)).mean())
+    assert m["robust|pgd+eot|linf@0.05"]["values"] == pytest.approx(vals)
+    assert m["robust|pgd+eot|linf@0.05"]["mean"] == pytest.approx(np.mean(vals))
+    assert m["robust|pgd+eot|linf@0.05"]["std"] == pytest.approx(np.std(vals))
+    assert "certified|ibp|linf@0.05" not in m
+    assert "+-" in report.table()
+    assert len(m["smooth|0.25|abstention"]["values"]) == 1  # smoothing runs once
+
+
+# ------------------------------------------------------------------------------------ consistency
+def test_violation_check_fires_on_a_wrong_bound(model, digits, monkeypatch, tmp_path, caplog):
+    """A deliberately unsound bound (every sample 'certified') must be caught by the check."""
+    from robustsuite.certify import Verifier
+
+    real = Verifier.verify
+
+    def wrong(self, x, y, threat):
+        res = real(self, x, y, threat)
+        res.certified = torch.ones_like(res.certified)
+        return res
+
+    monkeypatch.setattr(Verifier, "verify", wrong)
+    _, _, xt, yt = digits
+    suite = {"certify": [{"method": "ibp", "eps": 0.3}], "attacks": [{"name": "pgd", "eps": 0.3, "steps": 10}],
+             "subset": {"first": 30}}
+    with caplog.at_level("ERROR"):
+        rep = evaluate({"m": model}, (xt, yt), suite, device="cpu")
+    assert not rep.ok
+    v = rep.violations[0]
+    assert (v["model"], v["method"], v["attack"], v["set"]) == ("m", "ibp", "pgd", "linf@0.3") and v["count"] > 0
+    assert "SOUNDNESS VIOLATION" in caplog.text
+    rep.save(tmp_path, plots=False)
+    assert (tmp_path / "report.md").read_text().splitlines()[2] == "## SOUNDNESS VIOLATION"
+    assert Report.load(tmp_path).violations == rep.violations
+
+
+# ------------------------------------------------------------------------------------ reports
+def test_report_json_round_trip_and_files(report, tmp_path):
+    report.save(tmp_path)
+    for f in ("report.json", "records.csv", "report.md", "plots/robust_vs_eps.png", "plots/asr.png",
+              "plots/smoothing_radius.png"):
+        assert (tmp_path / f).is_file(), f
+    back = Report.load(tmp_path)
+    assert back.to_dict() == json.loads(json.dumps(report.to_dict()))
+    assert back.metrics == report.metrics and back.records == report.records
+    assert back.recompute().metrics == report.metrics
+    assert set(json.loads((tmp_path / "report.json").read_text())) >= {
+        "suite", "environment", "timings", "metrics", "records", "violations", "not_applicable"}
+    lines = (tmp_path / "records.csv").read_text().splitlines()
+    assert len(lines) == 1 + len(report.records["index"]) and lines[0].startswith("model,repeat,index,label")
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_interrupted_report_write_leaves_no_partial_file(report, tmp_path, monkeypatch):
+    import robustsuite.files as files
+
+    def crash(fd):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(files.os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        report.save(tmp_path, plots=False)
+    assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary file
+    monkeypatch.undo()
+    report.save(tmp_path, plots=False)
+    before = (tmp_path / "report.json").read_bytes()
+    monkeypatch.setattr(files.os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        report.save(tmp_path, plots=False)
+    assert (tmp_path / "report.json").read_bytes() == before  # the old report is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["records.csv", "report.json", "report.md"]
+
+
+# ------------------------------------------------------------------------------------ suite
+def test_suite_yaml_and_errors_name_the_key_path(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("certify:\n  - {method: crown-ibp, eps: 0.1}\nattacks:\n  - {name: pgd, eps: [0.1], steps: 3}\n"
+                 "subset: {every: 3}\n")
+    s = load_suite(p)
+    assert isinstance(s, Suite) and s.attacks[0].settings == {"steps": 3} and s.certify[0].eps == [0.1]
+    assert load_suite(p, ["subset.first=5"]).subset.first == 5
+    cases = [({"attacks": [{"name": "pgd", "eps": 0.1, "stepz": 3}]}, "attacks[0]: Value error, unknown setting(s) 'stepz'"),
+             ({"attacks": [{"name": "cw", "eps": 0.1}]}, "does not support norm 'linf'"),
+             ({"certify": [{"method": "nope", "eps": 0.1}]}, "certify[0].method"),
+             ({"smoothing": {"sigmas": [0.25], "nn": 3}}, "smoothing.nn: unknown key"),
+             ({"certify": [{"method": "ibp", "eps": [-1]}]}, "certify[0].eps"),
+             ({"bogus": 1}, "bogus: unknown key")]
+    for raw, msg in cases:
+        with pytest.raises(ConfigError, match=__import__("re").escape(msg)):
+            suite_from_dict(raw)
+    assert load_suite("configs/suites/demo.yaml").name == "demo"
+
+
+def test_learned_budgets_not_applicable_without_generator(model, digits):
+    _, _, xt, yt = digits
+    rep = evaluate(model, (xt, yt), {"certify": [{"method": "ibp", "eps": 0.05, "budgets": "learned"}],
+                                     "subset": {"first": 5}}, device="cpu")
+    assert rep.not_applicable["model"]["cert|ibp|learned-rho4@0.05"].startswith("learned budgets")
+    assert rep.metrics["model"].keys() == {"clean_accuracy"}
+
+
+# ------------------------------------------------------------------------------------ CLI
+def test_cli_eval_and_compare(model, tmp_path, capsys):
+    import argparse
+
+    from robustsuite.eval.commands import add_eval_parsers, cmd_eval
+    from robustsuite.training.checkpoint import save_checkpoint
+
+    ck = tmp_path / "cnn" / "best.pt"
+    save_checkpoint(ck, kind="natural", model_spec=model.spec, model_state=model.state_dict(),
+                    config={"data": {"name": "digits"}})
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("certify: [{method: ibp, eps: 0.05}]\nattacks: [{name: pgd, eps: 0.05, steps: 3}]\n"
+                     "subset: {first: 20}\n")
+    p = argparse.ArgumentParser()
+    add_eval_parsers(p.add_subparsers(dest="command"))
+    run = lambda argv: p.parse_args(argv).func(p.parse_args(argv))  # noqa: E731
+    assert run(["eval", str(ck), "--suite", str(suite), "--out", str(tmp_path / "a"), "--device", "cpu"]) == 0
+    assert run(["eval", str(ck), "--suite", str(suite), "--out", str(tmp_path / "b"), "--device", "cpu",
+                "--set", "subset.first=10", "--names", "small"]) == 0
+    out = capsys.readouterr().out
+    assert "certified ibp linf@0.05" in out and "cnn" in out
+    assert run(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
+    captured = capsys.readouterr()
+    assert "a:cnn" in captured.out and "b:small" in captured.out
+    assert "different samples" in captured.err
+    assert "WARNING: different samples" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert (tmp_path / "cmp" / "plots" / "robust_vs_eps.png").is_file()
+
+    # a violation makes the command exit 3
+    from robustsuite.certify import Verifier
+    real = Verifier.verify
+
+    def wrong(self, x, y, threat):
+        res = real(self, x, y, threat)
+        res.certified = torch.ones_like(res.certified)
+        return res
+
+    Verifier.verify = wrong
+    try:
+        args = p.parse_args(["eval", str(ck), "--suite", str(suite), "--out", str(tmp_path / "c"), "--device", "cpu",
+                             "--set", "certify=[{method: ibp, eps: 0.4}]",
+                             "--set", "attacks=[{name: pgd, eps: 0.4, steps: 10}]"])
+        assert cmd_eval(args) == 3
+    finally:
+        Verifier.verify = real
+    assert "SOUNDNESS VIOLATION" in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_learned_budgets_on_a_budget_model(model, digits, tmp_path):
+    from robustsuite.budgets import BudgetGenerator, BudgetModel
+
+    _, _, xt, yt = digits
+    torch.manual_seed(0)
+    bm = BudgetModel(model, BudgetGenerator((1, 8, 8), width=8)).eval()
+    suite = {"certify": [{"method": "ibp", "eps": 0.05, "budgets": "learned", "rho": 2}],
+             "attacks": [{"name": "pgd", "eps": 0.05, "budgets": "learned", "rho": 2, "steps": 5}],
+             "subset": {"first": 20}}
+    rep = evaluate({"bm": bm}, (xt, yt), suite, device="cpu")
+    m = rep.metrics["bm"]
+    assert rep.not_applicable["bm"] == {} and rep.ok
+    assert m["certified|ibp|learned-rho2@0.05"]["mean"] <= m["robust|pgd|learned-rho2@0.05"]["mean"]
+    rep.save(tmp_path)
+    assert (tmp_path / "plots" / "budgets_bm.png").is_file()
+
+
+def test_stochastic_model_without_eot_is_warned(model, digits, caplog):
+    _, _, xt, yt = digits
+    with caplog.at_level("WARNING"):
+        rep = evaluate({"noisy": Noisy(model)}, (xt, yt), {"attacks": [{"name": "fgsm", "eps": 0.05}], "repeats": 2,
+                                                           "subset": {"first": 10}}, device="cpu")
+    assert "without EOT" in caplog.text and "without EOT" in rep.markdown()
+    assert len(rep.metrics["noisy"]["robust|fgsm|linf@0.05"]["values"]) == 2
+
+
+def test_transfer_attack_from_a_named_source_model(model, digits):
+    _, _, xt, yt = digits
+    suite = {"attacks": [{"name": "transfer", "source": "det", "attack": "pgd", "eps": 0.1, "steps": 5},
+                         {"name": "pgd", "eps": 0.1, "steps": 5}],
+             "repeats": 1, "subset": {"first": 20}}
+    rep = evaluate({"det": model, "noisy": Noisy(model, 0.05)}, (xt, yt), suite, device="cpu")
+    key = "atk|pgd-transfer-from-det|linf@0.1"
+    assert rep.not_applicable["det"][key].startswith("the transfer source itself")
+    assert "robust|pgd-transfer-from-det|linf@0.1" in rep.metrics["noisy"]
+    with pytest.raises(ConfigError, match=r"attacks\[0\].source: unknown model 'nope'"):
+        evaluate(model, (xt, yt), {"attacks": [{"name": "transfer", "source": "nope", "attack": "pgd", "eps": 0.1}]})
+    with pytest.raises(ConfigError, match="needs 'source'"):
+        suite_from_dict({"attacks": [{"name": "transfer", "eps": 0.1}]})
+
+
+def test_compare_notes_only_real_differences(report):
+    from robustsuite.eval.compare import sample_differences
+
+    other = Report.from_dict(report.to_dict())
+    assert sample_differences([report, other], ["a", "b"]) == []
+    other.samples = {**other.samples, "indices": other.samples["indices"][:10]}
+    assert "different samples" in sample_differences([report, other], ["a", "b"])[0]

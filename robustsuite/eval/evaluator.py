@@ -14,6 +14,14 @@ Stochastic models are evaluated ``suite.repeats`` times with fresh randomness (a
 without EOT); bounds (not applicable there anyway) and smoothing run once. Every metric is computed
 from the per-sample records (:func:`~robustsuite.eval.metrics.metrics_from_records`), and every run
 is checked for consistency (:func:`~robustsuite.eval.metrics.check_consistency`).
+
+Distributed (``torchrun ... -m robustsuite eval``): the samples are sharded by batch of
+``suite.batch_size`` (rank r evaluates batches r, r + world, ...), so every batch holds the same
+samples as in one process; the records are gathered and put back in single-process order, and every
+rank returns the same report. Bit-equal to one process: clean predictions, certified bounds,
+deterministic attacks and attacks seeded per call (each batch sees the same seed and samples).
+Not equal: randomized smoothing and stochastic models (their random streams run across batches).
+Timings are the slowest rank's.
 """
 from __future__ import annotations
 
@@ -139,9 +147,12 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
             from ..errors import ConfigError
             raise ConfigError(f"suite attacks[{ai}].source: unknown model {a.source!r}; the models are: "
                               f"{', '.join(map(str, models))}")
-    dev = resolve_device(device)
+    from ..training import distributed as dist_utils
+    dist_utils.init_from_env()
+    dev = dist_utils.device_for_rank(resolve_device(device))
     models = {str(n): m.to(dev).eval() for n, m in models.items()}
     x_all, y_all, indices = select_samples(data, suite)
+    x_mine, y_mine, idx_mine = _shard(x_all, y_all, indices, suite.batch_size)
     log.info("evaluating %d model(s) on %d samples with suite %r on %s", len(models), len(indices), suite.name, dev)
 
     columns: dict[str, list] = {k: [] for k in ("model", "repeat", "index", "label", "clean_pred")}
@@ -154,8 +165,11 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
     extras: dict[str, Any] = {}
     t_total = time.perf_counter()
     for name, model in models.items():
-        out = _evaluate_model(str(name), model, x_all, y_all, indices, suite, items, dev, seed, models)
-        rows, na, times, extra = out
+        if idx_mine:
+            out = _evaluate_model(str(name), model, x_mine, y_mine, idx_mine, suite, items, dev, seed, models)
+        else:  # fewer batches than ranks: nothing here, but take part in the gather
+            out = ({k: [] for k in columns}, {}, {}, {})
+        rows, na, times, extra = _gather(out, indices) if dist_utils.is_distributed() else out
         for k in columns:
             columns[k].extend(rows.get(k, [None] * len(rows["index"])))
         not_applicable[str(name)] = na
@@ -181,6 +195,44 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
             log.error("SOUNDNESS VIOLATION: model %s: %d sample(s) certified by %s under %s are broken by %s "
                       "(indices %s)", v["model"], v["count"], v["method"], v["set"], v["attack"], v["indices"])
     return report
+
+
+def _shard(x: Tensor, y: Tensor, indices: list[int], bs: int):
+    """This rank's batches (r, r + world, ...) of the selected samples; everything with one process."""
+    from ..training import distributed as dist_utils
+    if not dist_utils.is_distributed():
+        return x, y, indices
+    r, w = dist_utils.rank(), dist_utils.world()
+    pos = [p for b in range(r * bs, len(indices), w * bs) for p in range(b, min(b + bs, len(indices)))]
+    sel = torch.as_tensor(pos, dtype=torch.long)
+    return x[sel], y[sel], [indices[p] for p in pos]
+
+
+def _gather(out, indices: list[int]):
+    """Every rank's (rows, not applicable, timings, extra) of one model merged in single-process order:
+    rows sorted by (repeat, position of the sample); reasons united; the slowest rank's timings;
+    rank 0's extra (it holds the first batch)."""
+    from ..training import distributed as dist_utils
+    parts = dist_utils.all_gather_objects(out)
+    position = {ix: p for p, ix in enumerate(indices)}
+    keys = list(parts[0][0])
+    entries = []
+    for rows, _, _, _ in parts:
+        for j in range(len(rows["index"])):
+            entries.append(((rows["repeat"][j], position[rows["index"][j]]), [rows[k][j] for k in keys]))
+    entries.sort(key=lambda e: e[0])
+    merged = {k: [e[1][c] for e in entries] for c, k in enumerate(keys)}
+    na: dict[str, str] = {}
+    times: dict[str, float] = {}
+    for _, n, t, _ in parts:
+        na.update(n)
+        for k, v in t.items():
+            times[k] = max(times.get(k, 0.0), v)
+    for k in na:  # an item one rank could not run is not applicable anywhere
+        for col in (k, "dist|" + k[len("atk|"):] if k.startswith("atk|") else k):
+            if col in merged:
+                merged[col] = [None] * len(merged[col])
+    return merged, na, times, parts[0][3]
 
 
 def _items(suite: Suite) -> list[dict[str, Any]]:
@@ -237,7 +289,9 @@ def _evaluate_model(name: str, model: nn.Module, x: Tensor, y: Tensor, indices: 
             rows[k] = []
 
     def tick(stage: str, t0: float) -> None:
-        times[stage] = times.get(stage, 0.0) + time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        times[stage] = times.get(stage, 0.0) + dt
+        log.info("model %s: %s done in %.1f s", name, stage, dt)  # progress on long evaluations
 
     # applicability, decided once per model
     for it in items:

@@ -47,6 +47,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     result = train(cfg, out, device=args.device, resume=not args.no_resume, quiet=args.quiet)
+    from .training.distributed import is_main
+    if not is_main():  # under torchrun only rank 0 reports
+        return 0
     last = result.history[-1] if result.history else {}
     print(f"trained {cfg.name}: {len(result.history)} epochs -> {result.best} (last: {result.last})")
     shown = {k: v for k, v in last.items() if k.startswith("val_") and isinstance(v, float)}

@@ -13,6 +13,10 @@ during training (auto_LiRPA clones buffers) and are copied back before every che
 Loss fusion bounds the cross-entropy itself (auto_LiRPA's ``CrossEntropyWrapper``), whose cost does
 not grow with the number of classes; evaluation always uses the explicit margin bounds.
 Subclasses change the perturbation set through :meth:`CertifiedTrainer.box` (learned budgets do).
+
+The whole batch loss (clean pass, bounds, robust loss) is the ``forward`` of :class:`CertifiedLoss`,
+a module holding the bounded graph; under ``torchrun`` it is wrapped in DistributedDataParallel, so
+DDP averages the gradients of the shared parameters (see :mod:`robustsuite.training.distributed`).
 """
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..training import distributed as dist_utils
 from ..training.loop import Trainer
 from ..training.schedules import eps_at, mix_factor
 from .bounds import spec_matrix
@@ -65,6 +70,35 @@ def _exp_node(bm):
     raise RuntimeError("loss fusion: no exp node in the bounded cross-entropy graph")
 
 
+class CertifiedLoss(nn.Module):
+    """``forward(x, y, eps, beta, kappa)`` -> (loss, natural CE, robust CE or None, box statistics) of
+    one batch: the module DDP wraps, so bounds are computed inside the wrapped forward. Its only
+    submodule is the bounded graph (which shares the model's parameters)."""
+
+    def __init__(self, trainer: "CertifiedTrainer"):
+        super().__init__()
+        self.bm = trainer.bm
+        object.__setattr__(self, "trainer", trainer)  # not a submodule: DDP must not see it
+
+    def forward(self, x: Tensor, y: Tensor, eps: float, beta: float, kappa: float):
+        t = self.trainer
+        stats: dict[str, Tensor] = {}
+        if t.tcfg.loss_fusion:
+            natural, robust = t._fused_losses(x, y, eps, beta)
+        else:
+            logits = self.bm(x)  # clean pass first: BatchNorm in train mode uses this batch's statistics
+            natural = F.cross_entropy(logits, y)
+            robust = None
+            if eps > t.tcfg.natural_below:
+                lo, hi = t.box(x, eps)
+                m = margin_lower_bounds(self.bm, x, y, lo, hi, beta, t.num_classes)
+                robust = robust_ce_from_margins(m).mean()
+                with torch.no_grad():
+                    stats.update(t.box_stats(lo, hi))
+        loss = natural if robust is None else kappa * natural + (1.0 - kappa) * robust
+        return loss, natural, robust, stats
+
+
 class CertifiedTrainer(Trainer):
     """CROWN-IBP (or IBP) certified training of ``model`` under uniform L-inf balls clipped to [0, 1]."""
 
@@ -94,6 +128,19 @@ class CertifiedTrainer(Trainer):
             self._construct(dummy)
         self.bm.train()
         self.model.train(was)
+        self._loss_module = None  # (re)built from this bounded graph on the next step
+
+    def loss_module(self) -> nn.Module:
+        """:class:`CertifiedLoss` of the current bounded graph, wrapped in DDP when distributed."""
+        if self._loss_module is None:
+            mod = CertifiedLoss(self)
+            if dist_utils.is_distributed():
+                from torch.nn.parallel import DistributedDataParallel as DDP
+                ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
+                mod = DDP(mod, device_ids=ids)  # BatchNorm running statistics follow rank 0
+                self.ddp_managed = {id(p) for p in mod.parameters()}
+            self._loss_module = mod
+        return self._loss_module
 
     def _construct(self, dummy: Tensor) -> None:
         from .lirpa import BoundedModule, CrossEntropyWrapper
@@ -141,20 +188,8 @@ class CertifiedTrainer(Trainer):
         eps = self.eps_for_step(step)
         beta = mix_factor(eps, self.tcfg.eps, self.tcfg.beta_final) if self.bound_method() == "crown-ibp" else 0.0
         kappa = mix_factor(eps, self.tcfg.eps, self.tcfg.kappa_final)
-        out: dict[str, Tensor] = {}
-        if self.tcfg.loss_fusion:
-            natural, robust = self._fused_losses(x, y, eps, beta)
-        else:
-            logits = self.bm(x)  # clean pass first: BatchNorm in train mode uses this batch's statistics
-            natural = F.cross_entropy(logits, y)
-            robust = None
-            if eps > self.tcfg.natural_below:
-                lo, hi = self.box(x, eps)
-                m = margin_lower_bounds(self.bm, x, y, lo, hi, beta, self.num_classes)
-                robust = robust_ce_from_margins(m).mean()
-                with torch.no_grad():
-                    out.update(self.box_stats(lo, hi))
-        loss = natural if robust is None else kappa * natural + (1.0 - kappa) * robust
+        loss, natural, robust, stats = self.loss_module()(x, y, eps, beta, kappa)
+        out: dict[str, Tensor] = dict(stats)
         self.clip_and_step(loss)
         out.update(loss=loss.detach(), natural_ce=natural.detach(), eps=torch.tensor(eps))
         if robust is not None:

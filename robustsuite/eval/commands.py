@@ -70,6 +70,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = evaluate(models, test, suite, device=args.device, seed=args.seed,
                       data_description={"name": d.name, "split": "test", "options": d.options,
                                         "checkpoints": dict(zip(models, map(str, args.checkpoints)))})
+    from ..training.distributed import is_main
+    if not is_main():  # under torchrun every rank holds the same report; rank 0 writes and prints it
+        return VIOLATION_EXIT if report.violations else 0
     out = report.save(args.out)
     print(report.table(transpose=True))
     print(f"wrote {out / 'report.md'}, report.json, records.csv, plots/")

@@ -8,6 +8,12 @@ checkpoint) and ``extra_state``/``load_extra_state``.
 Determinism: the batch order of epoch e comes from a generator seeded with (seed, e), and every RNG
 state is saved in ``last.pt``, so a run resumed from its last checkpoint reaches the same weights
 as an uninterrupted one.
+
+Distribution (``torchrun``, see :mod:`robustsuite.training.distributed`): ``train.batch_size`` is the
+global batch; every rank draws the same global batches and takes ``batch[rank::world]``; gradients
+are averaged over ranks (by DDP where the trainer wraps its loss in one, else after ``backward`` in
+:meth:`Trainer.clip_and_step`); only rank 0 validates and writes files, and the history is the same
+on every rank.
 """
 from __future__ import annotations
 
@@ -21,11 +27,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from ..config import RunConfig
 from ..files import atomic_write_json, atomic_write_text
 from ..runtime import rng_state, set_rng_state
+from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -61,12 +68,19 @@ class Trainer(abc.ABC):
 
     def __init__(self, model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: RunConfig,
                  out_dir: str | Path, device: torch.device, *, quiet: bool = False):
+        dist_utils.init_from_env()
+        rank_device = dist_utils.device_for_rank(torch.device(device))
+        if rank_device != torch.device(device):
+            device = rank_device
+            model.to(device)
         self.model = model
         self.train_set, self.val_set = train_set, val_set
         self.cfg, self.tcfg = cfg, cfg.train
         self.out_dir = Path(out_dir)
         self.device = device
-        self.quiet = quiet
+        self.quiet = quiet or not dist_utils.is_main()
+        self.loss_weight = 1.0  # distributed: world * local / global of the current batch
+        self.ddp_managed: set[int] = set()  # ids of parameters whose gradients DDP averages
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
         self.best_score = -math.inf
@@ -108,14 +122,36 @@ class Trainer(abc.ABC):
     def clip_and_step(self, loss: Tensor) -> None:
         """Backward pass, gradient-norm clipping (if configured) and an optimizer step."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if dist_utils.is_distributed():
+            (loss * self.loss_weight).backward()
+            dist_utils.all_reduce_grads(self._unmanaged_params())
+        else:
+            loss.backward()
         clip = self.tcfg.optim.grad_clip
         if clip:
             torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], clip)
         self.optimizer.step()
 
+    def _unmanaged_params(self) -> list[Tensor]:
+        """Parameters of every optimizer of the trainer whose gradients DDP does not average."""
+        seen: set[int] = set(self.ddp_managed)
+        out = []
+        for opt in [o for o in vars(self).values() if isinstance(o, torch.optim.Optimizer)]:
+            for g in opt.param_groups:
+                for p in g["params"]:
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        out.append(p)
+        return out
+
     def loader(self, epoch: int) -> DataLoader:
         gen = torch.Generator().manual_seed(int(self.cfg.seed) * 100_003 + epoch)
+        if dist_utils.is_distributed():  # the same global batches as one process; this rank's part
+            batches = BatchSampler(RandomSampler(self.train_set, generator=gen), self.tcfg.batch_size,
+                                   drop_last=False)
+            sampler = dist_utils.ShardedBatchSampler(batches, dist_utils.rank(), dist_utils.world())
+            # generator too: the loader draws its base seed from it first, as the one-process loader
+            return DataLoader(self.train_set, batch_sampler=sampler, generator=gen, num_workers=0)
         return DataLoader(self.train_set, batch_size=self.tcfg.batch_size, shuffle=True, generator=gen,
                           drop_last=False, num_workers=0)
 
@@ -132,6 +168,8 @@ class Trainer(abc.ABC):
                 "model_state": self.model.state_dict(), "config": self.cfg.resolved()}
 
     def save_last(self, finished: bool) -> None:
+        if not dist_utils.is_main():
+            return
         save_checkpoint(self.last_path, **self._model_entry(), epoch=self.epoch, finished=finished,
                         optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                         rng=rng_state(), history=self.history, best_score=self.best_score,
@@ -162,10 +200,15 @@ class Trainer(abc.ABC):
         """
         from tqdm.auto import tqdm
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out_dir / "config.yaml", _yaml(self.cfg.resolved()))
+        main = dist_utils.is_main()
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out_dir / "config.yaml", _yaml(self.cfg.resolved()))
         if resume:
             self.resume()
+        if dist_utils.is_distributed():
+            dist_utils.broadcast_module(self.model)  # identical start on every rank (DDP does it too)
+            dist_utils.barrier()
         total = self.tcfg.epochs if stop_after is None else min(self.tcfg.epochs, stop_after)
         bars = show_progress(self.quiet)
         while self.epoch < total:
@@ -174,14 +217,20 @@ class Trainer(abc.ABC):
             t0 = time.perf_counter()
             sums: dict[str, Tensor] = {}
             counts: dict[str, int] = {}
-            it = tqdm(self.loader(epoch), total=self.steps_per_epoch, disable=not bars, leave=False,
+            loader = self.loader(epoch)
+            sharded = isinstance(loader.batch_sampler, dist_utils.ShardedBatchSampler)
+            it = tqdm(loader, total=self.steps_per_epoch, disable=not bars, leave=False,
                       desc=f"{self.kind} epoch {epoch + 1}/{self.tcfg.epochs}")
             for i, (x, y) in enumerate(it):
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                n = x.shape[0]
+                if sharded:  # this rank's share of the global batch (0 for a padding sample)
+                    n, n_global = loader.batch_sampler.sizes[i]
+                    self.loss_weight = dist_utils.loss_weight(n, n_global)
                 stats = self.train_step(x, y, epoch * self.steps_per_epoch + i)
                 for k, v in stats.items():  # a key may be missing in some batches (no bounds at eps 0)
-                    sums[k] = sums.get(k, 0) + v.detach() * x.shape[0]
-                    counts[k] = counts.get(k, 0) + x.shape[0]
+                    sums[k] = sums.get(k, 0) + v.detach() * n
+                    counts[k] = counts.get(k, 0) + n
                 if bars and i % 10 == 0 and "loss" in stats:
                     it.set_postfix(loss=f"{float(stats['loss']):.3f}")
             self.scheduler.step()
@@ -189,24 +238,35 @@ class Trainer(abc.ABC):
             self.sync_model()
             row: dict[str, Any] = {"epoch": self.epoch, "time_s": round(time.perf_counter() - t0, 3),
                                    "lr": self.optimizer.param_groups[0]["lr"]}
-            row.update({k: float(v) / counts[k] for k, v in sums.items()})
+            if sharded:  # means over the global batches: sums and counts of every rank
+                parts = dist_utils.all_gather_objects({k: (float(v), counts[k]) for k, v in sums.items()})
+                sums, counts = {}, {}
+                for part in parts:
+                    for k, (s, c) in part.items():
+                        sums[k], counts[k] = sums.get(k, 0.0) + s, counts.get(k, 0) + c
+            row.update({k: float(v) / counts[k] for k, v in sums.items() if counts[k]})
             self.model.eval()
-            val = self.validate()
+            val = self.validate() if main else {}
+            val = dist_utils.broadcast_object(val)  # rank 0 validates; every rank keeps the same history
             row.update({f"val_{k}": v for k, v in val.items()})
             self.history.append(row)
-            log.info("epoch %d: %s", self.epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+            if main:
+                log.info("epoch %d: %s", self.epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                              if isinstance(v, float)))
             if "select" in val and self.selectable() and val["select"] > self.best_score:
                 self.best_score = val["select"]
-                save_checkpoint(self.best_path, **self._model_entry(), epoch=self.epoch, finished=False,
-                                metrics=row)
+                if main:
+                    save_checkpoint(self.best_path, **self._model_entry(), epoch=self.epoch, finished=False,
+                                    metrics=row)
             finished = self.epoch >= self.tcfg.epochs
             if finished or self.epoch % self.tcfg.checkpoint_every == 0 or self.epoch == total:
                 self.save_last(finished)
-        if self.epoch >= self.tcfg.epochs and not self.best_path.is_file():
+        if main and self.epoch >= self.tcfg.epochs and not self.best_path.is_file():
             save_checkpoint(self.best_path, **self._model_entry(), epoch=self.epoch, finished=True,
                             metrics=self.history[-1] if self.history else {})
-        atomic_write_json(self.out_dir / "history.json", self.history)
+        if main:
+            atomic_write_json(self.out_dir / "history.json", self.history)
+        dist_utils.barrier()  # every rank returns once the files exist
         self.model.eval()
         return self.history
 

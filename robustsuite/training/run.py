@@ -102,8 +102,10 @@ def train(cfg: RunConfig, out_dir: str | Path, *, device: str | None = None, res
     ``history.json`` into ``out_dir``. Resumes from ``out_dir/last.pt`` when present (a finished run
     returns at once)."""
     from .. import data as rdata
+    from .distributed import device_for_rank, init_from_env
 
-    dev = resolve_device(device or cfg.device)
+    init_from_env()  # no-op unless launched by torchrun with WORLD_SIZE > 1
+    dev = device_for_rank(resolve_device(device or cfg.device))
     seed_everything(cfg.seed)
     train_set, val_set, _ = build_datasets(cfg)
     info = rdata.info(cfg.data.name)

@@ -1,0 +1,195 @@
+"""Distribution on ``torch.distributed``: process group from the ``torchrun`` environment, shards, gathers.
+
+``torchrun --nproc_per_node=N -m robustsuite train|eval ...`` starts N copies of the command line;
+the trainer and the evaluator call :func:`init_from_env`, which joins the process group when
+``WORLD_SIZE > 1`` (``nccl`` when CUDA is available, else ``gloo``; the CUDA device is set from
+``LOCAL_RANK``). With one process every helper here is a no-op, so single-process code paths do
+not change.
+
+Training (:class:`~robustsuite.training.loop.Trainer`): ``train.batch_size`` is the **global** batch.
+Epoch e draws the same seeded permutation and the same global batches as one process; rank r takes
+``batch[r::world]`` of each global batch (:class:`ShardedBatchSampler`) and its loss is scaled by
+``world * local / global`` so the averaged gradient is the gradient of the global batch mean even
+when the last batch does not divide evenly. Gradients are averaged by DistributedDataParallel
+around a module whose ``forward`` returns the loss (CROWN-IBP/IBP trainers) or by
+:func:`all_reduce_grads` after ``backward`` (every other trainer). Only rank 0 writes files.
+
+BatchNorm: batch statistics are per process (each rank normalizes with its shard's statistics), so a
+model with BatchNorm trained on N processes is not bit-equal to one process; running statistics
+saved in checkpoints are rank 0's. Models without BatchNorm give the same weights as one process up
+to float summation order (~1e-7).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["init_from_env", "is_distributed", "is_main", "world", "rank", "local_rank", "barrier", "cleanup",
+           "all_gather_objects", "gather_objects", "broadcast_object", "all_reduce_sum", "all_reduce_grads",
+           "broadcast_module", "ShardedBatchSampler", "device_for_rank", "loss_weight"]
+
+_OWNED = False  # whether this module created the process group (and so destroys it in cleanup)
+
+
+def init_from_env(timeout_s: float = 1800.0) -> bool:
+    """Join the process group described by the ``torchrun`` environment (``WORLD_SIZE``, ``RANK``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) when ``WORLD_SIZE > 1``; idempotent.
+
+    Returns whether this process runs distributed.
+    """
+    global _OWNED
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_available():  # pragma: no cover - builds without distributed support
+        raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
+    cuda = torch.cuda.is_available() and os.environ.get("ROBUSTSUITE_DIST_BACKEND", "") != "gloo"
+    backend = os.environ.get("ROBUSTSUITE_DIST_BACKEND") or ("nccl" if cuda else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    _OWNED = True
+    return dist.get_world_size() > 1
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    """Whether this process writes files and logs (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def device_for_rank(device: torch.device) -> torch.device:
+    """``cuda`` -> ``cuda:LOCAL_RANK`` when distributed on the nccl backend; any other device unchanged."""
+    if is_distributed() and device.type == "cuda" and dist.get_backend() == "nccl":
+        return torch.device("cuda", local_rank())
+    return device
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Destroy the process group if :func:`init_from_env` created it."""
+    global _OWNED
+    if _OWNED and dist.is_initialized():
+        dist.destroy_process_group()
+    _OWNED = False
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` with one process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
+    """The list of every rank's ``obj`` on rank ``dst``; None elsewhere (``[obj]`` with one process)."""
+    if not is_distributed():
+        return [obj]
+    if dist.get_backend() == "nccl":  # gather_object is gloo-only in older releases; all-gather is safe
+        out = all_gather_objects(obj)
+        return out if rank() == dst else None
+    out = [None] * world() if rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum of ``t`` over ranks (a new tensor; ``t`` itself with one process)."""
+    if not is_distributed():
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_grads(params: Sequence[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over ranks in place (skips parameters without a gradient;
+    every rank must have the same set of gradients, which deterministic control flow guarantees)."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers into ``module`` on every rank."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=src)
+
+
+class ShardedBatchSampler:
+    """Rank ``rank``'s part ``batch[rank::world]`` of every global batch of ``batches``.
+
+    A rank whose part of a (small last) batch is empty gets the batch's first sample with weight 0:
+    every rank runs every step (collectives stay matched) and the sample does not count.
+    ``sizes[i]`` is (local count, global count) of batch i of the last iteration.
+    """
+
+    def __init__(self, batches, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+        self.sizes: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.sizes = []
+        for batch in self.batches:
+            batch = list(batch)
+            part = batch[self.rank::self.world]
+            self.sizes.append((len(part), len(batch)))
+            yield part if part else batch[:1]
+
+
+def loss_weight(local: int, global_: int) -> float:
+    """Factor on a rank's mean loss so that averaging gradients over ranks gives the global mean's."""
+    return world() * local / global_
+
+

@@ -1,0 +1,166 @@
+"""torch.distributed: 2 CPU processes (gloo, loopback) train and evaluate exactly as one process.
+
+Each run is a subprocess with the variables ``torchrun`` sets (MASTER_ADDR, MASTER_PORT, RANK,
+WORLD_SIZE, LOCAL_RANK); the one-process reference runs the same script with WORLD_SIZE=1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustsuite.training import distributed as D
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WORKER = textwrap.dedent('''
+    import json, sys
+    import torch
+    from robustsuite.config import validate
+    from robustsuite.training.run import train
+    from robustsuite.training import distributed as D
+
+    out, what = sys.argv[1], sys.argv[2]
+    data = {"name": "digits", "train_subset": 76, "val_fraction": 0.2}  # 61 train: batches 15,15,15,15,1
+    model = {"name": "cnn_small", "options": {"width": 0.5, "linear": 32}}  # no BatchNorm
+    if what == "crown":
+        tr = {"method": "crown-ibp", "eps": 0.1, "epochs": 3, "batch_size": 15, "beta_final": 0.5,
+              "kappa_final": 0.5, "schedule": {"start_epoch": 0, "ramp_epochs": 2},
+              "optim": {"lr": 1e-3, "grad_clip": 1.0}}
+    elif what == "budgets":  # DDP for the classifier, the generator's gradients averaged after backward
+        tr = {"method": "budgets", "eps": 0.1, "rho": 4.0, "epochs": 2, "batch_size": 15,
+              "schedule": {"start_epoch": 0, "ramp_epochs": 1}, "optim": {"lr": 1e-3, "grad_clip": 1.0},
+              "generator": {"width": 8, "depth": 1, "warmup_epochs": 0, "optim": {"lr": 3e-3}}}
+    else:  # a trainer without its own DDP module: gradients averaged after backward
+        tr = {"method": "pgd_at", "epochs": 2, "batch_size": 15, "val_subset": 8, "val_attack_steps": 2,
+              "attack": {"eps": 0.1, "steps": 2, "random_start": False},
+              "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "grad_clip": 10.0}}
+    cfg = validate({"name": "d", "seed": 1, "device": "cpu", "data": data, "model": model, "train": tr})
+    if what == "crown":  # interrupted after one epoch and resumed
+        train(cfg, out + "/run", device="cpu", quiet=True, stop_after=1)
+    res = train(cfg, out + "/run", device="cpu", quiet=True)
+    result = {"history": res.history}
+    if what == "crown":
+        from robustsuite.data import load
+        from robustsuite.eval import evaluate
+        from robustsuite.training import load_checkpoint, model_from_checkpoint
+        net = model_from_checkpoint(load_checkpoint(out + "/run/last.pt"))
+        suite = {"name": "t", "batch_size": 7, "subset": {"first": 30},
+                 "certify": [{"method": "ibp", "norm": "linf", "eps": [0.05]},
+                             {"method": "crown-ibp", "norm": "linf", "eps": [0.05]}],
+                 "attacks": [{"name": "pgd", "norm": "linf", "eps": [0.1], "steps": 3, "random_start": False},
+                             {"name": "fgsm", "norm": "linf", "eps": [0.1]}]}
+        report = evaluate({"a": net}, load("digits", "test"), suite, device="cpu", seed=0)
+        result["records"] = report.records
+        result["metrics"] = json.loads(json.dumps(report.metrics, default=str))
+    if D.is_main():
+        json.dump(result, open(out + "/result.json", "w"))
+    D.cleanup()
+''')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(script: Path, out: Path, what: str, world: int) -> list[subprocess.Popen]:
+    port = _free_port()
+    procs = []
+    for r in range(world):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), WORLD_SIZE=str(world),
+                   LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1",
+                   ROBUSTSUITE_DIST_BACKEND="gloo", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
+        procs.append(subprocess.Popen([sys.executable, str(script), str(out), what], env=env, cwd=str(ROOT),
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> None:
+    for p in procs:
+        try:
+            text, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("distributed worker timed out")
+        assert p.returncode == 0, text[-4000:]
+
+
+def _state(path: Path) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    gen = {f"generator.{k}": v for k, v in ckpt.get("generator_state", {}).items()}
+    return {**ckpt["model_state"], **gen}
+
+
+@pytest.mark.parametrize("what", ["crown", "budgets", "pgd_at"])
+def test_two_gloo_processes_train_and_evaluate_as_one(tmp_path, what):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    procs = _launch(script, one, what, 1) + _launch(script, two, what, 2)
+    _wait(procs)
+
+    # training: the same weights after every step (3 epochs with an interrupt/resume for CROWN-IBP)
+    a, b = _state(one / "run" / "last.pt"), _state(two / "run" / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        if k == "generator.head.bias":  # no effect on the budgets (the projection removes the mean), so
+            continue                    # its gradient is rounding noise that Adam scales up; see below
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), (k, (a[k] - b[k]).abs().max())
+    ra = json.loads((one / "result.json").read_text())
+    rb = json.loads((two / "result.json").read_text())
+    assert len(ra["history"]) == len(rb["history"])
+    for ha, hb in zip(ra["history"], rb["history"]):
+        for k, v in ha.items():
+            if k != "time_s" and isinstance(v, float):
+                assert hb[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    # only rank 0 wrote files: one set of checkpoints, no temporary leftovers
+    assert sorted(p.name for p in (two / "run").iterdir()) == sorted(p.name for p in (one / "run").iterdir())
+
+    if what == "budgets":  # the learned boxes are the same
+        from robustsuite.budgets.training import load_budget_model
+        x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        ca, cb = (torch.load(d / "run" / "last.pt", map_location="cpu", weights_only=False) for d in (one, two))
+        with torch.no_grad():
+            ba, bb = (load_budget_model(c).budgets(x, 0.1, 4.0) for c in (ca, cb))
+        assert torch.allclose(ba, bb, atol=1e-6, rtol=0)
+
+    if what == "crown":
+        # evaluation sharded by batch and gathered: records equal, in the same order
+        assert ra["records"].keys() == rb["records"].keys()
+        for k in ra["records"]:
+            if k.startswith("dist|"):
+                assert rb["records"][k] == pytest.approx(ra["records"][k], abs=1e-6), k
+            else:
+                assert rb["records"][k] == ra["records"][k], k
+        assert len(ra["records"]["index"]) == 30
+        assert rb["metrics"] == ra["metrics"]
+
+
+def test_helpers_are_no_ops_with_one_process():
+    assert not D.is_distributed() and D.world() == 1 and D.rank() == 0 and D.is_main()
+    assert D.all_gather_objects({"a": 1}) == [{"a": 1}] and D.gather_objects(3) == [3]
+    assert D.broadcast_object("x") == "x"
+    t = torch.ones(2)
+    assert D.all_reduce_sum(t) is t
+    D.barrier()
+    D.all_reduce_grads([torch.nn.Parameter(torch.ones(1))])
+
+
+def test_sharded_batch_sampler_splits_every_global_batch():
+    batches = [[5, 1, 7, 3, 2], [4, 0, 6], [8]]
+    parts = [list(D.ShardedBatchSampler(batches, r, 2)) for r in range(2)]
+    assert parts[0] == [[5, 7, 2], [4, 6], [8]] and parts[1] == [[1, 3], [0], [8]]
+    s = D.ShardedBatchSampler(batches, 1, 2)
+    list(s)
+    assert s.sizes == [(2, 5), (1, 3), (0, 1)]  # the padding sample of the last batch has weight 0

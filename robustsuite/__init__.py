@@ -10,9 +10,15 @@ from .threats import Box, L1Ball, L2Ball, LinfBall, ThreatModel, threat_from_nam
 
 __version__ = "0.1.0"
 
+
+def run(study, **kwargs):
+    """Run a whole study (train every model of a study config, then one report); see :func:`robustsuite.study.run`."""
+    from .study import run as _run
+    return _run(study, **kwargs)
+
 __all__ = [
     "Box", "L1Ball", "L2Ball", "LinfBall", "ThreatModel", "threat_from_name",
-    "resolve_device", "seed_everything",
+    "resolve_device", "seed_everything", "run",
     "RobustSuiteError", "ConfigError", "InputError", "InputTypeError", "UnknownNameError",
     "UnsupportedModelError", "DataNotFoundError", "CheckpointError",
 ]

@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
               robustsuite attack runs/crown_ibp/best.pt --attack pgd --norm linf --eps 0.1
               robustsuite eval runs/crown_ibp/best.pt runs/pgd_at/best.pt --suite configs/suites/demo.yaml --out runs/eval
               robustsuite compare runs/eval runs/other_eval --out runs/compare
+              robustsuite run configs/digits_study.yaml     (train every model of a study, then one report)
             """))
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -199,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .eval.commands import add_eval_parsers
     add_eval_parsers(sub)  # eval, compare
+    from .study import add_run_parser
+    add_run_parser(sub)  # run
     return p
 
 

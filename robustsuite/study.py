@@ -1,0 +1,329 @@
+"""The study pipeline: train every model of a study config, then evaluate them together in one report.
+
+``robustsuite run CONFIG`` and :func:`run` do the whole job::
+
+    from robustsuite.study import run
+    result = run("configs/digits_study.yaml")
+    print(result.report.table(transpose=True))      # also saved: result.report_dir
+
+A study config (YAML, validated; unknown keys are errors naming the key path)::
+
+    name: digits_study
+    seed: 0                    # every model's seed (unless its `set` says otherwise) and the evaluation seed
+    device: auto               # training and evaluation device
+    out: null                  # default runs/<name>
+    checkpoint: best           # which checkpoint of each model is evaluated: best | last
+    models:                    # label -> a run config and --set style overrides of it
+      crown_ibp: {config: configs/digits_crown_ibp.yaml, set: [train.epochs=10]}
+      pgd_at:    {config: configs/digits_pgd_at.yaml, set: [train.epochs=3]}
+    suite: configs/suites/demo.yaml     # a suite file, or the suite inline as a mapping
+    suite_set: [subset.first=200]       # overrides of the suite
+    data: null                 # the evaluation data (a `data` section); default: the first model's, test split
+
+Relative paths (``models.*.config``, ``suite``, ``out``) are resolved against the current directory;
+a model config or suite file not found there is looked for beside the study file, then in its
+parent folder (so ``configs/x.yaml`` works from the repository root and from inside ``configs/``).
+
+Outputs: ``<out>/study.yaml`` (the resolved study, every model config and the suite inlined),
+``<out>/models/<label>/`` (``best.pt``, ``last.pt``, ``config.yaml``, ``history.json`` of each model;
+a finished one is skipped, an interrupted one resumes from its ``last.pt``) and ``<out>/report/``
+(``report.json``, ``records.csv``, ``report.md``, ``plots/``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from .config import (DataConfig, RunConfig, Strict, _format_error, apply_overrides, load_yaml, validate)
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ModelEntry", "StudyConfig", "StudyResult", "load_study", "study_from_dict", "run", "add_run_parser",
+           "cmd_run"]
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ModelEntry(Strict):
+    """One model of a study: a run config file and ``key.path=value`` overrides of it."""
+
+    config: str = Field(..., description="path of a run config (configs/*.yaml)")
+    set: list[str] = Field(default_factory=list, description="overrides, e.g. train.epochs=10")
+
+
+class StudyConfig(Strict):
+    """A study: the models to train and the suite that evaluates them together."""
+
+    name: str = "study"
+    seed: int = 0
+    device: str = "auto"
+    out: Optional[str] = None
+    checkpoint: Literal["best", "last"] = "best"
+    models: dict[str, ModelEntry] = Field(..., min_length=1)
+    suite: Union[str, dict[str, Any]] = "configs/suites/demo.yaml"
+    suite_set: list[str] = Field(default_factory=list)
+    data: Optional[DataConfig] = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
+            raise ValueError("must be one of auto, cpu, cuda, cuda:N")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _labels(cls, v: dict) -> dict:
+        for label in v:
+            if not _LABEL.match(str(label)):
+                raise ValueError(f"model label {label!r}: use letters, digits, '_', '-', '.' (it names a folder "
+                                 "and a report column)")
+        return v
+
+
+@dataclass
+class ResolvedStudy:
+    """A validated study with every reference loaded: run configs per label and the suite."""
+
+    config: StudyConfig
+    runs: dict[str, RunConfig]
+    suite: Any  # robustsuite.eval.Suite
+    out: Path
+    source: Optional[Path] = None
+
+    def resolved(self) -> dict:
+        """The study with every model config and the suite inlined (written to ``<out>/study.yaml``)."""
+        out = self.config.model_dump(mode="json")
+        out["out"] = str(self.out)
+        out["resolved"] = {"models": {k: r.resolved() for k, r in self.runs.items()},
+                           "suite": self.suite.resolved()}
+        return out
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run` did: per-model checkpoints and status, the report and where it was saved."""
+
+    out: Path
+    checkpoints: dict[str, Path]
+    status: dict[str, str]                    # label -> trained | resumed | skipped
+    report: Any = None                        # robustsuite.eval.Report (None when stopped early)
+    report_dir: Optional[Path] = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------- loading
+def _find(path: str, base: Optional[Path], what: str) -> Path:
+    p = Path(path)
+    candidates = [p]
+    if not p.is_absolute() and base is not None:
+        candidates += [base / p, base.parent / p]
+    for c in candidates:
+        if c.is_file():
+            return c
+    looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise ConfigError(f"{what}: file {path!r} does not exist (looked at: {looked})")
+
+
+def _prefixed(err: ConfigError, key: str, path: Optional[Path]) -> ConfigError:
+    """A run config's error with every key path under the study's ``models.<label>`` key."""
+    text = str(err)
+    for head in ("invalid config:\n  ", "invalid suite:\n  "):
+        if text.startswith(head):
+            lines = [f"{key}{'' if line.startswith('[') else '.'}{line}" for line in text[len(head):].split("\n  ")]
+            where = f" ({key}: {path})" if path is not None else ""
+            return ConfigError(f"invalid study config{where}:\n  " + "\n  ".join(lines))
+    return ConfigError(f"{key}{f' ({path})' if path is not None else ''}: {text}")
+
+
+def study_from_dict(raw: dict, overrides: list[str] | None = None, *, base: str | Path | None = None) -> ResolvedStudy:
+    """Validate a study mapping (plus ``key.path=value`` overrides), load every model config and the
+    suite, and check the references; raise :class:`ConfigError` naming the key path on any problem."""
+    from .eval.suite import load_suite, suite_from_dict
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"study: expected a mapping (name, models, suite, ...), got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides)
+    try:
+        study = StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        raise _format_error(e, StudyConfig) from None
+    base = Path(base) if base is not None else None
+    runs: dict[str, RunConfig] = {}
+    for label, entry in study.models.items():
+        path = _find(entry.config, base, f"models.{label}.config")
+        try:
+            cfg_raw = apply_overrides(load_yaml(path), [f"seed={study.seed}", f"device={study.device}", *entry.set])
+            runs[label] = validate(cfg_raw)
+        except ConfigError as e:
+            raise _prefixed(e, f"models.{label}", path) from None
+    suite_path = _find(study.suite, base, "suite") if isinstance(study.suite, str) else None
+    try:
+        suite = (load_suite(suite_path, study.suite_set) if suite_path is not None
+                 else suite_from_dict(study.suite, study.suite_set))
+    except ConfigError as e:
+        raise _prefixed(e, "suite", suite_path) from None
+    for i, a in enumerate(suite.attacks):
+        if a.name == "transfer" and a.source not in study.models:
+            raise ConfigError(f"suite attacks[{i}].source: unknown model label {a.source!r}; the study's models are: "
+                              f"{', '.join(study.models)}")
+    if study.data is None:
+        first = next(iter(runs.values())).data
+        for label, r in runs.items():
+            if (r.data.name, r.data.options) != (first.name, first.options):
+                raise ConfigError(f"models.{label}: trained on data {r.data.name} {r.data.options} but "
+                                  f"{next(iter(runs))} on {first.name} {first.options}; one study evaluates "
+                                  "models of one data set (or give the study a `data` section)")
+    out = Path(study.out) if study.out else Path("runs") / study.name
+    return ResolvedStudy(config=study, runs=runs, suite=suite, out=out, source=base)
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> ResolvedStudy:
+    """Read a study YAML file (see the module docstring) and resolve it."""
+    path = Path(path)
+    return study_from_dict(load_yaml(path), overrides, base=path.parent)
+
+
+# ------------------------------------------------------------------------------------- running
+def _status(last: Path, cfg: RunConfig) -> str:
+    """``new``, ``finished`` (same config, skipped) or ``partial`` (resumes) for a model folder."""
+    from .training.checkpoint import load_checkpoint
+    if not last.is_file():
+        return "new"
+    ckpt = load_checkpoint(last)
+
+    def same(c: Any) -> Any:  # the device does not change what is trained
+        return {k: v for k, v in c.items() if k != "device"} if isinstance(c, dict) else c
+
+    if ckpt.get("finished") and same(ckpt.get("config")) == same(cfg.resolved()):
+        return "finished"
+    if ckpt.get("finished"):
+        log.warning("%s: finished with a different config; continuing from it (use resume=False / --no-resume "
+                    "to start over)", last)
+    return "partial"
+
+
+def _eval_data(rs: ResolvedStudy):
+    from . import data as rdata
+    d = rs.config.data or next(iter(rs.runs.values())).data
+    test = rdata.load(d.name, "test", root=d.root, download=d.download, **d.options)
+    if d.test_subset:
+        test = rdata.subset(test, n=d.test_subset)
+    return d, test
+
+
+def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quiet: bool = False,
+        overrides: list[str] | None = None, stop_after: int | None = None) -> StudyResult:
+    """Train every model of ``study`` (a YAML path, a mapping, or a :func:`load_study` result), then
+    evaluate them together and save the report to ``<out>/report``.
+
+    Args:
+        study: the study config.
+        resume: continue interrupted models from their ``last.pt`` and skip finished ones (a finished
+            model with the same resolved config); ``False`` retrains every model from scratch.
+        quiet: no progress bars.
+        overrides: ``key.path=value`` overrides of the study (e.g. ``out=runs/x``).
+        stop_after: train only the first N models, then return without evaluating (``report`` is None);
+            a later call picks up from there.
+    """
+    from .eval.commands import load_models
+    from .eval.evaluator import evaluate
+    from .files import atomic_write_text
+    from .training.run import train
+
+    if isinstance(study, ResolvedStudy):
+        rs = study if not overrides else study_from_dict(study.config.model_dump(mode="json"), overrides,
+                                                         base=study.source)
+    elif isinstance(study, dict):
+        rs = study_from_dict(study, overrides)
+    else:
+        rs = load_study(study, overrides)
+    cfg = rs.config
+    rs.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(rs.out / "study.yaml", yaml.safe_dump(rs.resolved(), sort_keys=False))
+
+    result = StudyResult(out=rs.out, checkpoints={}, status={})
+    labels = list(rs.runs)
+    if stop_after is not None:
+        labels = labels[:stop_after]
+    for i, label in enumerate(labels, 1):
+        rcfg = rs.runs[label]
+        mdir = rs.out / "models" / label
+        state = _status(mdir / "last.pt", rcfg) if resume else "new"
+        t0 = time.perf_counter()
+        if state == "finished":
+            log.info("[%d/%d] %s: finished checkpoint in %s, skipped", i, len(rs.runs), label, mdir)
+            result.status[label] = "skipped"
+        else:
+            log.info("[%d/%d] %s: %s %s (%s, %d epochs) -> %s", i, len(rs.runs), label,
+                     "resuming" if state == "partial" else "training", rcfg.name, rcfg.train.method,
+                     rcfg.train.epochs, mdir)
+            train(rcfg, mdir, device=cfg.device, resume=resume, quiet=quiet)
+            result.status[label] = "resumed" if state == "partial" else "trained"
+        result.timings[f"train|{label}"] = round(time.perf_counter() - t0, 3)
+        result.checkpoints[label] = mdir / f"{cfg.checkpoint}.pt"
+    if stop_after is not None and len(labels) < len(rs.runs):
+        log.info("stopped after %d of %d models (stop_after); run again to finish", len(labels), len(rs.runs))
+        return result
+
+    t0 = time.perf_counter()
+    models, _ = load_models([str(result.checkpoints[k]) for k in labels], labels)
+    d, test = _eval_data(rs)
+    log.info("evaluating %d models with suite %r", len(models), rs.suite.name)
+    report = evaluate(models, test, rs.suite, device=cfg.device, seed=cfg.seed,
+                      data_description={"name": d.name, "split": "test", "options": d.options,
+                                        "study": cfg.name,
+                                        "checkpoints": {k: str(v) for k, v in result.checkpoints.items()}})
+    result.timings["evaluate"] = round(time.perf_counter() - t0, 3)
+    result.report = report
+    result.report_dir = report.save(rs.out / "report")
+    return result
+
+
+# ------------------------------------------------------------------------------------- CLI
+def cmd_run(args: argparse.Namespace) -> int:
+    import sys
+    t0 = time.perf_counter()
+    res = run(args.config, resume=not args.no_resume, quiet=args.quiet, overrides=list(args.set or []),
+              stop_after=args.stop_after)
+    for label, st in res.status.items():
+        print(f"{label}: {st} -> {res.checkpoints[label]}")
+    if res.report is None:
+        print(f"stopped after {len(res.status)} model(s); run again to finish ({res.out})")
+        return 0
+    print(res.report.table(transpose=True))
+    print(f"wrote {res.report_dir / 'report.md'} (report.json, records.csv, plots/) in {time.perf_counter() - t0:.0f} s")
+    if res.report.violations:
+        print(f"SOUNDNESS VIOLATION: {len(res.report.violations)} (bound, attack, set) combinations broke certified "
+              f"samples; see {res.report_dir / 'report.md'}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def add_run_parser(sub) -> None:
+    """Register ``run`` on the CLI's subparsers."""
+    r = sub.add_parser("run", help="a whole study: train every model of a study config, then one report",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train each model listed in a study config (skipping those with a finished "
+                                   "checkpoint, resuming interrupted ones), then evaluate them together with the "
+                                   "study's suite. Writes <out>/study.yaml, <out>/models/<label>/ and "
+                                   "<out>/report/ (report.md, report.json, records.csv, plots/) and prints the "
+                                   "table. Exit status 3 on a soundness violation.",
+                       epilog="example:\n  robustsuite run configs/digits_study.yaml\n"
+                              "  robustsuite run configs/digits_study.yaml --set out=runs/s2 --set suite_set=[subset.first=50]")
+    r.add_argument("config", help="study YAML (see configs/digits_study.yaml)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a study key, e.g. --set out=runs/x or --set models.pgd_at.set=[train.epochs=2]")
+    r.add_argument("--no-resume", action="store_true", help="retrain every model from scratch")
+    r.add_argument("--stop-after", type=int, metavar="N", help="train the first N models only, no evaluation")
+    r.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    r.set_defaults(func=cmd_run)

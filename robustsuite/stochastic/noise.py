@@ -14,6 +14,8 @@ the same switches:
 """
 from __future__ import annotations
 
+import abc
+
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
@@ -43,7 +45,7 @@ def _draw(x: Tensor, shared: bool) -> Tensor:
     return torch.randn_like(x)
 
 
-class NoiseLayer(nn.Module):
+class NoiseLayer(nn.Module, abc.ABC):
     """Base of the noise layers: the ``noise_on`` switch, the ``shared`` flag, ``is_stochastic``."""
 
     is_stochastic = True
@@ -55,9 +57,9 @@ class NoiseLayer(nn.Module):
         self.shared = shared
         self.noise_on = True
 
+    @abc.abstractmethod
     def noise_scale(self) -> Tensor:
         """The mean learned noise scale of this layer (for logging and plots)."""
-        raise NotImplementedError
 
 
 class PerturbationInjection(NoiseLayer):

@@ -342,3 +342,13 @@ def test_compare_notes_only_real_differences(report):
     assert sample_differences([report, other], ["a", "b"]) == []
     other.samples = {**other.samples, "indices": other.samples["indices"][:10]}
     assert "different samples" in sample_differences([report, other], ["a", "b"])[0]
+
+
+def test_a_gradient_free_attack_beating_the_gradient_attacks_is_flagged():
+    from robustsuite.eval.metrics import attack_strength_warnings
+
+    metrics = {"m": {"robust|cw|l2@1": {"mean": 0.77}, "robust|boundary|l2@1": {"mean": 0.54},
+                     "robust|pgd|linf@0.1": {"mean": 0.90}},
+               "n": {"robust|cw|l2@1": {"mean": 0.70}, "robust|boundary|l2@1": {"mean": 0.85}}}
+    warns = attack_strength_warnings(metrics)
+    assert len(warns) == 1 and "model m" in warns[0] and "boundary" in warns[0] and "l2@1" in warns[0]

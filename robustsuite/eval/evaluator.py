@@ -190,6 +190,12 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
     report = Report.build(suite=suite.resolved(), models=[str(n) for n in models], items=items,
                           records=columns, not_applicable=not_applicable, timings=timings,
                           environment=_environment(dev, seed), samples=samples, extras=extras)
+    from .metrics import attack_strength_warnings
+    strength = attack_strength_warnings(report.metrics)
+    for w in strength:
+        log.warning(w)
+    if strength:
+        report.extras.setdefault("warnings", []).extend(strength)
     if report.violations:
         for v in report.violations:
             log.error("SOUNDNESS VIOLATION: model %s: %d sample(s) certified by %s under %s are broken by %s "

@@ -191,3 +191,31 @@ def check_consistency(records: dict[str, list], max_indices: int = 20) -> list[d
                                 "set": set_id, "count": int(sel.sum()),
                                 "indices": [int(i) for i in index[sel][:max_indices]]})
     return out
+
+
+#: attacks that use no gradient of the evaluated model (labels only, or another model's gradient)
+GRADIENT_FREE = frozenset({"boundary", "pixel", "transfer"})
+
+
+def attack_strength_warnings(metrics: dict[str, dict[str, dict[str, Any]]], margin: float = 0.02) -> list[str]:
+    """AutoAttack's self-check: an attack that uses no gradient of the model should not beat the
+    gradient attacks under the same threat set. When it does by more than ``margin`` (robust
+    accuracy), the gradients are likely masked and the gradient attacks overestimate robustness."""
+    out = []
+    for model, ms in metrics.items():
+        best: dict[str, dict[bool, tuple[float, str]]] = defaultdict(dict)
+        for key, v in ms.items():
+            parts = key.split("|")
+            if parts[0] != "robust" or len(parts) != 3:
+                continue
+            attack, set_id = parts[1], parts[2]
+            free = attack.split("+")[0] in GRADIENT_FREE
+            cur = best[set_id].get(free)
+            if cur is None or v["mean"] < cur[0]:
+                best[set_id][free] = (v["mean"], attack)
+        for set_id, b in best.items():
+            if True in b and False in b and b[True][0] < b[False][0] - margin:
+                out.append(f"model {model}: the gradient-free attack {b[True][1]} beats every gradient attack under "
+                           f"{set_id} (robust accuracy {b[True][0]:.3f} < {b[False][0]:.3f} of {b[False][1]}); "
+                           "gradients may be masked or the gradient attacks too weak: add steps or restarts, or APGD")
+    return out

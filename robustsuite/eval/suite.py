@@ -46,6 +46,13 @@ def _eps_list(v: Any) -> list[float]:
     return v
 
 
+def _positive_eps(v: list[float]) -> list[float]:
+    """Every radius of a suite item must be > 0 (eps 0 is the clean accuracy, always reported)."""
+    if any(not (e > 0) for e in v):
+        raise ValueError(f"every eps must be > 0, got {v}")
+    return [float(e) for e in v]
+
+
 class CertifyItem(Strict):
     """Certified bounds with one method over the balls ``norm`` of each radius in ``eps``."""
 
@@ -66,12 +73,7 @@ class CertifyItem(Strict):
         except Exception as e:  # noqa: BLE001 - re-raised as a validation error with the key path
             raise ValueError(str(e)) from None
 
-    @field_validator("eps")
-    @classmethod
-    def _eps_range(cls, v: list[float]) -> list[float]:
-        if any(not (e > 0) for e in v):
-            raise ValueError(f"every eps must be > 0, got {v}")
-        return [float(e) for e in v]
+    _eps_range = field_validator("eps")(classmethod(lambda cls, v: _positive_eps(v)))
 
     @model_validator(mode="after")
     def _learned_linf(self):
@@ -104,12 +106,7 @@ class AttackItem(Strict):
             raise ValueError(f"unknown attack {v!r}; choose one of: {', '.join(sorted(ATTACKS) + ['transfer'])}")
         return key
 
-    @field_validator("eps")
-    @classmethod
-    def _eps_range(cls, v: list[float]) -> list[float]:
-        if any(not (e > 0) for e in v):
-            raise ValueError(f"every eps must be > 0, got {v}")
-        return [float(e) for e in v]
+    _eps_range = field_validator("eps")(classmethod(lambda cls, v: _positive_eps(v)))
 
     @model_validator(mode="after")
     def _check_attack(self):

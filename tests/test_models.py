@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustsuite import seed_everything
 from robustsuite.errors import ConfigError, UnknownNameError
 from robustsuite.models import (Normalize, PadShortcut, Site, available, block_activations, build,
                                 build_from_spec, count_parameters, info, is_certifiable,
@@ -41,15 +40,7 @@ def _id(entry) -> str:
     return name + "".join(f"-{k}={v}" for k, v in options.items())
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # The models here are tiny: intra-op threads only add synchronization, and on a shared, loaded
-    # 2-core machine spinning OpenMP threads made this file ~9x slower (measured 48 s vs 5 s).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    seed_everything(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_seeded")
 
 
 def test_every_registered_model_is_covered_by_these_tests():

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from robustsuite import seed_everything
 from robustsuite.certify.lirpa import BoundedModule, BoundedTensor, PerturbationLpNorm
 from robustsuite.models import available, build, info
 
@@ -33,15 +32,7 @@ def _id(entry) -> str:
     return name + "".join(f"-{k}={v}" for k, v in options.items())
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # The models here are tiny: intra-op threads only add synchronization, and on a shared, loaded
-    # 2-core machine spinning OpenMP threads made this file ~9x slower (measured 48 s vs 5 s).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    seed_everything(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_seeded")
 
 
 def _trained_looking(model: nn.Module, in_shape) -> nn.Module:

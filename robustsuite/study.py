@@ -293,8 +293,12 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
 def cmd_run(args: argparse.Namespace) -> int:
     import sys
     t0 = time.perf_counter()
+    from .training.distributed import is_main
+
     res = run(args.config, resume=not args.no_resume, quiet=args.quiet, overrides=list(args.set or []),
               stop_after=args.stop_after)
+    if not is_main():  # under torchrun only rank 0 reports
+        return 3 if res.report is not None and res.report.violations else 0
     for label, st in res.status.items():
         print(f"{label}: {st} -> {res.checkpoints[label]}")
     if res.report is None:

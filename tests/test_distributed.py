@@ -164,3 +164,45 @@ def test_sharded_batch_sampler_splits_every_global_batch():
     s = D.ShardedBatchSampler(batches, 1, 2)
     list(s)
     assert s.sizes == [(2, 5), (1, 3), (0, 1)]  # the padding sample of the last batch has weight 0
+
+
+def test_rank_seeds_differ_per_rank_and_epoch_and_repeat():
+    seeds = {D.rank_seed(0, e, r) for e in range(50) for r in range(8)}
+    assert len(seeds) == 400                                  # every (epoch, rank) draws its own stream
+    assert D.rank_seed(3, 7, 1) == D.rank_seed(3, 7, 1)       # a resumed run draws the same
+    assert D.rank_seed(0, 0, 1) != D.rank_seed(1, 0, 1)
+
+
+def test_run_under_two_gloo_processes_reports_once_as_one_process(tmp_path):
+    import yaml
+
+    study = {"name": "ddp", "seed": 0, "device": "cpu",
+             "models": {"crown_ibp": {"config": str(ROOT / "configs/digits_crown_ibp.yaml"),
+                                      "set": ["data.train_subset=64", "data.test_subset=24", "data.val_fraction=0.25",
+                                              "train.epochs=2", "train.schedule.start_epoch=1",
+                                              "train.schedule.ramp_epochs=1", "train.optim.milestones=[]",
+                                              "model.options.width=1", "model.options.linear=16"]}},
+             "suite": {"name": "t", "certify": [{"method": "ibp", "eps": [0.05]}],
+                       "attacks": [{"name": "pgd", "eps": [0.05], "steps": 2, "random_start": False}],
+                       "subset": {"first": 16}, "batch_size": 5}}
+    outs = {}
+    for world in (1, 2):
+        study["out"] = str(tmp_path / f"w{world}")
+        path = tmp_path / f"study{world}.yaml"
+        path.write_text(yaml.safe_dump(study))
+        port = _free_port()
+        procs = []
+        for r in range(world):
+            env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
+                       WORLD_SIZE=str(world), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1",
+                       ROBUSTSUITE_DIST_BACKEND="gloo", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
+            procs.append(subprocess.Popen([sys.executable, "-m", "robustsuite", "run", str(path), "--quiet"], env=env,
+                                          cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        texts = []
+        for p in procs:
+            text, _ = p.communicate(timeout=240)
+            assert p.returncode == 0, text[-3000:]
+            texts.append(text)
+        assert sum(t.count("wrote ") for t in texts) == 1         # only rank 0 prints the table and path
+        outs[world] = json.loads((tmp_path / f"w{world}" / "report" / "report.json").read_text())
+    assert outs[2]["metrics"] == outs[1]["metrics"]

@@ -14,6 +14,10 @@ when the last batch does not divide evenly. Gradients are averaged by Distribute
 around a module whose ``forward`` returns the loss (CROWN-IBP/IBP trainers) or by
 :func:`all_reduce_grads` after ``backward`` (every other trainer). Only rank 0 writes files.
 
+Random draws (PGD random starts, noise layers, augmentation) come from a stream seeded per epoch by
+(seed, epoch, rank), so each shard gets its own draws and a resumed run repeats them; a run with
+random draws is therefore equal to one process in distribution, not bit for bit.
+
 BatchNorm: batch statistics are per process (each rank normalizes with its shard's statistics), so a
 model with BatchNorm trained on N processes is not bit-equal to one process; running statistics
 saved in checkpoints are rank 0's. Models without BatchNorm give the same weights as one process up
@@ -31,7 +35,7 @@ from torch import Tensor
 
 __all__ = ["init_from_env", "is_distributed", "is_main", "world", "rank", "local_rank", "barrier", "cleanup",
            "all_gather_objects", "gather_objects", "broadcast_object", "all_reduce_sum", "all_reduce_grads",
-           "broadcast_module", "ShardedBatchSampler", "device_for_rank", "loss_weight"]
+           "broadcast_module", "ShardedBatchSampler", "device_for_rank", "loss_weight", "rank_seed"]
 
 _OWNED = False  # whether this module created the process group (and so destroys it in cleanup)
 
@@ -77,6 +81,12 @@ def local_rank() -> int:
 def is_main() -> bool:
     """Whether this process writes files and logs (rank 0, or the only process)."""
     return rank() == 0
+
+
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of rank ``rank``'s random draws in epoch ``epoch`` of a run seeded with ``seed``
+    (distinct per rank and epoch, the same on a resumed run)."""
+    return ((int(seed) * 100_003 + int(epoch)) * 1_009 + int(rank)) % (2 ** 63)
 
 
 def device_for_rank(device: torch.device) -> torch.device:

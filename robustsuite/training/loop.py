@@ -218,6 +218,11 @@ class Trainer(abc.ABC):
             sums: dict[str, Tensor] = {}
             counts: dict[str, int] = {}
             loader = self.loader(epoch)
+            if dist_utils.is_distributed():
+                # Own draws per rank (attack starts, noise layers, augmentation): one stream on every
+                # rank would repeat the same draws in every shard. Seeded by (seed, epoch, rank), so a
+                # resumed run draws what an uninterrupted one does.
+                torch.manual_seed(dist_utils.rank_seed(int(self.cfg.seed), epoch, dist_utils.rank()))
             sharded = isinstance(loader.batch_sampler, dist_utils.ShardedBatchSampler)
             it = tqdm(loader, total=self.steps_per_epoch, disable=not bars, leave=False,
                       desc=f"{self.kind} epoch {epoch + 1}/{self.tcfg.epochs}")

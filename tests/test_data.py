@@ -16,7 +16,7 @@ from torch.utils.data import Subset, TensorDataset
 from robustsuite import data
 from robustsuite.data import digits as digits_module
 from robustsuite.data import torchvision_sets
-from robustsuite.errors import ConfigError, DataNotFoundError, UnknownNameError
+from robustsuite.errors import ConfigError, DataNotFoundError, InputError, UnknownNameError
 
 TORCHVISION_ERROR = torchvision_sets.torchvision_error()
 BACKENDS = [
@@ -235,6 +235,10 @@ def test_available_names_all_have_info():
     assert set(ON_DISK) | {"digits_distractor", "digits_border", "mnist_distractor", "mnist_border"} <= set(names)
     stats = {"mnist": (0.1307,), "cifar10": (0.4914, 0.4822, 0.4465), "svhn": (0.4377, 0.4438, 0.4728)}
     for name in names:
+        if name == "npz":  # its shape and classes come from the user's file
+            with pytest.raises(ConfigError, match="option 'path' is required"):
+                data.info(name)
+            continue
         meta = data.info(name)
         assert len(meta.mean) == len(meta.std) == meta.shape[0]
         if name in stats:
@@ -535,3 +539,69 @@ def test_dataloader_batch_equals_the_items():
     x, y = next(iter(torch.utils.data.DataLoader(dataset, batch_size=6)))  # default collate, batched fetch
     assert torch.equal(x, torch.stack([dataset[i][0] for i in range(6)]))
     assert y.tolist() == [dataset[i][1] for i in range(6)]
+
+
+# -- npz: the user's own images ---------------------------------------------------------------------
+def test_npz_reads_float_and_uint8_images_for_every_split(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 1, 6, 6), dtype=np.float32)
+    np.savez(tmp_path / "f.npz", x=x, y=np.arange(12) % 3)
+    for split in ("train", "test"):
+        ds = data.load("npz", split, path=str(tmp_path / "f.npz"))
+        got, labels = data.as_tensors(ds)
+        assert torch.equal(got, torch.from_numpy(x)) and labels.tolist() == (np.arange(12) % 3).tolist()
+    assert ds.info.shape == (1, 6, 6) and ds.info.num_classes == 3
+    assert ds.info.mean == (round(float(x.astype(np.float64).mean()), 4),)
+    u8 = rng.integers(0, 256, (5, 4, 4), dtype=np.uint8)  # (N, H, W): one channel added
+    np.savez(tmp_path / "u.npz", x=u8, y=np.array([0, 1, 2, 3, 9]))
+    ds = data.load("npz", "test", path=str(tmp_path / "u.npz"), num_classes=12)
+    assert torch.equal(data.as_tensors(ds)[0], torch.from_numpy(u8[:, None]).float() / 255)
+    assert ds.info.num_classes == 12 and ds.info.shape == (1, 4, 4)
+
+
+def test_npz_split_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "s.npz", x_train=rng.random((8, 3, 4, 4)), y_train=np.arange(8) % 4,
+             x_test=rng.random((3, 3, 4, 4)), y_test=np.array([0, 1, 5]))
+    assert len(data.load("npz", "train", path=str(tmp_path / "s.npz"))) == 8
+    test = data.load("npz", "test", path=str(tmp_path / "s.npz"))
+    assert len(test) == 3 and test.info.num_classes == 6 and test.info.shape == (3, 4, 4)
+
+
+def _nan_at_3(rng):
+    x = rng.random((6, 1, 4, 4))
+    x[3, 0, 1, 2] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("arrays, options, error, match", [
+    (lambda r: {"x": _nan_at_3(r), "y": np.arange(6)}, {}, InputError, r"array 'x' contains NaN or inf at sample 3"),
+    (lambda r: {"x": r.random((6, 4, 4)) * 255, "y": np.arange(6)}, {}, InputError, r"outside \[0, 1\].*x / 255"),
+    (lambda r: {"x": r.random((6, 4)), "y": np.arange(6)}, {}, InputError, r"expected \(N, C, H, W\) or \(N, H, W\)"),
+    (lambda r: {"x": r.random((6, 4, 4, 3)), "y": np.arange(6)}, {}, InputError, r"channels-last.*transpose"),
+    (lambda r: {"x": r.integers(0, 2, (6, 4, 4)), "y": np.arange(6)}, {}, InputError, r"dtype int64.*uint8"),
+    (lambda r: {"x": r.random((6, 4, 4)), "y": np.arange(6) * 0.5}, {}, InputError, r"'y' has dtype float64.*astype"),
+    (lambda r: {"x": r.random((6, 4, 4)), "y": np.arange(5)}, {}, InputError, r"'y' has shape \(5,\); expected \(6,\)"),
+    (lambda r: {"x": r.random((6, 4, 4)), "y": np.arange(6) - 1}, {}, InputError, r"negative label -1 at sample 0"),
+    (lambda r: {"x": r.random((6, 4, 4))}, {}, InputError, r"no array 'y' \(found: x\)"),
+    (lambda r: {"x": r.random((6, 4, 4)), "y": np.arange(6)}, {"num_classes": 5}, InputError, r"label 5 is out of range"),
+    (lambda r: {"x": r.random((6, 4, 4)), "y": np.arange(6)}, {"num_classes": 0}, ConfigError, r"'num_classes' must be"),
+    (None, {}, DataNotFoundError, r"does not exist"),
+])
+def test_npz_bad_files_name_the_array_and_the_fix(tmp_path, arrays, options, error, match):
+    path = tmp_path / "d.npz"
+    if arrays is not None:
+        np.savez(path, **arrays(np.random.default_rng(0)))
+    with pytest.raises(error, match=match):
+        data.load("npz", "test", path=str(path), **options)
+
+
+def test_npz_needs_a_path_and_an_npz_archive(tmp_path):
+    with pytest.raises(ConfigError, match="option 'path' is required"):
+        data.load("npz", "test")
+    (tmp_path / "t.npz").write_text("not a zip")
+    with pytest.raises(InputError, match="not a readable .npz archive"):
+        data.load("npz", "test", path=str(tmp_path / "t.npz"))
+    np.save(tmp_path / "a.npy", np.zeros((2, 4, 4)))
+    with pytest.raises(InputError, match="single .npy array"):
+        data.load("npz", "test", path=str(tmp_path / "a.npy"))

@@ -14,10 +14,12 @@ digits_distractor      seed (int >= 0, default 0), size
 digits_border          seed, size, border (frame width in pixels, default H // 2)
 mnist_distractor       seed, backend
 mnist_border           seed, border, backend
+npz                    path (required: your own .npz file with x and y, see ``data/npz.py``),
+                       num_classes (int > 0, default 1 + the largest label)
 =====================  =========================================================================
 
 ``root`` and ``download`` concern the data sets on disk (MNIST, CIFAR, SVHN and the MNIST synthetic
-sets); the embedded digits ignore them.
+sets); the embedded digits and ``npz`` (its ``path`` is the file) ignore them.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, unknown
 from .digits import DIGITS_MEAN, DIGITS_STD, load_digits_split
+from .npz import check_path, load_npz, npz_num_classes, npz_stats, read_npz
 from .synthetic import load_synthetic
 from .torchvision_sets import BACKENDS, load_torchvision_set
 
@@ -98,8 +101,13 @@ def _backend(name: str, option: str, value: Any) -> Any:
     return value
 
 
+def _path(name: str, option: str, value: Any) -> Any:
+    return str(check_path(value))
+
+
 _CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "size": _positive_int, "border": _positive_int, "seed": _seed, "augment": _bool, "backend": _backend,
+    "path": _path, "num_classes": _positive_int,
 }
 
 
@@ -110,6 +118,9 @@ class _Entry:
     stats: str
     shape: Callable[[dict], tuple[int, int, int]]
     build: Callable[[str, Any, bool, dict], Dataset]
+    # For sets whose classes and statistics come from the data itself (npz): opts -> (num_classes,
+    # mean, std); None means the fixed num_classes and _STATS[stats].
+    describe: Callable[[dict], tuple[int, tuple[float, ...], tuple[float, ...]]] | None = None
 
 
 def _digits_side(opts: dict) -> int:
@@ -150,6 +161,18 @@ def _synthetic_entry(kind: str, base: str) -> _Entry:
     return _Entry(options, 10, base, shape, build)
 
 
+def _npz_entry() -> _Entry:
+    def shape(opts: dict) -> tuple[int, int, int]:
+        return tuple(read_npz(opts["path"]).splits["test"][0].shape[1:])
+
+    def describe(opts: dict) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+        return (npz_num_classes(opts["path"], opts.get("num_classes")), *npz_stats(opts["path"]))
+
+    return _Entry(("path", "num_classes"), 0, "", shape,
+                  lambda split, root, download, opts: load_npz(opts["path"], split, opts.get("num_classes")),
+                  describe)
+
+
 _REGISTRY: dict[str, _Entry] = {
     "digits": _Entry(("size",), 10, "digits", lambda opts: (1, _digits_side(opts), _digits_side(opts)),
                      lambda split, root, download, opts: load_digits_split(split, opts.get("size"))),
@@ -161,6 +184,7 @@ _REGISTRY: dict[str, _Entry] = {
     "digits_border": _synthetic_entry("border", "digits"),
     "mnist_distractor": _synthetic_entry("distractor", "mnist"),
     "mnist_border": _synthetic_entry("border", "mnist"),
+    "npz": _npz_entry(),
 }
 
 
@@ -192,8 +216,11 @@ def info(name: str, **options: Any) -> DatasetInfo:
     """
     key, entry = _entry(name)
     opts = _check_options(key, entry, options)
-    mean, std = _STATS[entry.stats]
-    return DatasetInfo(key, entry.shape(opts), entry.num_classes, mean, std)
+    if entry.describe is not None:
+        num_classes, mean, std = entry.describe(opts)
+    else:
+        num_classes, (mean, std) = entry.num_classes, _STATS[entry.stats]
+    return DatasetInfo(key, entry.shape(opts), num_classes, mean, std)
 
 
 def load(name: str, split: str, root: str | os.PathLike | None = None, download: bool = False,

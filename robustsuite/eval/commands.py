@@ -58,18 +58,17 @@ def load_models(paths: list[str], names: list[str] | None = None, device: str = 
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .. import data as rdata
-    from ..config import DataConfig
+    from ..cli import check_data_fits, model_spec_of, select_test_data
     from .evaluator import evaluate
     from .suite import load_suite
 
     suite = load_suite(args.suite, args.set)
     models, data_raw = load_models(args.checkpoints, args.names)
-    d = DataConfig.model_validate(data_raw)
-    test = rdata.load(d.name, "test", root=args.data_root or d.root, download=d.download, **d.options)
+    test, description = select_test_data(data_raw, args)
+    check_data_fits(test, {f"{name} ({path})": model_spec_of(m)
+                           for (name, m), path in zip(models.items(), args.checkpoints)})
     report = evaluate(models, test, suite, device=args.device, seed=args.seed,
-                      data_description={"name": d.name, "split": "test", "options": d.options,
-                                        "checkpoints": dict(zip(models, map(str, args.checkpoints)))})
+                      data_description={**description, "checkpoints": dict(zip(models, map(str, args.checkpoints)))})
     from ..training.distributed import is_main
     if not is_main():  # under torchrun every rank holds the same report; rank 0 writes and prints it
         return VIOLATION_EXIT if report.violations else 0
@@ -113,7 +112,7 @@ def add_eval_parsers(sub) -> None:
                                    "models, randomized smoothing). Writes report.json, records.csv, report.md and "
                                    "plots/ into --out and prints the table. Exit status 3 when a certified sample "
                                    "was broken by an attack in the same set (soundness violation).",
-                       epilog="example:\n  robustsuite eval runs/demo/crown_ibp/best.pt runs/demo/pgd_at/best.pt "
+                       epilog="example:\n  robustsuite eval runs/demo/models/crown_ibp/best.pt runs/demo/models/pgd_at/best.pt "
                               "--suite configs/suites/demo.yaml --out runs/demo/eval")
     e.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoints written by robustsuite train")
     e.add_argument("--suite", required=True, help="suite YAML (see configs/suites/)")
@@ -121,7 +120,8 @@ def add_eval_parsers(sub) -> None:
     e.add_argument("--names", type=_names_arg, help="model names, comma-separated (default: checkpoint folder names)")
     e.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a suite key, e.g. --set subset.first=100 (repeatable)")
-    e.add_argument("--data-root", help="data folder (default: the checkpoint's)")
+    from ..cli import add_data_arguments
+    add_data_arguments(e)
     e.add_argument("--device", default="auto", help="auto | cpu | cuda")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--quiet", action="store_true", help="warnings only")

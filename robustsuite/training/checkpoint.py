@@ -36,7 +36,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e}); "
-                              "the file is corrupt or not a torch checkpoint") from None
+                              "the file is corrupt or not a torch checkpoint; fix: point to a best.pt or last.pt "
+                              "written by `robustsuite train` (train again if it was damaged)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a robustsuite checkpoint (no "
                               f"'format: {FORMAT}' entry); robustsuite writes them with `robustsuite train`")
@@ -53,6 +54,9 @@ def model_from_checkpoint(ckpt: dict | str | Path, device: str | torch.device = 
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     spec = ckpt["model_spec"]
+    if not isinstance(spec, dict):  # e.g. a model trained outside the zoo: nothing to rebuild it from
+        raise CheckpointError(f"checkpoint: 'model_spec' is {type(spec).__name__}, not a zoo model spec; only "
+                              "models of the zoo (robustsuite.models) can be rebuilt from a checkpoint")
     if isinstance(spec, dict) and "stochastic" in spec:  # a zoo model with noise layers inserted
         from ..stochastic.builders import build_from_spec as build_stochastic_from_spec
         model = build_stochastic_from_spec(spec)

@@ -90,7 +90,7 @@ def build_model(cfg: RunConfig, in_shape: tuple[int, ...], num_classes: int) -> 
     from .. import models
 
     options = dict(cfg.model.options)
-    info = rdata.info(cfg.data.name)
+    info = rdata.info(cfg.data.name, **cfg.data.options)
     if getattr(info, "mean", None) is not None and "mean" not in options and "std" not in options:
         options["mean"], options["std"] = list(info.mean), list(info.std)
     return models.build(cfg.model.name, in_shape, num_classes, **options)
@@ -108,7 +108,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, device: str | None = None, res
     dev = device_for_rank(resolve_device(device or cfg.device))
     seed_everything(cfg.seed)
     train_set, val_set, _ = build_datasets(cfg)
-    info = rdata.info(cfg.data.name)
+    info = rdata.info(cfg.data.name, **cfg.data.options)
     x0, _ = train_set[0]
     model = build_model(cfg, tuple(x0.shape), info.num_classes).to(dev)
     cls = trainer_class(cfg.train.method)

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from robustsuite.errors import ConfigError
 from robustsuite.study import add_run_parser, load_study, run, study_from_dict
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.train_subset=128", "data.test_subset=40", "data.val_fraction=0.25"]
 STUDY = {
     "name": "tiny",
@@ -144,3 +153,57 @@ def test_cli_run(done, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "crown_ibp: skipped" in out and "pgd_at: skipped" in out
     assert "clean_accuracy" in out and str(first.out / "report" / "report.md") in out
+
+
+def _run_cli(study_file, **kw) -> "subprocess.Popen":
+    """``python -m robustsuite run STUDY --quiet`` in a fresh process (one thread, as the tests run)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "robustsuite", "run", str(study_file), "--quiet"], env=env,
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _report(out):
+    report = json.loads((out / "report" / "report.json").read_text())
+    return report["metrics"], report["records"]
+
+
+def test_study_killed_mid_training_and_restarted_gives_the_same_report(tmp_path):
+    """SIGKILL (no cleanup at all) in the middle of the first model's training, then the same command
+    again: it resumes from last.pt and ends with the report of a run that was never interrupted,
+    down to the last bit of the weights."""
+    study = _study(tmp_path, "killed")
+    # 6 epochs, so the kill lands between the first last.pt and the end of the model's training
+    study["models"]["crown_ibp"]["set"] = study["models"]["crown_ibp"]["set"] + ["train.epochs=6"]
+    whole = {**copy.deepcopy(study), "out": str(tmp_path / "whole")}
+    for name, s in (("killed", study), ("whole", whole)):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(s))
+    reference = _run_cli(tmp_path / "whole.yaml")  # the uninterrupted run, alongside
+
+    last = tmp_path / "killed" / "models" / "crown_ibp" / "last.pt"
+    victim = _run_cli(tmp_path / "killed.yaml")
+    deadline = time.monotonic() + 120
+    while not last.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    assert victim.returncode == -signal.SIGKILL, "the study ended before it could be killed"
+    from robustsuite.training.checkpoint import load_checkpoint
+    assert not load_checkpoint(last)["finished"], "killed too late: the first model had finished"
+    assert not (tmp_path / "killed" / "report").exists()
+
+    restarted = _run_cli(tmp_path / "killed.yaml")
+    out, err = restarted.communicate(timeout=300)
+    assert restarted.returncode == 0, err[-1500:]
+    assert "crown_ibp: resumed" in out and "pgd_at: trained" in out
+    ref_out, ref_err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, ref_err[-1500:]
+
+    assert _report(tmp_path / "killed") == _report(tmp_path / "whole")  # metrics and per-sample records
+    for label in ("crown_ibp", "pgd_at"):
+        a = load_checkpoint(tmp_path / "killed" / "models" / label / "best.pt")
+        b = load_checkpoint(tmp_path / "whole" / "models" / label / "best.pt")
+        assert a["epoch"] == b["epoch"]
+        # bit-identical: bounded steps run with TorchScript's optimizing executor off (see
+        # CertifiedTrainer.train_step), so earlier calls in the process cannot change their numerics
+        for k, v in b["model_state"].items():
+            assert torch.equal(a["model_state"][k], v), k

@@ -188,9 +188,13 @@ class CertifiedTrainer(Trainer):
         eps = self.eps_for_step(step)
         beta = mix_factor(eps, self.tcfg.eps, self.tcfg.beta_final) if self.bound_method() == "crown-ibp" else 0.0
         kappa = mix_factor(eps, self.tcfg.eps, self.tcfg.kappa_final)
-        loss, natural, robust, stats = self.loss_module()(x, y, eps, beta, kappa)
-        out: dict[str, Tensor] = dict(stats)
-        self.clip_and_step(loss)
+        # auto_LiRPA's TorchScript helpers are re-optimized depending on what ran before in the process,
+        # which changes the last bits of a step; without that, a run resumed in a fresh process is
+        # bit-identical to an uninterrupted one.
+        with torch.jit.optimized_execution(False):
+            loss, natural, robust, stats = self.loss_module()(x, y, eps, beta, kappa)
+            out: dict[str, Tensor] = dict(stats)
+            self.clip_and_step(loss)
         out.update(loss=loss.detach(), natural_ce=natural.detach(), eps=torch.tensor(eps))
         if robust is not None:
             out["robust_ce"] = robust.detach()

@@ -31,7 +31,7 @@ GOAL_S = 300.0
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoints", nargs="+", default=["runs/demo/crown_ibp/best.pt", "runs/demo/pgd_at/best.pt"])
+    ap.add_argument("--checkpoints", nargs="+", default=["runs/demo/models/crown_ibp/best.pt", "runs/demo/models/pgd_at/best.pt"])
     ap.add_argument("--suite", default="configs/suites/demo.yaml")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--threads", type=int, default=2)

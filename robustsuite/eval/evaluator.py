@@ -393,7 +393,7 @@ def _evaluate_model(name: str, model: nn.Module, x: Tensor, y: Tensor, indices: 
     if budget_model:
         learned = [it for it in items if it.get("budgets") == "learned" and it["key"] not in na]
         if learned:
-            it = learned[0]
+            it = max(learned, key=lambda i: i["eps"])  # the largest radius: usually the test radius
             k = min(12, n)
             with torch.no_grad():
                 b = model.budgets(x[:k].to(dev), it["eps"], it["rho"]).cpu()

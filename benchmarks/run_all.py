@@ -50,6 +50,9 @@ def main(argv=None) -> int:
         print(f"== {name}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
         if rc:
             failed.append(name)
+    from benchmarks import summary  # the README table, rebuilt from the result files just written
+
+    summary.main([])
     if failed:
         print("benchmarks that failed or missed a goal: " + ", ".join(failed))
     return 1 if failed else 0

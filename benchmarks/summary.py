@@ -1,0 +1,216 @@
+"""``benchmarks/README.md`` and the project README's benchmark table, rebuilt from ``benchmarks/results/``.
+
+    .venv/bin/python -m benchmarks.summary            # rewrite both
+    .venv/bin/python -m benchmarks.summary --check    # exit 1 if either is out of date
+
+``make bench`` runs it after the benchmarks, so every figure of the table is the one in the JSON file
+named beside it; a test checks that the committed README matches the committed results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+PROJECT_README = HERE.parent / "README.md"
+START, END = "<!-- benchmark table: python -m benchmarks.summary -->", "<!-- end of benchmark table -->"
+
+HEADER = """# Benchmarks
+
+Speed ratios (against a reference measured in the same run) and the papers' claims in miniature.
+Not part of `make test`. Every figure below comes from the JSON file named beside it, written by the
+command beside it (run from the repository root with the project's `.venv`); `make bench` reruns them
+all and rebuilds this file from the results (`python -m benchmarks.summary`). Timings were taken on
+the shared 2-core development machine (no GPU); ratios interleave the compared runs and report
+medians, with CPU-time ratios where the machine was shared.
+"""
+
+
+def _load(name: str, results: Path) -> dict:
+    return json.loads((results / name).read_text())
+
+
+def _pm(stat: dict, scale: float = 100.0, digits: int = 1) -> str:
+    return f"{stat['mean'] * scale:.{digits}f}±{stat['std'] * scale:.{digits}f}"
+
+
+# ------------------------------------------------------------------------------------ one per file
+def certified_training_step(results: Path) -> str:
+    rows = {r["model"]: r for r in _load("certified_training_step.json", results)["rows"]}
+    a, b = rows["cnn_small"], rows["cnn7"]
+    slow = [r["bare_reference_style_ms"] / r["bare_ms"] for r in (a, b)]
+    return (f"cnn_small {a['cpu_ratio_ours_over_bare']:.3f}x, CNN-7+BN (width 0.5) {b['cpu_ratio_ours_over_bare']:.3f}x "
+            f"(CPU time, 1 thread); auto_LiRPA example-style loop {slow[0]:.2f}x / {slow[1]:.2f}x the bare loop's time")
+
+
+def calibration(results: Path) -> str:
+    parts = []
+    for block in _load("crown_ibp_calibration.json", results)["results"]:
+        ibp = next(r for r in block["rows"] if r["method"] == "ibp")
+        parts.append(f"eps {block['eps']:g}: clean {100 * ibp['clean_acc']:.1f} %, IBP-certified "
+                     f"{100 * ibp['certified_acc']:.1f} %, PGD {100 * ibp['pgd_acc']:.1f} %")
+    return "; ".join(parts)
+
+
+def smoothing(results: Path) -> str:
+    r = _load("smoothing_certify.json", results)["results"][0]
+    return (f"{r['noisy_forwards_per_s']['ours'] / 1000:.1f}k/s; {r['ratio_ours_over_bare']:.2f}x a bare "
+            f"noisy-forward loop; {r['ratio_ours_over_reference']:.2f}x a plain per-image reference")
+
+
+def stochastic(results: Path) -> str:
+    d = _load("stochastic_claims.json", results)
+    s, c = d["summary"], d["checks"]
+    l2p = "reproduced" if c.get("learn2perturb pgd > pgd_at pgd") else "claim not reproduced"
+    return (f"boundary ASR: PGD-AT {s['pgd_at']['boundary_asr']['mean']:.2f}, Learn2Perturb "
+            f"{s['learn2perturb']['boundary_asr']['mean']:.3f}, ANIS2 {s['anis2']['boundary_asr']['mean']:.3f}; "
+            f"MNG-AC union {s['mng_ac']['multi.union']['mean']:.3f} vs L-inf PGD-AT {s['pgd_at']['multi.union']['mean']:.3f}; "
+            f"Learn2Perturb PGD {s['learn2perturb']['pgd']['mean']:.3f} vs PGD-AT {s['pgd_at']['pgd']['mean']:.3f} ({l2p}); "
+            f"noise scale over training: Learn2Perturb x{c['learn2perturb noise scale last/first-noise-epoch']:.2f}, "
+            f"PNI x{c['pni noise scale last/first-noise-epoch']:.2f}")
+
+
+def budgets_equal_volume(results: Path) -> str:
+    d = _load("budgets_equal_volume.json", results)
+    s = d["summary"]
+    parts = []
+    for e in ("0.1", "0.2"):
+        parts.append(f"e {e}: uniform {_pm(s[f'e{e}_rho1']['cert_own_ibp'])}, rho 2 {_pm(s[f'e{e}_rho2']['cert_own_ibp'])}, "
+                     f"rho 4 {_pm(s[f'e{e}_rho4']['cert_own_ibp'])}")
+    violations = sum(int(r.get("violations", 0) or 0) for r in d["per_run"])
+    return "; ".join(parts) + f" (IBP-certified %, own boxes); {violations} PGD violations"
+
+
+def budgets_ratio(results: Path) -> str:
+    d = _load("budgets_ratio.json", results)
+    s = d["summary"]
+    dis, bor = s["digits_distractor"], s["digits_border"]
+    nocoord = [r["ratio"] for r in d["per_run"] if not r.get("coordinates", True)]
+    tail = f"; without coordinate channels {nocoord[0]:.2f}" if nocoord else ""
+    return (f"distractor {_pm(dis['ratio'], 1, 2)} (cap {dis['ratio_cap']:.0f}, "
+            f"{100 * dis['frac_irrelevant_at_upper']['mean']:.1f} % of irrelevant pixels at the upper limit), "
+            f"border {_pm(bor['ratio'], 1, 2)} (cap {bor['ratio_cap']:.2f}){tail}")
+
+
+def budgets_step(results: Path) -> str:
+    rows = _load("budgets_step_time.json", results)["rows"]
+    by = {}
+    for r in rows:
+        by.setdefault(r["model"], []).append(r)
+    parts = []
+    for model, rs in by.items():
+        ratios = " / ".join(f"{r['ratio']:.2f}" + ("" if r["ratio"] <= 1.3 else " (missed)") for r in rs)
+        parts.append(f"{'CNN-7' if model == 'cnn7' else model} {ratios}")
+    return "; ".join(parts) + " (mid-ramp / IBP phase)"
+
+
+def pgd_speed(results: Path) -> str:
+    parts = [f"batch {r['batch']} PGD-{r['steps']}: {r['ours_over_floor']:.3f}x floor / "
+             f"{r['ours_over_torchattacks']:.3f}x torchattacks" for r in _load("attacks_pgd.json", results)["results"]]
+    return "; ".join(parts)
+
+
+def boundary(results: Path) -> str:
+    parts = [f"{r['bare_over_ours_queries_per_s']:.3f} (batch {r['batch']})"
+             for r in _load("attacks_boundary.json", results)["results"]]
+    return "bare/ours " + ", ".join(parts)
+
+
+def eval_stages(results: Path) -> str:
+    d = _load("eval_stages.json", results)
+    crown = [st["certify|crown"]["seconds"] for st in d["stages"].values() if "certify|crown" in st]
+    return (f"{d['total_seconds']:.0f} s in all for {len(d['stages'])} models x {d['samples']} samples "
+            f"(largest stage: CROWN {min(crown):.0f}-{max(crown):.0f} s per model); {d['violations']} violations")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    what: str
+    result: Callable[[Path], str]
+    goal: str
+    command: str
+    files: str
+
+
+ROWS = [
+    Row("certified training step", "our CROWN-IBP trainer step vs a bare auto_LiRPA loop making the same calls; "
+        "digits, batch 64, mid-ramp (IBP + CROWN-IBP)", certified_training_step, "<= 1.05",
+        "`python -m benchmarks.bench_certified_training`", "`results/certified_training_step.json`"),
+    Row("CROWN-IBP calibration", "`configs/digits_crown_ibp.yaml`, 450 test digits, PGD-40", calibration,
+        "eps 0.1 >= 82 %, eps 0.2 >= 62 %", "`python -m benchmarks.bench_calibration --seed 0`",
+        "`results/crown_ibp_calibration.json`"),
+    Row("smoothing CERTIFY", "noisy forwards/s, cnn_small 1x8x8, 8 images, n0 = 100, n = 10k, batch 1000, 1 thread",
+        smoothing, ">= 0.95x bare, >= 1x reference",
+        "`OMP_NUM_THREADS=1 python -m benchmarks.bench_smoothing --repeats 11`", "`results/smoothing_certify.json`"),
+    Row("stochastic defenses", "claims in miniature on digits, ResNet-V1-8 (width 0.5), 20 epochs, 3 seeds, L-inf 0.1",
+        stochastic, "see `../shared/specs/stochastic.md`", "`OMP_NUM_THREADS=1 python -m benchmarks.bench_stochastic`",
+        "`results/stochastic_claims.json`, `results/stochastic_noise_scale.png`"),
+    Row("learned budgets, equal volume", "digits, cnn_small w2, 60 epochs, 3 seeds; learned (own boxes) vs uniform "
+        "CROWN-IBP, same schedule", budgets_equal_volume, "learned >= uniform",
+        "`OMP_NUM_THREADS=1 python -m benchmarks.bench_budgets`",
+        "`results/budgets_equal_volume.json`, `results/budgets_certified_vs_eps.png`"),
+    Row("learned budgets, ratio", "irrelevant/relevant geometric-mean budget at rho 4, 3 seeds", budgets_ratio,
+        ">= 2 (spec probe: 13.3)", "same", "`results/budgets_ratio.json`, `results/budgets_heatmaps_*.png`"),
+    Row("learned budgets, step", "joint vs uniform CROWN-IBP step, batch 64, CPU time, 1 thread", budgets_step,
+        "<= 1.3", "`OMP_NUM_THREADS=1 python -m benchmarks.bench_budgets --parts c`", "`results/budgets_step_time.json`"),
+    Row("PGD-k speed", "our PGD-k vs a bare loop of k forward+backward passes and vs torchattacks PGD, same "
+        "model/batch; digits CNN 1x8x8, L-inf 0.1, 1 thread, CPU time", pgd_speed,
+        "<= 1.1x floor, <= 1.0x torchattacks", "`python -m benchmarks.bench_attacks --repeats 40`",
+        "`results/attacks_pgd.json`"),
+    Row("boundary attack throughput", "label queries/s of BoundaryAttack vs a bare batched forward+argmax loop on "
+        "the same batch; digits CNN, 400 queries/sample, 1 thread, CPU time", boundary, "<= 1.2", "same",
+        "`results/attacks_boundary.json`"),
+    Row("evaluator per stage", "`configs/suites/demo.yaml` on the CROWN-IBP and PGD-AT digits models, 450 samples, "
+        "2 threads", eval_stages, "<= 300 s", "`python -m benchmarks.bench_eval` (after `make demo`)",
+        "`results/eval_stages.json`"),
+]
+
+
+def table(results: Path = RESULTS) -> str:
+    """The table: one row per benchmark, figures read from ``results``."""
+    lines = ["| benchmark | what | result | goal | command | file |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in ROWS:
+        lines.append(f"| {row.name} | {row.what} | {row.result(results)} | {row.goal} | {row.command} | {row.files} |")
+    return "\n".join(lines) + "\n"
+
+
+def render(results: Path = RESULTS) -> str:
+    """The whole benchmarks/README.md: the header, then the table."""
+    return HEADER + "\n" + table(results)
+
+
+def with_table(text: str, results: Path = RESULTS) -> str:
+    """``text`` (the project README) with the table between its START and END markers replaced."""
+    if START not in text or END not in text:
+        raise ValueError(f"README.md has no {START} ... {END} block for the benchmark table")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return head + START + "\n" + table(results) + END + tail
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="exit 1 if benchmarks/README.md is out of date")
+    args = ap.parse_args(argv)
+    wanted = {README: render(), PROJECT_README: with_table(PROJECT_README.read_text())}
+    if args.check:
+        stale = [p.name for p, text in wanted.items() if p.read_text() != text]
+        print("out of date: " + ", ".join(stale) + " (run python -m benchmarks.summary)" if stale else "up to date")
+        return 1 if stale else 0
+    from robustsuite.files import atomic_write_text
+
+    for path, text in wanted.items():
+        atomic_write_text(path, text)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

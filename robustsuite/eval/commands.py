@@ -58,7 +58,7 @@ def load_models(paths: list[str], names: list[str] | None = None, device: str = 
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..cli import check_data_fits, model_spec_of, select_test_data
+    from ..cli_data import check_data_fits, model_spec_of, select_test_data
     from .evaluator import evaluate
     from .suite import load_suite
 
@@ -120,7 +120,7 @@ def add_eval_parsers(sub) -> None:
     e.add_argument("--names", type=_names_arg, help="model names, comma-separated (default: checkpoint folder names)")
     e.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a suite key, e.g. --set subset.first=100 (repeatable)")
-    from ..cli import add_data_arguments
+    from ..cli_data import add_data_arguments
     add_data_arguments(e)
     e.add_argument("--device", default="auto", help="auto | cpu | cuda")
     e.add_argument("--seed", type=int, default=0)

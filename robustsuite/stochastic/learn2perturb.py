@@ -92,7 +92,7 @@ class Learn2PerturbTrainer(AdversarialTrainer):
             loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         self.theta_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backward(loss)  # averaged over ranks under torchrun
         if t.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                            t.optim.grad_clip)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from ..training.distributed import all_reduce_grads, broadcast_object, is_distributed
 from .adversarial import AdversarialTrainer, make_pgd, threat_of
 from .generator import NoiseGenerator
 from .losses import js_divergence
@@ -44,10 +45,13 @@ __all__ = ["MNGACTrainer", "meta_generator_step"]
 
 
 def meta_generator_step(model, generator: NoiseGenerator, gen_optimizer: torch.optim.Optimizer,
-                        x: Tensor, x_adv: Tensor, y: Tensor, threat, lr: float) -> Tensor:
+                        x: Tensor, x_adv: Tensor, y: Tensor, threat, lr: float, weight: float = 1.0) -> Tensor:
     """Steps 2-4: update only ``generator`` through a differentiable one-step look-ahead of
     ``model``; the model's parameters, gradients and buffers are left as they were. Returns the
-    meta loss ``CE(f_theta'(x_adv), y)`` (detached)."""
+    meta loss ``CE(f_theta'(x_adv), y)`` (detached).
+
+    ``weight`` scales the generator's gradient (this rank's share of the global batch under torchrun,
+    where the gradients are then averaged over ranks so every rank takes the same step)."""
     params = {n: p for n, p in model.named_parameters()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     x_aug = generator(x, threat)
@@ -60,7 +64,8 @@ def meta_generator_step(model, generator: NoiseGenerator, gen_optimizer: torch.o
     gen_grads = torch.autograd.grad(meta, gen_params, allow_unused=True)
     gen_optimizer.zero_grad(set_to_none=True)
     for p, g in zip(gen_params, gen_grads):
-        p.grad = None if g is None else g.detach()
+        p.grad = None if g is None else g.detach() * weight
+    all_reduce_grads(gen_params)  # no-op in one process
     gen_optimizer.step()
     return meta.detach()
 
@@ -96,11 +101,13 @@ class MNGACTrainer(AdversarialTrainer):
         lr = cyclic_lr(step + 1, self.total_steps, t.lr_max, t.cyclic_peak)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        k = int(torch.randint(len(self.attacks), (1,)))  # the batch's norm
+        k = int(torch.randint(len(self.attacks), (1,)))  # the (global) batch's norm: rank 0's draw
+        if is_distributed():
+            k = broadcast_object(k)
         x_adv = self.attacks[k](x, y)
         self.generator.train()
         meta = meta_generator_step(self.model, self.generator, self.gen_optimizer, x, x_adv, y,
-                                   self.threats[k], t.lookahead_lr or lr)
+                                   self.threats[k], t.lookahead_lr or lr, weight=self.loss_weight)
         with torch.no_grad():
             x_aug = self.generator(x, self.threats[k])
         logits_clean, logits_adv, logits_aug = self.model(torch.cat([x, x_adv, x_aug])).split(x.shape[0])

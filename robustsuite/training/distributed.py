@@ -12,7 +12,10 @@ Epoch e draws the same seeded permutation and the same global batches as one pro
 ``world * local / global`` so the averaged gradient is the gradient of the global batch mean even
 when the last batch does not divide evenly. Gradients are averaged by DistributedDataParallel
 around a module whose ``forward`` returns the loss (CROWN-IBP/IBP trainers) or by
-:func:`all_reduce_grads` after ``backward`` (every other trainer). Only rank 0 writes files.
+:func:`all_reduce_grads` after ``backward`` (every other trainer, through ``Trainer.backward``; the
+updates outside that backward, Learn2Perturb's W/theta step and MNG-AC's meta step of its noise
+generator, average their gradients the same way, and MNG-AC's per-batch norm is rank 0's draw), so
+every rank takes the same step. Only rank 0 writes files.
 
 Random draws (PGD random starts, noise layers, augmentation) come from a stream seeded per epoch by
 (seed, epoch, rank), so each shard gets its own draws and a resumed run repeats them; a run with

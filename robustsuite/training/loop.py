@@ -119,14 +119,19 @@ class Trainer(abc.ABC):
         """Rebuild anything derived from the model after its weights were restored."""
 
     # --------------------------------------------------------------------------- helpers
-    def clip_and_step(self, loss: Tensor) -> None:
-        """Backward pass, gradient-norm clipping (if configured) and an optimizer step."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def backward(self, loss: Tensor) -> None:
+        """``loss.backward()``; under torchrun also the gradient of the global batch: the loss weighted
+        by this rank's share, and the gradients DDP does not manage averaged over ranks."""
         if dist_utils.is_distributed():
             (loss * self.loss_weight).backward()
             dist_utils.all_reduce_grads(self._unmanaged_params())
         else:
             loss.backward()
+
+    def clip_and_step(self, loss: Tensor) -> None:
+        """Backward pass, gradient-norm clipping (if configured) and an optimizer step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.backward(loss)
         clip = self.tcfg.optim.grad_clip
         if clip:
             torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], clip)

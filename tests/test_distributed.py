@@ -222,6 +222,14 @@ SYNC_WORKER = textwrap.dedent('''
     if what == "learn2perturb":  # alternating theta / W updates, its own backward
         tr = {"method": "learn2perturb", "noise_start": 0, "adv_start": 1, "gamma": 1e-3,
               "attack": {"eps": 0.1, "steps": 2}, "optim": {"name": "sgd", "lr": 0.05}, **common}
+    elif what == "trades":  # two forwards per step inside DDP's forward
+        tr = {"method": "trades", "attack": {"eps": 0.1, "steps": 2}, "optim": {"name": "sgd", "lr": 0.05}, **common}
+    elif what == "gaussian":
+        tr = {"method": "gaussian", "sigma": 0.25, "epochs": 2, "batch_size": 15, "optim": {"lr": 1e-3}}
+    elif what == "anis2":  # a teacher trained first (rank 0 writes it), then the student with EMA noise
+        tr = {"method": "anis2", "teacher_epochs": 1, "teacher_optim": {"name": "sgd", "lr": 0.05, "milestones": []},
+              "gamma_ramp_epochs": 1, "gamma_step_every": 1, "attack": {"eps": 0.1, "steps": 2},
+              "optim": {"name": "sgd", "lr": 0.05}, **common}
     else:  # MNG-AC: the meta step updates the noise generator outside the loss backward
         tr = {"method": "mng_ac", "attacks": [{"norm": "linf", "eps": 0.1, "steps": 2},
                                                {"norm": "l2", "eps": 0.5, "steps": 2}],
@@ -233,23 +241,23 @@ SYNC_WORKER = textwrap.dedent('''
     net = build_model(cfg, (1, 8, 8), 10)
     trainer = trainer_class(tr["method"])(net, train_set, val_set, cfg, out + "/run", torch.device("cpu"), quiet=True)
     trainer.fit()
-    state = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
+    # parameters only: buffers (BatchNorm statistics, ANIS2's EMA noise scales) are per rank by design
+    state = {f"model.{k}": v.detach() for k, v in trainer.model.named_parameters()}
     if hasattr(trainer, "generator"):
-        state.update({f"generator.{k}": v for k, v in trainer.generator.state_dict().items()})
+        state.update({f"generator.{k}": v.detach() for k, v in trainer.generator.named_parameters()})
     torch.save(state, f"{out}/rank{D.rank()}.pt")
     D.cleanup()
 ''')
 
 
-@pytest.mark.parametrize("what", ["learn2perturb", "mng_ac"])
-def test_trainers_with_their_own_updates_keep_every_rank_in_step(tmp_path, what):
+@pytest.mark.parametrize("what", ["learn2perturb", "mng_ac", "trades", "gaussian", "anis2"])
+def test_every_stochastic_trainer_keeps_every_rank_in_step(tmp_path, what):
     # Random draws differ per rank (noise, attack starts), so these are not bit-equal to one process;
     # what must hold is that every rank applies the same averaged update: identical weights everywhere.
     script = tmp_path / "worker.py"
     script.write_text(SYNC_WORKER)
     _wait(_launch(script, tmp_path, what, 2))
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
-    params = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-    assert params and a.keys() == b.keys()
-    for k in params:  # BatchNorm running statistics are per rank by design (see distributed.py)
+    assert a and a.keys() == b.keys()
+    for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -113,7 +113,7 @@ class AdversarialTrainer(Trainer):
 
     def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
         x_adv = self.adversarial(x, y)
-        loss, logits = self.mixed_loss(x, x_adv, y)
+        loss, logits = self.loss_call(self.mixed_loss, x, x_adv, y)  # in DDP's forward under torchrun
         self.clip_and_step(loss)
         return {"loss": loss.detach(), "adv_acc": (logits.detach().argmax(1) == y).float().mean()}
 

@@ -49,9 +49,12 @@ class StandardTrainer(AdversarialTrainer):
 
     kind = "standard"
 
-    def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
+    def _ce(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
+        return F.cross_entropy(logits, y), logits
+
+    def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
+        loss, logits = self.loss_call(self._ce, x, y)
         self.clip_and_step(loss)
         return {"loss": loss.detach(), "acc": (logits.detach().argmax(1) == y).float().mean()}
 
@@ -101,17 +104,21 @@ class ANIS2Trainer(AdversarialTrainer):
     def _model_entry(self) -> dict:
         return {**super()._model_entry(), "teacher_checkpoint": self.teacher_source}
 
-    def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
-        gamma = self.gamma_at(step // self.steps_per_epoch)
-        set_gamma(self.model, gamma)
-        with ema_paused(self.model):
-            x_adv = self.adversarial(x, y)
+    def _student_loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.model(x_adv)  # the one EMA update of this batch
         loss = F.cross_entropy(logits, y)
         w = self.tcfg.clean_weight
         if w > 0:
             with ema_paused(self.model):
                 loss = (1 - w) * loss + w * F.cross_entropy(self.model(x), y)
+        return loss, logits
+
+    def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
+        gamma = self.gamma_at(step // self.steps_per_epoch)
+        set_gamma(self.model, gamma)
+        with ema_paused(self.model):
+            x_adv = self.adversarial(x, y)
+        loss, logits = self.loss_call(self._student_loss, x, x_adv, y)
         self.clip_and_step(loss)
         return {"loss": loss.detach(), "adv_acc": (logits.detach().argmax(1) == y).float().mean(),
                 "gamma": torch.tensor(gamma)}

@@ -68,6 +68,15 @@ class Learn2PerturbTrainer(AdversarialTrainer):
         if "theta_optimizer" in state:
             self.theta_optimizer.load_state_dict(state["theta_optimizer"])
 
+    def _mixed(self, x: Tensor, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.model(x_adv)
+        w = self.tcfg.clean_weight
+        return (1 - w) * F.cross_entropy(logits, y) + w * F.cross_entropy(self.model(x), y), logits
+
+    def _clean(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.model(x)
+        return F.cross_entropy(logits, y), logits
+
     def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
         t = self.tcfg
         epoch = step // self.steps_per_epoch
@@ -83,13 +92,10 @@ class Learn2PerturbTrainer(AdversarialTrainer):
         # 2. one backward pass of the training loss for W (and theta)
         if epoch >= t.adv_start:
             x_adv = self.adversarial(x, y)
-            logits = self.model(x_adv)
-            loss = (1 - t.clean_weight) * F.cross_entropy(logits, y) \
-                + t.clean_weight * F.cross_entropy(self.model(x), y)
+            loss, logits = self.loss_call(self._mixed, x, x_adv, y)
             stats["adv_acc"] = (logits.detach().argmax(1) == y).float().mean()
         else:
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
+            loss, logits = self.loss_call(self._clean, x, y)
         self.optimizer.zero_grad(set_to_none=True)
         self.theta_optimizer.zero_grad(set_to_none=True)
         self.backward(loss)  # averaged over ranks under torchrun

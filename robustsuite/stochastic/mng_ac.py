@@ -96,6 +96,12 @@ class MNGACTrainer(AdversarialTrainer):
     def _model_entry(self) -> dict:
         return {**super()._model_entry(), "generator_state": self.generator.state_dict()}
 
+    def _loss(self, x: Tensor, x_adv: Tensor, x_aug: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        logits_clean, logits_adv, logits_aug = self.model(torch.cat([x, x_adv, x_aug])).split(x.shape[0])
+        ce = F.cross_entropy(logits_adv, y)
+        js = js_divergence(logits_clean, logits_adv, logits_aug)
+        return ce + self.tcfg.js_weight * js, ce, js, logits_adv
+
     def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
         t = self.tcfg
         lr = cyclic_lr(step + 1, self.total_steps, t.lr_max, t.cyclic_peak)
@@ -110,10 +116,7 @@ class MNGACTrainer(AdversarialTrainer):
                                    self.threats[k], t.lookahead_lr or lr, weight=self.loss_weight)
         with torch.no_grad():
             x_aug = self.generator(x, self.threats[k])
-        logits_clean, logits_adv, logits_aug = self.model(torch.cat([x, x_adv, x_aug])).split(x.shape[0])
-        ce = F.cross_entropy(logits_adv, y)
-        js = js_divergence(logits_clean, logits_adv, logits_aug)
-        loss = ce + t.js_weight * js
+        loss, ce, js, logits_adv = self.loss_call(self._loss, x, x_adv, x_aug, y)
         self.clip_and_step(loss)
         return {"loss": loss.detach(), "ce_adv": ce.detach(), "js": js.detach(), "meta": meta,
                 "adv_acc": (logits_adv.detach().argmax(1) == y).float().mean()}

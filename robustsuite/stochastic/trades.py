@@ -51,12 +51,15 @@ class TradesTrainer(AdversarialTrainer):
 
     kind = "trades"
 
-    def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
-        x_adv = trades_adversary(self.model, x, self.tcfg.attack)
+    def _trades_loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         logits = self.model(x)
         logits_adv = self.model(x_adv)
         robust = trades_kl(logits_adv, logits)
-        loss = F.cross_entropy(logits, y) + self.tcfg.beta * robust
+        return F.cross_entropy(logits, y) + self.tcfg.beta * robust, robust, logits_adv
+
+    def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
+        x_adv = trades_adversary(self.model, x, self.tcfg.attack)
+        loss, robust, logits_adv = self.loss_call(self._trades_loss, x, x_adv, y)
         self.clip_and_step(loss)
         return {"loss": loss.detach(), "kl": robust.detach(),
                 "adv_acc": (logits_adv.detach().argmax(1) == y).float().mean()}

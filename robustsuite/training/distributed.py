@@ -10,12 +10,12 @@ Training (:class:`~robustsuite.training.loop.Trainer`): ``train.batch_size`` is 
 Epoch e draws the same seeded permutation and the same global batches as one process; rank r takes
 ``batch[r::world]`` of each global batch (:class:`ShardedBatchSampler`) and its loss is scaled by
 ``world * local / global`` so the averaged gradient is the gradient of the global batch mean even
-when the last batch does not divide evenly. Gradients are averaged by DistributedDataParallel
-around a module whose ``forward`` returns the loss (CROWN-IBP/IBP trainers) or by
-:func:`all_reduce_grads` after ``backward`` (every other trainer, through ``Trainer.backward``; the
-updates outside that backward, Learn2Perturb's W/theta step and MNG-AC's meta step of its noise
-generator, average their gradients the same way, and MNG-AC's per-batch norm is rank 0's draw), so
-every rank takes the same step. Only rank 0 writes files.
+when the last batch does not divide evenly. Gradients are averaged by DistributedDataParallel in
+every trainer: the certified trainers wrap the module that computes bounds and loss, the others
+compute their loss through ``Trainer.loss_call`` (the model inside a DDP wrapper). Gradients DDP
+does not see (a budget or noise generator, MNG-AC's meta step) are averaged by :func:`all_reduce_grads`;
+MNG-AC's per-batch norm is rank 0's draw. So every rank takes the same step (tested for every trainer).
+Only rank 0 writes files.
 
 Random draws (PGD random starts, noise layers, augmentation) come from a stream seeded per epoch by
 (seed, epoch, rank), so each shard gets its own draws and a resumed run repeats them; a run with

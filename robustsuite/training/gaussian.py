@@ -53,9 +53,12 @@ class GaussianTrainer(Trainer):
 
     kind = "gaussian"
 
-    def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
+    def _noisy_ce(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.model(add_gaussian_noise(x, self.tcfg.sigma))
-        loss = F.cross_entropy(logits, y)
+        return F.cross_entropy(logits, y), logits
+
+    def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
+        loss, logits = self.loss_call(self._noisy_ce, x, y)
         self.clip_and_step(loss)
         return {"loss": loss.detach(), "noisy_acc": (logits.detach().argmax(1) == y).float().mean()}
 

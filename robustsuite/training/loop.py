@@ -11,9 +11,9 @@ as an uninterrupted one.
 
 Distribution (``torchrun``, see :mod:`robustsuite.training.distributed`): ``train.batch_size`` is the
 global batch; every rank draws the same global batches and takes ``batch[rank::world]``; gradients
-are averaged over ranks (by DDP where the trainer wraps its loss in one, else after ``backward`` in
-:meth:`Trainer.clip_and_step`); only rank 0 validates and writes files, and the history is the same
-on every rank.
+are averaged over ranks by DDP (every trainer computes its loss inside a DDP-wrapped forward:
+:meth:`Trainer.loss_call` or its own bounded module); only rank 0 validates and writes files, and
+the history is the same on every rank.
 """
 from __future__ import annotations
 
@@ -52,6 +52,17 @@ def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+class _LossClosure(nn.Module):
+    """Holds the model, so DDP sees its parameters; ``forward(fn, *args)`` is ``fn(*args)``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn, *args):
+        return fn(*args)
+
+
 class Trainer(abc.ABC):
     """Base class: owns the epoch loop, checkpoints (``last.pt``, ``best.pt``) and resume.
 
@@ -81,6 +92,7 @@ class Trainer(abc.ABC):
         self.quiet = quiet or not dist_utils.is_main()
         self.loss_weight = 1.0  # distributed: world * local / global of the current batch
         self.ddp_managed: set[int] = set()  # ids of parameters whose gradients DDP averages
+        self._ddp: nn.Module | None = None  # DistributedDataParallel around the model (loss_call)
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
         self.best_score = -math.inf
@@ -119,6 +131,24 @@ class Trainer(abc.ABC):
         """Rebuild anything derived from the model after its weights were restored."""
 
     # --------------------------------------------------------------------------- helpers
+    def loss_call(self, fn, *args):
+        """``fn(*args)``: the step's loss (and whatever else ``fn`` returns), computed from calls of
+        ``self.model``. Under torchrun it runs inside the forward of a DistributedDataParallel wrapper
+        of ``self.model``, so the next backward averages the model's gradients over ranks as DDP does
+        (bucketed, overlapped with the backward); backward passes outside it (attacks, regularizers)
+        stay local, as DDP ignores them."""
+        if not dist_utils.is_distributed():
+            return fn(*args)
+        if self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
+            # find_unused_parameters: noise parameters sit idle while noise is off (Learn2Perturb's
+            # delay, PNI before its start)
+            self._ddp = DDP(_LossClosure(self.model), device_ids=ids, find_unused_parameters=True)
+            self.ddp_managed = {id(p) for p in self.model.parameters()}
+        return self._ddp(fn, *args)
+
     def backward(self, loss: Tensor) -> None:
         """``loss.backward()``; under torchrun also the gradient of the global batch: the loss weighted
         by this rank's share, and the gradients DDP does not manage averaged over ranks."""

@@ -291,26 +291,20 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
 
 # ------------------------------------------------------------------------------------- CLI
 def cmd_run(args: argparse.Namespace) -> int:
-    import sys
-    t0 = time.perf_counter()
+    from .eval.commands import finish_report
     from .training.distributed import is_main
 
+    t0 = time.perf_counter()
     res = run(args.config, resume=not args.no_resume, quiet=args.quiet, overrides=list(args.set or []),
               stop_after=args.stop_after)
-    if not is_main():  # under torchrun only rank 0 reports
-        return 3 if res.report is not None and res.report.violations else 0
-    for label, st in res.status.items():
-        print(f"{label}: {st} -> {res.checkpoints[label]}")
+    if is_main():  # under torchrun only rank 0 reports
+        for label, st in res.status.items():
+            print(f"{label}: {st} -> {res.checkpoints[label]}")
+        if res.report is None:
+            print(f"stopped after {len(res.status)} model(s); run again to finish ({res.out})")
     if res.report is None:
-        print(f"stopped after {len(res.status)} model(s); run again to finish ({res.out})")
         return 0
-    print(res.report.table(transpose=True))
-    print(f"wrote {res.report_dir / 'report.md'} (report.json, records.csv, plots/) in {time.perf_counter() - t0:.0f} s")
-    if res.report.violations:
-        print(f"SOUNDNESS VIOLATION: {len(res.report.violations)} (bound, attack, set) combinations broke certified "
-              f"samples; see {res.report_dir / 'report.md'}", file=sys.stderr)
-        return 3
-    return 0
+    return finish_report(res.report, res.report_dir, f" in {time.perf_counter() - t0:.0f} s")
 
 
 def add_run_parser(sub) -> None:

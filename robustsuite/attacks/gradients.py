@@ -55,14 +55,6 @@ def loss_and_grad(model: Model, x: Tensor, y: Tensor, loss_fn: LossOfLogits, *, 
     B = x.shape[0]
     total = B * n
     chunk = total if max_batch is None else max(1, int(max_batch))
-    if n == 1 and chunk >= B and torch.is_grad_enabled():  # the common case, kept lean
-        leaf = x.detach().requires_grad_(True)
-        logits = model(leaf)
-        if check_labels:
-            check_label_range(logits, y)
-        loss = loss_fn(logits, y)
-        (grad,) = torch.autograd.grad(loss.sum(), leaf)
-        return loss.detach(), grad, logits.detach()
     with torch.enable_grad():
         leaf = x.detach().requires_grad_(True)
         if n == 1 and chunk >= B:

@@ -57,6 +57,21 @@ def load_models(paths: list[str], names: list[str] | None = None, device: str = 
     return models, ref
 
 
+def finish_report(report, out: Path | None, note: str = "") -> int:
+    """Print the report's table and where it was written (rank 0 only under torchrun); the exit status:
+    ``VIOLATION_EXIT`` (with a loud message) when a certified sample was broken by an attack, else 0.
+    ``out`` is the folder the report was saved to (None on ranks other than 0)."""
+    from ..training.distributed import is_main
+
+    if is_main():
+        print(report.table(transpose=True))
+        print(f"wrote {out / 'report.md'} (report.json, records.csv, plots/){note}")
+        if report.violations:
+            print(f"SOUNDNESS VIOLATION: {len(report.violations)} (bound, attack, set) combinations broke certified "
+                  f"samples; see {out / 'report.md'}", file=sys.stderr)
+    return VIOLATION_EXIT if report.violations else 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..cli_data import check_data_fits, model_spec_of, select_test_data
     from .evaluator import evaluate
@@ -70,16 +85,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = evaluate(models, test, suite, device=args.device, seed=args.seed,
                       data_description={**description, "checkpoints": dict(zip(models, map(str, args.checkpoints)))})
     from ..training.distributed import is_main
-    if not is_main():  # under torchrun every rank holds the same report; rank 0 writes and prints it
-        return VIOLATION_EXIT if report.violations else 0
-    out = report.save(args.out)
-    print(report.table(transpose=True))
-    print(f"wrote {out / 'report.md'}, report.json, records.csv, plots/")
-    if report.violations:
-        print(f"SOUNDNESS VIOLATION: {len(report.violations)} (bound, attack, set) combinations broke certified "
-              f"samples; see {out / 'report.md'}", file=sys.stderr)
-        return VIOLATION_EXIT
-    return 0
+    # under torchrun every rank holds the same report; rank 0 writes and prints it
+    return finish_report(report, report.save(args.out) if is_main() else None)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from ..training.distributed import all_reduce_grads, broadcast_object, is_distributed
+from ..training.distributed import all_reduce_grads, broadcast_object
 from .adversarial import AdversarialTrainer, make_pgd, threat_of
 from .generator import NoiseGenerator
 from .losses import js_divergence
@@ -107,9 +107,7 @@ class MNGACTrainer(AdversarialTrainer):
         lr = cyclic_lr(step + 1, self.total_steps, t.lr_max, t.cyclic_peak)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        k = int(torch.randint(len(self.attacks), (1,)))  # the (global) batch's norm: rank 0's draw
-        if is_distributed():
-            k = broadcast_object(k)
+        k = broadcast_object(int(torch.randint(len(self.attacks), (1,))))  # the global batch's norm: rank 0's draw
         x_adv = self.attacks[k](x, y)
         self.generator.train()
         meta = meta_generator_step(self.model, self.generator, self.gen_optimizer, x, x_adv, y,

@@ -385,6 +385,24 @@ def test_distractor_label_is_the_left_digit_and_the_right_digit_has_another_labe
     assert len(set(by[dataset.other_index].tolist())) == 10
 
 
+def test_distractor_right_any_is_independent_of_the_label():
+    base = data.load("digits", "test")
+    _, by = data.as_tensors(base)
+    dataset = data.load("digits_distractor", "test", seed=0, right="any")
+    x, y = data.as_tensors(dataset)
+    assert torch.equal(y, by) and torch.equal(x[..., 8:], data.as_tensors(base)[0][dataset.other_index])
+    other = by[dataset.other_index]
+    # Same-class pairs occur about 1 time in 10 (they never do with the default right: other_class).
+    assert 0.04 < (other == y).float().mean().item() < 0.2
+    assert torch.equal(data.load("digits_distractor", "test", seed=0, right="any").images, dataset.images)
+    assert torch.equal(data.load("digits_distractor", "test", seed=0, right="other_class").images,
+                       data.load("digits_distractor", "test", seed=0).images)
+    with pytest.raises(ConfigError, match="'right'.*choose one of: other_class, any"):
+        data.load("digits_distractor", "test", right="same")
+    with pytest.raises(ConfigError, match="unknown option 'right'"):
+        data.load("digits_border", "test", right="any")
+
+
 def test_distractor_mask_marks_the_right_cell():
     dataset = data.load("digits_distractor", "train", size=12)
     mask = dataset.irrelevant_mask

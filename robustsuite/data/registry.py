@@ -10,9 +10,11 @@ digits                 size (int > 0: resize the 8x8 images to size x size, bili
 mnist                  backend ("auto", "torchvision", "builtin")
 cifar10, cifar100      augment (bool; default: on for train, off for test), backend
 svhn                   augment (crop only), backend
-digits_distractor      seed (int >= 0, default 0), size
+digits_distractor      seed (int >= 0, default 0), size, right ("other_class": the right cell shows a
+                       digit of another class, as the spec's set; "any": any digit, independent of
+                       the label, so the right cell carries no information about it at all)
 digits_border          seed, size, border (frame width in pixels, default H // 2)
-mnist_distractor       seed, backend
+mnist_distractor       seed, backend, right
 mnist_border           seed, border, backend
 npz                    path (required: your own .npz file with x and y, see ``data/npz.py``),
                        num_classes (int > 0, default 1 + the largest label)
@@ -101,13 +103,25 @@ def _backend(name: str, option: str, value: Any) -> Any:
     return value
 
 
+RIGHT_CELLS = ("other_class", "any")
+
+
+def _right(name: str, option: str, value: Any) -> Any:
+    if value is None:
+        return "other_class"
+    if value not in RIGHT_CELLS:
+        raise ConfigError(f"{name}: option {option!r}: unknown value {value!r}; choose one of: "
+                          f"{', '.join(RIGHT_CELLS)}")
+    return value
+
+
 def _path(name: str, option: str, value: Any) -> Any:
     return str(check_path(value))
 
 
 _CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "size": _positive_int, "border": _positive_int, "seed": _seed, "augment": _bool, "backend": _backend,
-    "path": _path, "num_classes": _positive_int,
+    "path": _path, "num_classes": _positive_int, "right": _right,
 }
 
 
@@ -141,7 +155,7 @@ def _torchvision_entry(name: str, shape: tuple[int, int, int], num_classes: int,
 
 def _synthetic_entry(kind: str, base: str) -> _Entry:
     options = ("seed",) + (("size",) if base == "digits" else ("backend",)) + \
-        (("border",) if kind == "border" else ())
+        (("border",) if kind == "border" else ("right",))
 
     def side(opts: dict) -> int:
         return _digits_side(opts) if base == "digits" else 28
@@ -155,7 +169,8 @@ def _synthetic_entry(kind: str, base: str) -> _Entry:
 
     def build(split: str, root: Any, download: bool, opts: dict) -> Dataset:
         return load_synthetic(kind, base, split, seed=opts["seed"], size=opts.get("size"),
-                              border=opts.get("border"), root=root, download=download,
+                              border=opts.get("border"), right=opts.get("right", "other_class"),
+                              root=root, download=download,
                               backend=opts.get("backend", "auto"))
 
     return _Entry(options, 10, base, shape, build)

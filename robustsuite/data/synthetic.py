@@ -38,18 +38,26 @@ def generator_for(seed: int, split: str) -> torch.Generator:
     return torch.Generator().manual_seed(2 * int(seed) + SPLIT_STREAM[split])
 
 
-def make_distractor(images: torch.Tensor, labels: torch.Tensor, *,
-                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def make_distractor(images: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator,
+                    right: str = "other_class") -> tuple[torch.Tensor, torch.Tensor]:
     """Two-cell canvases: left = ``images[i]``, right = a random image of another class.
 
     Args:
         images: (N, C, H, W) uint8 or float32 base images.
         labels: (N,) class labels; at least two classes must be present.
         generator: the source of randomness.
+        right: "other_class" (the right cell's label differs from ``labels[i]``: it tells which class
+            the label is not, a little information) or "any" (a uniformly random base image,
+            independent of the label: the right cell carries no information about it).
     Returns:
         (canvas (N, C, H, 2W) of the images' dtype, other_index (N,) int64: the base index shown in
-        the right cell, whose label differs from ``labels[i]``).
+        the right cell).
     """
+    if right == "any":
+        other_index = torch.randint(0, images.shape[0], (images.shape[0],), generator=generator)
+        return torch.cat([images, images[other_index]], dim=-1), other_index
+    if right != "other_class":
+        raise ConfigError(f"right: expected 'other_class' or 'any', got {right!r}")
     labels = labels.long()
     present = torch.unique(labels)  # sorted
     if present.numel() < 2:
@@ -109,12 +117,13 @@ def border_mask(shape: tuple[int, int, int], border: int) -> torch.Tensor:
 
 
 def load_synthetic(kind: str, base: str, split: str, *, seed: int = 0, size: int | None = None,
-                   border: int | None = None, root: str | os.PathLike | None = None, download: bool = False,
+                   border: int | None = None, right: str = "other_class", root: str | os.PathLike | None = None, download: bool = False,
                    backend: str = "auto") -> ImageTensorDataset:
     """The ``kind`` set ("distractor" or "border") built from ``base``'s ("digits" or "mnist") ``split``.
 
     ``size`` resizes digits cells (digits base only); ``border`` is the frame width, default H // 2
-    (a 16x16 canvas for 8x8 digits, 56x56 for MNIST). ``root``/``download``/``backend`` reach MNIST.
+    (a 16x16 canvas for 8x8 digits, 56x56 for MNIST); ``right`` what the distractor's right cell
+    shows (see :func:`make_distractor`). ``root``/``download``/``backend`` reach MNIST.
     Returns an ImageTensorDataset with ``irrelevant_mask`` set, plus ``seed`` and, for distractor
     sets, ``other_index``.
     """
@@ -125,7 +134,7 @@ def load_synthetic(kind: str, base: str, split: str, *, seed: int = 0, size: int
     images, labels = source.images, source.labels
     generator = generator_for(seed, split)
     if kind == "distractor":
-        canvas, other_index = make_distractor(images, labels, generator=generator)
+        canvas, other_index = make_distractor(images, labels, generator=generator, right=right)
         mask = distractor_mask(tuple(canvas.shape[1:]))
     else:
         width = images.shape[-2] // 2 if border is None else border

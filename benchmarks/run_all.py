@@ -20,6 +20,7 @@ BENCHMARKS = [
     ("bench_smoothing", ["--repeats", "11"], []),
     ("bench_calibration", [], []),
     ("bench_budgets", [], ["--quick"]),
+    ("bench_budget_layout", [], ["--quick"]),
     ("bench_stochastic", [], []),
     ("bench_eval", [], []),
 ]

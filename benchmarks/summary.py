@@ -110,6 +110,20 @@ def budgets_step(results: Path) -> str:
     return "; ".join(parts) + " (mid-ramp / IBP phase)"
 
 
+def budgets_layout(results: Path) -> str:
+    s = _load("budgets_layout.json", results)["summary"]
+    oracle = s.get("fixed_mask_layout")
+    learned = {k: v for k, v in s.items() if k != "fixed_mask_layout"}
+    ratios = ", ".join(f"{k} {v['ratio_last']['mean']:.1f}" for k, v in learned.items())
+    text = f"ratio (last.pt) {ratios}"
+    if oracle:
+        sh = s.get("shipped", next(iter(learned.values())))
+        text += (f"; fixed ideal layout (ratio 16): IBP-certified {_pm(oracle['cert_ibp_last'])} %, IBP CE "
+                 f"{oracle['ibp_ce_last']['mean']:.3f}, vs shipped {_pm(sh['cert_ibp_last'])} %, "
+                 f"{sh['ibp_ce_last']['mean']:.3f}")
+    return text
+
+
 def pgd_speed(results: Path) -> str:
     parts = [f"batch {r['batch']} PGD-{r['steps']}: {r['ours_over_floor']:.3f}x floor / "
              f"{r['ours_over_torchattacks']:.3f}x torchattacks" for r in _load("attacks_pgd.json", results)["results"]]
@@ -158,6 +172,10 @@ ROWS = [
         "`results/budgets_equal_volume.json`, `results/budgets_certified_vs_eps.png`"),
     Row("learned budgets, ratio", "irrelevant/relevant geometric-mean budget at rho 4, 3 seeds", budgets_ratio,
         ">= 2 (spec probe: 13.3)", "same", "`results/budgets_ratio.json`, `results/budgets_heatmaps_*.png`"),
+    Row("learned budgets, layout study", "why the distractor ratio stays under the spec probe's 13.3: variants at "
+        "the probe's 40 epochs, 3 seeds, and an oracle classifier trained under the ideal mask-aligned layout",
+        budgets_layout, "a finding, no goal", "`OMP_NUM_THREADS=1 python -m benchmarks.bench_budget_layout`",
+        "`results/budgets_layout.json`, `results/budgets_layout_columns.png`"),
     Row("learned budgets, step", "joint vs uniform CROWN-IBP step, batch 64, CPU time, 1 thread", budgets_step,
         "<= 1.3", "`OMP_NUM_THREADS=1 python -m benchmarks.bench_budgets --parts c`", "`results/budgets_step_time.json`"),
     Row("PGD-k speed", "our PGD-k vs a bare loop of k forward+backward passes and vs torchattacks PGD, same "

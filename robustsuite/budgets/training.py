@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..certify.training import CertifiedTrainer
 from ..errors import CheckpointError
+from ..threats import Box
 from ..training.loop import build_optimizer
 from .generator import BudgetGenerator, BudgetModel, generator_from_spec
 
@@ -93,6 +94,10 @@ class BudgetTrainer(CertifiedTrainer):
         self.gen_optimizer.step()
 
     # --------------------------------------------------------------------------- selection
+    def eval_box(self, x: Tensor) -> Box:
+        """The set that selection certifies: the learned box at ``eps_test`` and ``rho_test``."""
+        return self.budget_model.box(x, self.tcfg.eps_test, self.tcfg.rho_test)
+
     def validate(self) -> dict[str, float]:
         """Clean and certified accuracy on the held-out split under the learned boxes at
         ``eps_test`` and ``rho_test`` (certified accuracy decides ``best.pt``)."""
@@ -104,7 +109,7 @@ class BudgetTrainer(CertifiedTrainer):
         x, y = as_tensors(self.val_set)
         x, y = x.to(self.device), y.to(self.device)
         with torch.no_grad():
-            box = self.budget_model.box(x, self.tcfg.eps_test, self.tcfg.rho_test)
+            box = self.eval_box(x)
         v = Verifier(self.model, self.input_shape, method=self.tcfg.select_method, device=self.device)
         res = v.verify(x, y, box)
         clean = float(res.clean_correct.float().mean())

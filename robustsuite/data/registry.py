@@ -94,25 +94,20 @@ def _bool(name: str, option: str, value: Any) -> Any:
     return value
 
 
-def _backend(name: str, option: str, value: Any) -> Any:
-    if value is None:
-        return "auto"
-    if value not in BACKENDS:
-        raise ConfigError(f"{name}: option {option!r}: unknown value {value!r}; choose one of: "
-                          f"{', '.join(BACKENDS)}")
-    return value
+def _choice(choices: tuple[str, ...]) -> Callable[[str, str, Any], Any]:
+    """A check for an option with a fixed set of values; None means the first."""
+    def check(name: str, option: str, value: Any) -> Any:
+        if value is None:
+            return choices[0]
+        if value not in choices:
+            raise ConfigError(f"{name}: option {option!r}: unknown value {value!r}; choose one of: "
+                              f"{', '.join(choices)}")
+        return value
+    return check
 
 
+#: what a distractor set's right cell shows (see ``synthetic.make_distractor``); the first is the default
 RIGHT_CELLS = ("other_class", "any")
-
-
-def _right(name: str, option: str, value: Any) -> Any:
-    if value is None:
-        return "other_class"
-    if value not in RIGHT_CELLS:
-        raise ConfigError(f"{name}: option {option!r}: unknown value {value!r}; choose one of: "
-                          f"{', '.join(RIGHT_CELLS)}")
-    return value
 
 
 def _path(name: str, option: str, value: Any) -> Any:
@@ -120,8 +115,8 @@ def _path(name: str, option: str, value: Any) -> Any:
 
 
 _CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
-    "size": _positive_int, "border": _positive_int, "seed": _seed, "augment": _bool, "backend": _backend,
-    "path": _path, "num_classes": _positive_int, "right": _right,
+    "size": _positive_int, "border": _positive_int, "seed": _seed, "augment": _bool, "backend": _choice(BACKENDS),
+    "path": _path, "num_classes": _positive_int, "right": _choice(RIGHT_CELLS),
 }
 
 

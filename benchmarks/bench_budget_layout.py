@@ -48,6 +48,7 @@ from robustsuite.budgets.training import BudgetTrainer
 from robustsuite.certify.training import robust_ce_from_margins
 from robustsuite.certify.verifier import Verifier
 from robustsuite.config import register_train_config, validate
+from robustsuite.data.synthetic import distractor_mask
 from robustsuite.files import atomic_save_figure, atomic_write_json
 from robustsuite.threats import Box
 from robustsuite.training import load_checkpoint, model_from_checkpoint
@@ -97,7 +98,7 @@ class FixedLayoutTrainer(BudgetTrainer):
 
     def __init__(self, model, train_set, val_set, cfg, out_dir, device, *, quiet: bool = False):
         super().__init__(model, train_set, val_set, cfg, out_dir, device, quiet=quiet)
-        self.mask = rdata.load(cfg.data.name, "test", **cfg.data.options).irrelevant_mask.to(device)
+        self.mask = distractor_mask(self.input_shape).to(device)
 
     def generator_active(self) -> bool:
         return False

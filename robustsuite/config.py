@@ -1,9 +1,9 @@
 """YAML configs, validated at load into typed pydantic models.
 
 A run config has the sections ``data``, ``model`` and ``train`` (plus ``verify`` for the checks made
-after training). The ``train`` section is chosen by its ``method`` key from a registry that every
-trainer adds itself to (:func:`register_train_config`), so new trainers extend the format without
-touching this file. Unknown keys, wrong types and bad values raise :class:`ConfigError` naming the
+after training). The ``train`` section is chosen by its ``method`` key from a registry that names
+every built-in trainer's config lazily (imported on first use); a new trainer adds itself with
+:func:`register_train_config`, so it extends the format without touching this file. Unknown keys, wrong types and bad values raise :class:`ConfigError` naming the
 key path, what was given and what is allowed. ``--set a.b=value`` overrides any key before
 validation; every run writes its resolved config beside its outputs.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional, Type
+from typing import Annotated, Any, Literal, Optional, Type
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -142,23 +142,26 @@ def train_config_class(method: str) -> Type[TrainBase]:
     return target
 
 
+def _device_name(v: str) -> str:
+    if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
+        raise ValueError("must be one of auto, cpu, cuda, cuda:N")
+    return v
+
+
+#: A ``device`` field: auto, cpu, cuda or cuda:N (resolved at run time by ``runtime.resolve_device``).
+DeviceName = Annotated[str, AfterValidator(_device_name)]
+
+
 class RunConfig(Strict):
     """A whole training run: data, model, trainer settings, and the checks afterwards."""
 
     name: str = "run"
     seed: int = 0
-    device: str = "auto"
+    device: DeviceName = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainBase
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
-            raise ValueError("must be one of auto, cpu, cuda, cuda:N")
-        return v
 
     @field_validator("train", mode="before")
     @classmethod

@@ -42,7 +42,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from .config import (DataConfig, RunConfig, Strict, _format_error, apply_overrides, load_yaml, validate)
+from .config import (DataConfig, DeviceName, RunConfig, Strict, _format_error, apply_overrides, load_yaml, validate)
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -65,20 +65,13 @@ class StudyConfig(Strict):
 
     name: str = "study"
     seed: int = 0
-    device: str = "auto"
+    device: DeviceName = "auto"
     out: Optional[str] = None
     checkpoint: Literal["best", "last"] = "best"
     models: dict[str, ModelEntry] = Field(..., min_length=1)
     suite: Union[str, dict[str, Any]] = "configs/suites/demo.yaml"
     suite_set: list[str] = Field(default_factory=list)
     data: Optional[DataConfig] = None
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
-            raise ValueError("must be one of auto, cpu, cuda, cuda:N")
-        return v
 
     @field_validator("models")
     @classmethod

@@ -11,8 +11,8 @@ Example (YAML)::
       generator: {width: 32, depth: 2, coordinates: true, warmup_epochs: 0,
                   optim: {name: adam, lr: 0.003, grad_clip: 10}}
 
-Importing this module registers the trainer (``robustsuite.training.run.register_trainer``), so a
-config that validates also trains.
+``method: budgets`` is named in the registries of :mod:`robustsuite.config` and
+:mod:`robustsuite.training.run`, so a config that validates also trains, without importing this first.
 """
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from ..config import CertifiedTrainConfig, OptimConfig, Strict, register_train_config
-from ..training.run import register_trainer
+from ..config import CertifiedTrainConfig, OptimConfig, Strict
 
 __all__ = ["BudgetTrainConfig", "GeneratorConfig"]
 
@@ -59,6 +58,3 @@ class BudgetTrainConfig(CertifiedTrainConfig):
             raise ValueError("loss_fusion is not supported with method budgets (use the explicit margin bounds)")
         return self
 
-
-register_train_config("budgets", BudgetTrainConfig)
-register_trainer("budgets", "robustsuite.budgets.training:BudgetTrainer")

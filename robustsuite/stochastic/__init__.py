@@ -9,15 +9,14 @@ off only with :func:`set_noise` / :func:`noise_disabled`):
 Trainers (``train.method``): ``pgd_at`` (:class:`PGDATTrainer`), ``pni`` (:class:`PNITrainer`),
 ``learn2perturb`` (:class:`Learn2PerturbTrainer`), ``trades`` (:class:`TradesTrainer`), ``anis2``
 (:class:`ANIS2Trainer`), ``mng_ac`` (:class:`MNGACTrainer`), all on the shared loop (checkpoints,
-resume). Importing this package registers their configs and trainers::
+resume). Their configs validate and train without importing this package first::
 
-    import robustsuite.stochastic
     from robustsuite.config import load_config
     from robustsuite.training.run import train
     train(load_config("configs/digits_learn2perturb.yaml"), "runs/l2p")
 """
-from ..config import register_train_config
-from ..training.run import register_trainer
+from ..config import train_config_class
+from ..training.run import trainer_class
 from .adversarial import AdversarialTrainer, PGDATTrainer, PNITrainer
 from .anis2 import ANIS2Trainer
 from .builders import KINDS, add_noise, base_spec, build_from_spec, build_stochastic, is_stochastic_spec
@@ -33,27 +32,11 @@ from .mng_ac import MNGACTrainer, meta_generator_step
 from .schedules import cyclic_lr, gamma_staircase
 from .trades import TradesTrainer, trades_adversary
 
-#: train.method -> "module:Class" of its config and trainer (the lead's lazy registries name these).
-TRAIN_CONFIGS = {
-    "pgd_at": "robustsuite.stochastic.config:PGDATConfig",
-    "pni": "robustsuite.stochastic.config:PNIConfig",
-    "learn2perturb": "robustsuite.stochastic.config:Learn2PerturbConfig",
-    "trades": "robustsuite.stochastic.config:TradesConfig",
-    "anis2": "robustsuite.stochastic.config:ANIS2Config",
-    "mng_ac": "robustsuite.stochastic.config:MNGACConfig",
-}
-TRAINER_CLASSES = {
-    "pgd_at": "robustsuite.stochastic.adversarial:PGDATTrainer",
-    "pni": "robustsuite.stochastic.adversarial:PNITrainer",
-    "learn2perturb": "robustsuite.stochastic.learn2perturb:Learn2PerturbTrainer",
-    "trades": "robustsuite.stochastic.trades:TradesTrainer",
-    "anis2": "robustsuite.stochastic.anis2:ANIS2Trainer",
-    "mng_ac": "robustsuite.stochastic.mng_ac:MNGACTrainer",
-}
-for _method in TRAIN_CONFIGS:
-    register_train_config(_method, TRAIN_CONFIGS[_method])
-    register_trainer(_method, TRAINER_CLASSES[_method])
-del _method
+#: The stochastic train.methods, and their config and trainer classes as the central registries
+#: (:mod:`robustsuite.config`, :mod:`robustsuite.training.run`) resolve them.
+METHODS = ("pgd_at", "pni", "learn2perturb", "trades", "anis2", "mng_ac")
+TRAIN_CONFIGS = {m: train_config_class(m) for m in METHODS}
+TRAINER_CLASSES = {m: trainer_class(m) for m in METHODS}
 
 __all__ = [
     "NoiseLayer", "PerturbationInjection", "ScalarNoise", "StocReLUEMA", "set_noise", "noise_disabled",
@@ -62,7 +45,7 @@ __all__ = [
     "harmonic_tau", "learn2perturb_regularizer", "js_divergence", "trades_kl",
     "gamma_staircase", "cyclic_lr", "NoiseGenerator", "multi_norm_accuracy", "per_sample_robust", "expected_accuracy",
     "AttackSettings", "PGDATConfig", "PNIConfig", "Learn2PerturbConfig", "TradesConfig", "ANIS2Config",
-    "MNGACConfig", "TRAIN_CONFIGS", "TRAINER_CLASSES",
+    "MNGACConfig", "METHODS", "TRAIN_CONFIGS", "TRAINER_CLASSES",
     "AdversarialTrainer", "PGDATTrainer", "PNITrainer", "Learn2PerturbTrainer", "TradesTrainer",
     "ANIS2Trainer", "MNGACTrainer", "meta_generator_step", "trades_adversary",
 ]

@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ..config import TrainBase, register_train_config
+from ..config import TrainBase
 from .loop import Trainer
-from .run import register_trainer
 
 __all__ = ["GaussianTrainConfig", "GaussianTrainer", "add_gaussian_noise"]
 
@@ -82,7 +81,3 @@ class GaussianTrainer(Trainer):
         noisy_acc = noisy / (len(x) * self.tcfg.val_noise_draws)
         return {"clean_acc": clean_acc, "noisy_acc": noisy_acc, "select": noisy_acc + 1e-3 * clean_acc}
 
-
-# Importing this module registers the method; the lead's tables in config.py / run.py name it lazily.
-register_train_config("gaussian", GaussianTrainConfig)
-register_trainer("gaussian", "robustsuite.training.gaussian:GaussianTrainer")

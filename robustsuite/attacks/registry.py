@@ -132,10 +132,11 @@ def robust_accuracy(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, att
         "n": n,
     }
     if return_records:
-        pred_t, dist_t, q_t, y_c = torch.cat(preds), torch.cat(dist), torch.cat(queries), y.cpu()
+        cols = zip(y.tolist(), torch.cat(preds).tolist(), clean_t.tolist(), succ_t.tolist(),
+                   torch.cat(dist).tolist(), torch.cat(queries).tolist())
         out["records"] = [
-            {"index": i, "label": int(y_c[i]), "clean_pred": int(pred_t[i]), "clean_correct": bool(clean_t[i]),
-             "success": bool(succ_t[i]), "distance": float(dist_t[i]), "queries": int(q_t[i])}
-            for i in range(n)
+            {"index": i, "label": int(label), "clean_pred": int(pred), "clean_correct": bool(clean),
+             "success": bool(succ), "distance": float(d), "queries": int(q)}
+            for i, (label, pred, clean, succ, d, q) in enumerate(cols)
         ]
     return out

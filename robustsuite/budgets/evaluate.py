@@ -156,16 +156,19 @@ def certify_budgets(model: BudgetModel, x: Tensor, y: Tensor, *, eps: float, rho
     if robust is not None:
         out.update(pgd_learned_acc=float(robust.float().mean()), pgd_steps=int(pgd_steps))
     if records:
-        yc, pc = y.cpu(), pred.cpu()
-        nom, eff = r_learned["nominal"].cpu(), r_learned["effective"].cpu()
+        # One transfer per column, then plain Python values (no per-element tensor indexing).
+        yc, pc = y.tolist(), pred.tolist()
+        nom, eff = r_learned["nominal"].tolist(), r_learned["effective"].tolist()
+        cert = {m: (c[0].tolist(), c[1].tolist()) for m, c in per_method.items()}
+        rob = robust.tolist() if robust is not None else None
         rec = []
         for i in range(x.shape[0]):
             r = {"index": i, "label": int(yc[i]), "pred": int(pc[i]),
-                 "certified_learned": {m: bool(c[0][i]) for m, c in per_method.items()},
-                 "certified_uniform": {m: bool(c[1][i]) for m, c in per_method.items()},
+                 "certified_learned": {m: bool(c[0][i]) for m, c in cert.items()},
+                 "certified_uniform": {m: bool(c[1][i]) for m, c in cert.items()},
                  "nominal_log_radius": float(nom[i]), "effective_log_radius": float(eff[i])}
-            if robust is not None:
-                r["pgd_robust"] = bool(robust[i])
+            if rob is not None:
+                r["pgd_robust"] = bool(rob[i])
             rec.append(r)
         out["records"] = rec
     return out

@@ -53,7 +53,7 @@ CONSTANT_OPS = frozenset({
 _ORIGIN = {
     "BoundAveragePool": "nn.AvgPool2d / F.avg_pool2d", "BoundMaxPool": "nn.MaxPool2d / F.max_pool2d",
     "BoundReshape": "view / reshape", "BoundFlatten": "flatten", "BoundConcat": "torch.cat",
-    "BoundMul": "multiplication", "BoundDiv": "division", "BoundReduceMean": "mean",
+    "BoundMul": "multiplication", "BoundDiv": "division", "BoundReduceMean": "x.mean / LayerNorm statistics",
     "BoundExp": "softmax / log_softmax / exp", "BoundReduceMax": "softmax / max over a dimension",
     "BoundReduceSum": "softmax / sum", "BoundSoftmax": "softmax", "BoundPow": "LayerNorm / x ** p",
     "BoundSqrt": "LayerNorm / GroupNorm / sqrt", "BoundLeakyRelu": "LeakyReLU",
@@ -81,6 +81,7 @@ class GraphInfo:
         roots = [bm[name] for name, idx in zip(bm.input_name, bm.input_index) if idx == 0]
         if not roots:  # a graph with one input names it by position only
             roots = [bm[bm.input_name[0]]]
+        self.final = getattr(bm, "final_name", None)
         self.perturbed: set[str] = {n.name for n in roots}
         self.roots = {n.name for n in roots}
         # auto_LiRPA keeps nodes in topological order; iterate to a fixed point in case it does not.
@@ -138,6 +139,9 @@ def _matmul(node, method, g):
         w = w.inputs[0]
     if type(w).__name__ not in ("BoundParams", "BoundBuffers"):
         return "matmul with a constant that is not a layer weight (use nn.Linear)"
+    if node.name == g.final and method in ("ibp", "crown-ibp"):
+        return ("nn.Linear(bias=False) as the output layer fails in auto_LiRPA 0.3's interval pass "
+                "(its MatMul takes no specification matrix); use bias=True there")
     return None
 
 
@@ -305,42 +309,79 @@ def check_graph(bm, method: str) -> None:
         method: canonical bound method (``ibp``, ``crown-ibp``, ``crown``, ``alpha-crown``).
     """
     g = GraphInfo(bm)
+    problems: list[str] = []
     for node in g.nodes:
         cls = type(node).__name__
         if not g.is_perturbed(node):
-            if cls in CONSTANT_OPS or cls == "BoundInput":
-                continue
-            raise UnsupportedModelError(
-                f"model: operation {describe(node)} on constants is not supported for bounds "
-                f"(method {method!r}). Supported: {SUPPORTED}.")
+            if cls not in CONSTANT_OPS and cls != "BoundInput":
+                problems.append(f"{describe(node)} on constants is not supported for bounds")
+            continue
         if node.name in g.roots:
             continue
         rule = ALLOWLIST.get(cls)
         why = "it is not on the list of operations with sound bounds" if rule is None else rule.check(node, method, g)
         if why:
-            raise UnsupportedModelError(
-                f"model: operation {describe(node)} cannot be bounded soundly with method {method!r}: "
-                f"{why}. Supported: {SUPPORTED}.")
+            problems.append(f"{describe(node)}: {why}")
+    if problems:
+        # Every offending node is listed (a softmax is several ONNX ops), the first few in full.
+        more = f"; also {'; '.join(problems[1:4])}" if len(problems) > 1 else ""
+        raise UnsupportedModelError(
+            f"model: operation {problems[0]} (cannot be bounded soundly with method {method!r}){more}. "
+            f"Supported: {SUPPORTED}.")
 
 
 class _Collect(logging.Handler):
+    """Collects the ONNX op names auto_LiRPA logs as unsupported while it parses a graph."""
+
     def __init__(self):
         super().__init__(logging.ERROR)
-        self.lines: list[str] = []
+        self.ops: list[str] = []
 
     def emit(self, record):
         msg = record.getMessage()
         if msg.startswith("Name: "):
-            self.lines.append(msg[len("Name: "):].split(", Attr")[0])
+            self.ops.append(msg[len("Name: "):].split(", Attr")[0])
+        elif "op='" in msg:
+            self.ops.append(msg.split("op='", 1)[1].split("'", 1)[0])
 
 
 @contextlib.contextmanager
-def unsupported_op_names() -> Iterator[list[str]]:
-    """Collect the ONNX op names auto_LiRPA logs as unsupported while a graph is built."""
+def _collect_unsupported() -> Iterator[list[str]]:
     handler = _Collect()
     logger = logging.getLogger("auto_LiRPA")
     logger.addHandler(handler)
     try:
-        yield handler.lines
+        yield handler.ops
     finally:
         logger.removeHandler(handler)
+
+
+def build_checked(model, dummy, method: str, **kwargs):
+    """``BoundedModule(model, dummy, **kwargs)`` in eval mode, checked by :func:`check_graph`.
+
+    When auto_LiRPA fails while building (an op it cannot parse, or its own forward pass disagreeing
+    with the model's, as for ``ceil_mode`` pools), the error names the operation: the graph built so
+    far is checked first, then the ops auto_LiRPA logged as unsupported. No raw auto_LiRPA error escapes.
+    """
+    from .lirpa import BoundedModule
+
+    bm = BoundedModule.__new__(BoundedModule)
+    with _collect_unsupported() as ops:
+        try:
+            bm.__init__(model, dummy, **kwargs)
+        except Exception as e:  # noqa: BLE001 - every failure becomes one clear error below
+            partial = "_modules" in vars(bm) and hasattr(bm, "input_name") and len(bm._modules) > 0
+            if partial:
+                try:
+                    check_graph(bm, method)
+                except UnsupportedModelError as named:
+                    raise named from e
+                except Exception:  # noqa: BLE001 - a half-built graph may lack shapes
+                    pass
+            named_ops = f"unsupported operation(s) {', '.join(dict.fromkeys(ops))}; " if ops else ""
+            raise UnsupportedModelError(
+                f"model: auto_LiRPA 0.3 cannot trace it for method {method!r} ({named_ops}"
+                f"{type(e).__name__}: {e}). Supported: {SUPPORTED}.") from e
+    bm.eval()
+    check_graph(bm, method)
+    return bm

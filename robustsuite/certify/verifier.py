@@ -22,7 +22,7 @@ from ..runtime import resolve_device
 from ..threats import Box, ThreatModel, check_images
 from .bounds import canonical_method, compute_bounds, spec_matrix, strict_fp32
 from .checks import check_boundable, check_deterministic
-from .graph_check import SUPPORTED, check_graph, unsupported_op_names
+from .graph_check import SUPPORTED, build_checked
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,6 @@ class Verifier:
         auto_LiRPA trace, then the traced graph against the allowlist of
         :mod:`robustsuite.certify.graph_check`.
         """
-        from .lirpa import BoundedModule
-
         param = next(iter(self.model.parameters()), None)
         self.dtype = param.dtype if param is not None else torch.float32
         zeros = torch.zeros(2, *self.input_shape, device=self.device, dtype=self.dtype)
@@ -131,16 +129,7 @@ class Verifier:
         try:
             self.num_classes = self._check_input_shape(zeros)
             check_deterministic(self.model, torch.rand_like(zeros))
-            with unsupported_op_names() as ops:
-                try:
-                    bm = BoundedModule(self.model, zeros, bound_opts=self._bound_opts, device=self.device)
-                except (NotImplementedError, AssertionError, RuntimeError, KeyError, ValueError) as e:
-                    named = f"unsupported operation(s) {', '.join(dict.fromkeys(ops))}; " if ops else ""
-                    raise UnsupportedModelError(
-                        f"model: auto_LiRPA 0.3 cannot trace it ({named}{type(e).__name__}: {e}). "
-                        f"Supported: {SUPPORTED}.") from e
-            bm.eval()
-            check_graph(bm, self.method)
+            bm = build_checked(self.model, zeros, self.method, bound_opts=self._bound_opts, device=self.device)
             self._bm = bm
             self._params = list(self.model.parameters())
             self._buffers = [b.detach().clone() for b in self.model.buffers()]

@@ -241,3 +241,18 @@ def test_boxes_disjoint_from_the_unit_interval_or_missing_x_are_refused(model):
     with pytest.raises(InputError, match="x lies outside the box"):
         v.bounds(x, shifted)
     v.verify(x, y, Box(x - 0.05, x + 0.05))
+
+
+def test_alpha_crown_failing_inside_auto_lirpa_falls_back_to_crown(model, batch, monkeypatch):
+    import robustsuite.certify.verifier as vmod
+
+    x, y = batch
+    crown = Verifier(model, SHAPE, method="crown", device="cpu").margin_bounds(x, y, LinfBall(0.02))
+    real = vmod.compute_bounds
+
+    def failing(bm, xs, t, method, **k):
+        assert method != "alpha-crown"  # what auto_LiRPA 0.3 raises on some models (alpha_lookup_idx)
+        return real(bm, xs, t, method, **k)
+    monkeypatch.setattr(vmod, "compute_bounds", failing)
+    out = Verifier(model, SHAPE, method="alpha-crown", device="cpu").margin_bounds(x, y, LinfBall(0.02))
+    torch.testing.assert_close(out, crown)

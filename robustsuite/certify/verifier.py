@@ -259,8 +259,22 @@ class Verifier:
 
         def one(s: slice):
             t = threat[s] if hasattr(threat, "__getitem__") else threat
-            return compute_bounds(self._bm, x[s], t, self.method)
+            return self._compute(x[s], t)
         return self._chunked(x.shape[0], one)
+
+    def _compute(self, x: Tensor, threat: ThreatModel, **kw) -> tuple:
+        """:func:`compute_bounds` on the bounded graph. auto_LiRPA 0.3's alpha-CROWN fails an internal
+        assertion on some models (``alpha_lookup_idx``); plain CROWN bounds are valid there (alpha
+        only tightens them), so the chunk is bounded with CROWN on a rebuilt graph, with a warning."""
+        try:
+            return compute_bounds(self._bm, x, threat, self.method, **kw)
+        except AssertionError:
+            if self.method != "alpha-crown":
+                self.refresh()
+                raise
+            log.warning("alpha-CROWN failed inside auto_LiRPA 0.3 on this chunk; using CROWN bounds for it")
+            self.refresh()
+            return compute_bounds(self._bm, x, threat, "crown", **kw)
 
     def margin_bounds(self, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         """Lower bounds (B, K-1) of the margins ``z_y - z_j``, ``j != y``, over the threat set."""
@@ -272,7 +286,7 @@ class Verifier:
         def one(s: slice):
             t = threat[s] if hasattr(threat, "__getitem__") else threat
             C = spec_matrix(y[s], self.num_classes).to(x.dtype)
-            lb, _ = compute_bounds(self._bm, x[s], t, self.method, C=C, bound_upper=False)
+            lb, _ = self._compute(x[s], t, C=C, bound_upper=False)
             return (lb,)
         return self._chunked(x.shape[0], one)[0]
 

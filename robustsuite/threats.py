@@ -213,9 +213,16 @@ class Box(ThreatModel):
         except RuntimeError:
             raise InputError(f"Box: lower {tuple(lower.shape)} and upper {tuple(upper.shape)} "
                              "have shapes that do not broadcast") from None
-        if bool((lower.detach() > upper.detach()).any()):
-            worst = float((lower.detach() - upper.detach()).max())
+        lo, hi = lower.detach(), upper.detach()
+        # One host sync for both checks: crossed bounds, and a box that misses [0, 1] somewhere (its
+        # intersection with the image domain is empty; clipping would silently collapse it to a face).
+        crossed, outside = (v for v in torch.stack([(lo > hi).any(), ((hi < 0) | (lo > 1)).any()]).tolist())
+        if crossed:
+            worst = float((lo - hi).max())
             raise InputError(f"Box: lower must be <= upper element-wise (largest violation {worst:.3g})")
+        if outside:
+            raise InputError("Box: disjoint from the image domain [0, 1] at some element (upper < 0 or "
+                             "lower > 1), so the set is empty; give bounds that overlap [0, 1] everywhere")
         self.lower = lower
         self.upper = upper
 
@@ -256,8 +263,22 @@ class Box(ThreatModel):
                              f"not the input shape {tuple(x.shape)}")
 
     def check(self, x, name="x"):
+        """Validate ``x`` for this box: images, broadcastable shape, and ``x`` inside the box.
+
+        A box that does not contain ``x`` is refused: a certificate (or a robust-accuracy count)
+        states that the clean prediction at ``x`` and every point of the set around it are correct,
+        which needs ``x`` in its own set.
+        """
         check_images(x, name)
         self.check_against(x)
+        xd = x.detach()
+        lo = self.lower.detach().to(xd.device).clamp(0, 1)
+        hi = self.upper.detach().to(xd.device).clamp(0, 1)
+        outside = (xd < lo) | (xd > hi)
+        if bool(outside.any()):
+            n = int(outside.flatten(1).any(1).sum())
+            raise InputError(f"Box: {name} lies outside the box (clipped to [0, 1]) for {n} sample(s); "
+                             f"the box must contain {name}, e.g. Box(x - eps, x + eps)")
         return x
 
     def bounds(self, x):

@@ -153,3 +153,106 @@ def test_unsound_layers_are_refused_with_the_supported_list():
 def test_bad_input_shape_is_refused(model):
     with pytest.raises(InputError, match="input_shape"):
         Verifier(model, (8, 8), method="ibp")
+
+
+# --- issue 14 item 10: checks in the right order, dtypes, stale bounded graphs, boxes ------------
+
+def test_float64_inputs_are_refused_the_same_way_by_verify_and_bounds(model, batch):
+    x, y = batch
+    v = Verifier(model, SHAPE, method="ibp", device="cpu")
+    for call in (lambda: v.verify(x.double(), y, LinfBall(0.01)), lambda: v.bounds(x.double(), LinfBall(0.01)),
+                 lambda: v.verify(x, y, Box(x.double() - 0.01, x.double() + 0.01))):
+        with pytest.raises(InputError, match="dtype torch.float64 but the model computes in torch.float32"):
+            call()
+    # Widening is exact, so a float64 model takes float32 inputs.
+    v64 = Verifier(build("cnn_small", SHAPE, 10, width=0.5, linear=32).double().eval(), SHAPE, method="ibp", device="cpu")
+    assert v64.verify(x, y, LinfBall(0.01)).margin_lower.dtype == torch.float64
+
+
+def test_wrong_input_shape_is_named_before_the_determinism_probe():
+    mlp = build("mlp", SHAPE, 10, hidden=(16,)).eval()
+    with pytest.raises(InputError, match=r"input_shape: the model does not accept inputs of shape \(B, 1, 9, 9\)"):
+        Verifier(mlp, (1, 9, 9), method="ibp")
+
+
+def test_ceil_mode_pool_is_not_reported_as_a_wrong_input_shape():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(3, ceil_mode=True), nn.Flatten(), nn.Linear(18, 10))
+    with pytest.raises(UnsupportedModelError, match="ceil_mode=True") as info:
+        Verifier(model.eval(), SHAPE, method="ibp")
+    assert "input_shape" not in str(info.value)
+
+
+def _bn_model():
+    torch.manual_seed(0)
+    return build("cnn7", SHAPE, 10, width=0.125, linear=16, bn=True).eval()
+
+
+def _new_bn_state(model):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(9)
+    for k, v in state.items():
+        if k.endswith("running_mean"):
+            state[k] = torch.rand(v.shape, generator=g) - 0.5
+        elif k.endswith("running_var"):
+            state[k] = 0.2 + torch.rand(v.shape, generator=g)
+    return state
+
+
+@pytest.mark.parametrize("detector", ["buffers", "clean_logits"])
+def test_verifier_follows_load_state_dict_of_new_batchnorm_statistics(detector, monkeypatch):
+    model = _bn_model()
+    x = torch.rand(6, *SHAPE)
+    y = model(x).argmax(1)
+    v = Verifier(model, SHAPE, method="crown", device="cpu")
+    before = v.margin_bounds(x, y, LinfBall(0.0))
+    if detector == "clean_logits":  # the per-call logit comparison alone must catch it too
+        monkeypatch.setattr(Verifier, "_stale", lambda self: False)
+    model.load_state_dict(_new_bn_state(model))
+    after = v.verify(x, y, LinfBall(0.0)).margin_lower
+    fresh = Verifier(model, SHAPE, method="crown", device="cpu").margin_bounds(x, y, LinfBall(0.0))
+    assert not torch.allclose(before, fresh, atol=1e-3)
+    torch.testing.assert_close(after, fresh, rtol=1e-5, atol=1e-5)
+
+
+def test_a_graph_that_computes_another_function_is_refused(monkeypatch):
+    model = _bn_model()
+    x = torch.rand(3, *SHAPE)
+    v = Verifier(model, SHAPE, method="ibp", device="cpu")
+    monkeypatch.setattr(Verifier, "refresh", lambda self: None)  # a rebuild that cannot fix it
+    with torch.no_grad():
+        for b in model.buffers():
+            if b.is_floating_point():
+                b.add_(0.5)
+    with pytest.raises(UnsupportedModelError, match="different logits than model"):
+        v.bounds(x, LinfBall(0.01))
+
+
+def test_boxes_disjoint_from_the_unit_interval_or_missing_x_are_refused(model):
+    x = torch.rand(3, *SHAPE) * 0.5
+    with pytest.raises(InputError, match=r"disjoint from the image domain \[0, 1\]"):
+        Box(x + 1.5, x + 2.0)
+    with pytest.raises(InputError, match=r"disjoint from the image domain"):
+        Box(x - 2.0, x - 1.5)
+    v = Verifier(model, SHAPE, method="ibp", device="cpu")
+    y = torch.zeros(3, dtype=torch.long)
+    shifted = Box(x + 0.3, x + 0.4)  # inside [0, 1] but not around x
+    with pytest.raises(InputError, match="x lies outside the box"):
+        v.verify(x, y, shifted)
+    with pytest.raises(InputError, match="x lies outside the box"):
+        v.bounds(x, shifted)
+    v.verify(x, y, Box(x - 0.05, x + 0.05))
+
+
+def test_alpha_crown_failing_inside_auto_lirpa_falls_back_to_crown(model, batch, monkeypatch):
+    import robustsuite.certify.verifier as vmod
+
+    x, y = batch
+    crown = Verifier(model, SHAPE, method="crown", device="cpu").margin_bounds(x, y, LinfBall(0.02))
+    real = vmod.compute_bounds
+
+    def failing(bm, xs, t, method, **k):
+        assert method != "alpha-crown"  # what auto_LiRPA 0.3 raises on some models (alpha_lookup_idx)
+        return real(bm, xs, t, method, **k)
+    monkeypatch.setattr(vmod, "compute_bounds", failing)
+    out = Verifier(model, SHAPE, method="alpha-crown", device="cpu").margin_bounds(x, y, LinfBall(0.02))
+    torch.testing.assert_close(out, crown)

@@ -104,6 +104,10 @@ def compute_bounds(bm, x: Tensor, threat: ThreatModel, method: str, *, C: Tensor
     ptb, center = perturbation(x, threat)
     bx = BoundedTensor(center, ptb)
     lirpa_method = METHODS[method]
+    if method == "alpha-crown" and not getattr(bm, "optimizable_activations", True):
+        # Nothing to optimize (no ReLU or max pooling): alpha-CROWN is CROWN, and 0.3's optimizer
+        # fails on an empty parameter list.
+        method, lirpa_method = "crown", "CROWN"
     if method == "alpha-crown":
         needs_grad = any(t is not None and t.requires_grad for t in (ptb.x_L, ptb.x_U))
         if needs_grad:

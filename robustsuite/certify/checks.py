@@ -6,13 +6,7 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 
-SUPPORTED = ("Conv2d, Linear, ReLU, BatchNorm2d, Flatten, residual additions, MaxPool2d with "
-             "kernel = stride, AvgPool2d with kernel = stride and no padding, AdaptiveAvgPool2d(1), "
-             "and the Normalize layer of robustsuite.models")
-
-
-def _pair(v) -> tuple:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+from .graph_check import SUPPORTED  # noqa: F401  (re-exported: the one list of supported operations)
 
 
 def is_stochastic(model: nn.Module) -> bool:
@@ -22,33 +16,22 @@ def is_stochastic(model: nn.Module) -> bool:
 
 
 def check_boundable(model: nn.Module, method: str) -> None:
-    """Raise :class:`UnsupportedModelError` naming the first layer auto_LiRPA 0.3 cannot bound soundly."""
+    """Module-level refusals before tracing: stochastic layers and Dropout in training mode.
+
+    ``method`` is kept for callers; the per-operation checks of every method live in
+    :func:`robustsuite.certify.graph_check.check_graph`.
+    """
     if is_stochastic(model):
         names = [n or type(model).__name__ for n, m in model.named_modules() if getattr(m, "is_stochastic", False)]
         raise UnsupportedModelError(
             f"model: stochastic layers ({', '.join(names[:4])}) cannot be bounded; certified bounds "
             "hold for deterministic models only. Evaluate stochastic models with attacks (EOT) or "
             "randomized smoothing instead.")
+    # Layer types and their attributes are checked on the traced graph (graph_check.check_graph),
+    # which also sees functional calls; here only what the trace cannot show.
     for name, m in model.named_modules():
         where = name or type(m).__name__
-        if isinstance(m, nn.AvgPool2d):
-            k, s, p = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.padding)
-            if k != s or any(p) or not m.count_include_pad:
-                raise UnsupportedModelError(
-                    f"model layer {where!r}: AvgPool2d(kernel={m.kernel_size}, stride={m.stride}, "
-                    f"padding={m.padding}) gives unsound CROWN bounds in auto_LiRPA 0.3; use kernel = "
-                    f"stride without padding, or AdaptiveAvgPool2d(1). Supported: {SUPPORTED}.")
-        if isinstance(m, nn.MaxPool2d) and method != "ibp":
-            if _pair(m.kernel_size) != _pair(m.stride if m.stride is not None else m.kernel_size) or any(_pair(m.padding)):
-                raise UnsupportedModelError(
-                    f"model layer {where!r}: MaxPool2d with kernel != stride or padding is not supported "
-                    f"by method {method!r} in auto_LiRPA 0.3 (use method 'ibp' or kernel = stride). "
-                    f"Supported: {SUPPORTED}.")
-        if isinstance(m, nn.MaxPool2d) and method == "alpha-crown":
-            raise UnsupportedModelError(
-                f"model layer {where!r}: alpha-crown does not support MaxPool2d in auto_LiRPA 0.3; "
-                "use 'crown' or 'crown-ibp'.")
-        if isinstance(m, (nn.Dropout, nn.Dropout2d)) and m.training:
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.training:
             raise UnsupportedModelError(
                 f"model layer {where!r}: Dropout in training mode is random; call model.eval() first.")
 

@@ -152,6 +152,10 @@ class CertifiedTrainer(Trainer):
         else:
             self.bm = BoundedModule(self.model, dummy, bound_opts={"relu": "adaptive", "conv_mode": "patches"},
                                     device=self.device)
+        # Training must not bound through an operation the verifier refuses (graph_check's allowlist).
+        from .graph_check import check_graph
+        plain = BoundedModule(self.model, dummy, device=self.device) if self.tcfg.loss_fusion else self.bm
+        check_graph(plain, "ibp" if self.bound_method() == "ibp" else "crown-ibp")
 
     def on_resume(self) -> None:
         self._build_bounded()  # the bounded copy's BatchNorm buffers come from the restored model

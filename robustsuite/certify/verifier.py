@@ -19,14 +19,29 @@ from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError, UnsupportedModelError
 from ..runtime import resolve_device
-from ..threats import ThreatModel, check_images
+from ..threats import Box, ThreatModel, check_images
 from .bounds import canonical_method, compute_bounds, spec_matrix, strict_fp32
 from .checks import check_boundable, check_deterministic
+from .graph_check import SUPPORTED, build_checked
 
 log = logging.getLogger(__name__)
 
 #: default chunk sizes: full CROWN's memory grows with layer width times output size.
 DEFAULT_MAX_BATCH = {"ibp": 1024, "crown-ibp": 256, "crown": 64, "alpha-crown": 32}
+
+
+#: dtype conversions that are exact (every value of the source is a value of the target)
+_EXACT = {(torch.float16, torch.float32), (torch.bfloat16, torch.float32), (torch.float16, torch.float64),
+          (torch.bfloat16, torch.float64), (torch.float32, torch.float64)}
+
+
+def _check_dtype(given: torch.dtype, model_dtype: torch.dtype, name: str) -> None:
+    """Refuse a tensor the model's dtype cannot represent exactly: rounding it would change the set
+    being certified (a float64 box rounded to float32 can lose its edges)."""
+    if given != model_dtype and (given, model_dtype) not in _EXACT:
+        raise InputError(f"{name}: dtype {given} but the model computes in {model_dtype}; rounding would "
+                         f"change the set being certified. Pass {name} as {model_dtype} (e.g. x.to("
+                         f"{model_dtype})) or convert the model (model.to({given})).")
 
 
 @dataclass
@@ -58,8 +73,11 @@ class Verifier:
     Args:
         model: the classifier (normalization inside), mapping (B, *input_shape) in [0, 1] to
             logits (B, K). Parameters are shared with the verifier, so bounds follow later weight
-            updates; BatchNorm statistics are copied when the verifier is built (call
-            :meth:`refresh` after further training). Bounds use the model's eval-mode function.
+            updates; the bounded graph holds its own copy of BatchNorm statistics, so every call
+            checks the model's buffers (and the graph's clean logits against ``model(x)``) and
+            rebuilds the graph when the model changed (``load_state_dict``, further training).
+            Bounds use the model's eval-mode function. Only graphs whose every operation is on the
+            allowlist of :mod:`robustsuite.certify.graph_check` are accepted.
         input_shape: (C, H, W) of one input.
         method: ``ibp``, ``crown-ibp`` (IBP intermediate bounds, CROWN at the output), ``crown``
             or ``alpha-crown`` (CROWN with optimized ReLU slopes).
@@ -96,33 +114,87 @@ class Verifier:
 
     # ---------------------------------------------------------------------------------- setup
     def refresh(self) -> None:
-        """Rebuild the bounded graph (after training changed BatchNorm statistics, or after an error)."""
-        from .lirpa import BoundedModule
+        """Rebuild the bounded graph from the model as it is now (BatchNorm statistics, replaced
+        parameters). Calls do this by themselves when the model changed (see :meth:`_sync`).
 
+        Order of checks: the input shape (one forward on zeros), the determinism probe, the
+        auto_LiRPA trace, then the traced graph against the allowlist of
+        :mod:`robustsuite.certify.graph_check`.
+        """
         param = next(iter(self.model.parameters()), None)
         self.dtype = param.dtype if param is not None else torch.float32
-        probe = torch.rand(2, *self.input_shape, device=self.device, dtype=self.dtype)
+        zeros = torch.zeros(2, *self.input_shape, device=self.device, dtype=self.dtype)
         was_training = self.model.training
         self.model.eval()
         try:
-            check_deterministic(self.model, probe)
-            try:
-                self._bm = BoundedModule(self.model, torch.zeros_like(probe), bound_opts=self._bound_opts,
-                                         device=self.device)
-            except NotImplementedError as e:
-                raise UnsupportedModelError(
-                    f"model: auto_LiRPA cannot parse it ({e}). Supported layers: see "
-                    "robustsuite.certify.checks.SUPPORTED.") from e
-            except RuntimeError as e:
-                if "shape" in str(e).lower() or "size" in str(e).lower():
-                    raise InputError(f"input_shape: the model does not accept inputs of shape "
-                                     f"{self.input_shape}: {e}") from e
-                raise
-            self._bm.eval()
-            with torch.no_grad():
-                self.num_classes = int(self.model(probe).shape[1])
+            self.num_classes = self._check_input_shape(zeros)
+            check_deterministic(self.model, torch.rand_like(zeros))
+            bm = build_checked(self.model, zeros, self.method, bound_opts=self._bound_opts, device=self.device)
+            self._bm = bm
+            self._params = list(self.model.parameters())
+            self._buffers = [b.detach().clone() for b in self.model.buffers()]
         finally:
             self.model.train(was_training)
+
+    def _check_input_shape(self, zeros: Tensor) -> int:
+        """Run the model once on zeros of ``input_shape``; return the number of classes."""
+        try:
+            with torch.no_grad():
+                out = self.model(zeros)
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise InputError(f"input_shape: the model does not accept inputs of shape (B, "
+                             f"{', '.join(map(str, self.input_shape))}) ({e}); pass the (C, H, W) "
+                             "of one input the model takes") from e
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[1] < 2:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise UnsupportedModelError(f"model: expected logits of shape (B, K) with K >= 2 classes, got {got}")
+        return int(out.shape[1])
+
+    def _stale(self) -> bool:
+        """True when the model's parameters were replaced or its buffers changed since the build
+        (``load_state_dict`` copies parameters in place, which the bounded graph shares, but the
+        graph holds its own copy of the BatchNorm statistics)."""
+        params = list(self.model.parameters())
+        if len(params) != len(self._params) or any(a is not b for a, b in zip(params, self._params)):
+            return True
+        bufs = list(self.model.buffers())
+        if len(bufs) != len(self._buffers) or any(a.shape != b.shape for a, b in zip(bufs, self._buffers)):
+            return True
+        if not bufs:
+            return False
+        return bool(torch.stack([torch.ne(a, b).any() for a, b in zip(bufs, self._buffers)]).any())
+
+    def _sync(self, x: Tensor) -> None:
+        """Make sure the bounded graph computes ``model`` (eval mode) at ``x``; rebuild it if not.
+
+        Two checks per call: the model's buffers/parameter objects against the build's (exact),
+        and the bounded graph's clean logits on the first chunk of ``x`` against ``model(x)``
+        (relative tolerance 1e-4; one extra forward of each). A mismatch that survives a rebuild
+        means auto_LiRPA computes a different function, so nothing is certified.
+        """
+        if self._stale():
+            log.info("the model changed since the bounded graph was built; rebuilding it")
+            self.refresh()
+        xs = x[: self.max_batch]
+        for attempt in range(2):
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad(), strict_fp32():
+                    want = self.model(xs)
+                    got = self._bm(xs)
+            finally:
+                self.model.train(was_training)
+            diff = float((got - want).abs().max())
+            if diff <= 1e-4 * max(1.0, float(want.abs().max())):
+                return
+            if attempt == 0:
+                log.warning("the bounded graph's logits differ from model(x) by %.3g; rebuilding it", diff)
+                self.refresh()
+        raise UnsupportedModelError(
+            f"model: auto_LiRPA's traced graph computes different logits than model(x) (max difference "
+            f"{diff:.3g}), so its bounds would not be about this model. The forward pass must be a "
+            f"fixed function of x made of supported operations. Supported: {SUPPORTED}.")
 
     # ---------------------------------------------------------------------------------- checks
     def _check_x(self, x: Tensor) -> Tensor:
@@ -130,6 +202,7 @@ class Verifier:
         if tuple(x.shape[1:]) != self.input_shape:
             raise InputError(f"x: expected shape (B, {', '.join(map(str, self.input_shape))}) for this "
                              f"verifier, got {tuple(x.shape)}")
+        _check_dtype(x.dtype, self.dtype, "x")
         return x.to(self.device, self.dtype)
 
     def _check_y(self, y: Tensor, batch: int) -> Tensor:
@@ -147,7 +220,11 @@ class Verifier:
         if not isinstance(threat, ThreatModel):
             raise InputTypeError(f"threat: expected LinfBall, L2Ball, L1Ball or Box, got {type(threat).__name__}")
         threat.check(x)
-        if hasattr(threat, "to") and callable(getattr(threat, "to")):
+        if isinstance(threat, Box):
+            _check_dtype(threat.lower.dtype, self.dtype, "Box.lower")
+            _check_dtype(threat.upper.dtype, self.dtype, "Box.upper")
+            threat = threat.to(self.device, self.dtype)
+        elif hasattr(threat, "to") and callable(getattr(threat, "to")):
             threat = threat.to(self.device)
         return threat
 
@@ -178,29 +255,45 @@ class Verifier:
         """Lower and upper bounds (B, K) of every logit over the threat set around ``x``."""
         x = self._check_x(x)
         threat = self._check_threat(threat, x)
+        self._sync(x)
 
         def one(s: slice):
             t = threat[s] if hasattr(threat, "__getitem__") else threat
-            return compute_bounds(self._bm, x[s], t, self.method)
+            return self._compute(x[s], t)
         return self._chunked(x.shape[0], one)
+
+    def _compute(self, x: Tensor, threat: ThreatModel, **kw) -> tuple:
+        """:func:`compute_bounds` on the bounded graph. auto_LiRPA 0.3's alpha-CROWN fails an internal
+        assertion on some models (``alpha_lookup_idx``); plain CROWN bounds are valid there (alpha
+        only tightens them), so the chunk is bounded with CROWN on a rebuilt graph, with a warning."""
+        try:
+            return compute_bounds(self._bm, x, threat, self.method, **kw)
+        except AssertionError:
+            if self.method != "alpha-crown":
+                self.refresh()
+                raise
+            log.warning("alpha-CROWN failed inside auto_LiRPA 0.3 on this chunk; using CROWN bounds for it")
+            self.refresh()
+            return compute_bounds(self._bm, x, threat, "crown", **kw)
 
     def margin_bounds(self, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         """Lower bounds (B, K-1) of the margins ``z_y - z_j``, ``j != y``, over the threat set."""
         x = self._check_x(x)
         y = self._check_y(y, x.shape[0])
         threat = self._check_threat(threat, x)
+        self._sync(x)
 
         def one(s: slice):
             t = threat[s] if hasattr(threat, "__getitem__") else threat
             C = spec_matrix(y[s], self.num_classes).to(x.dtype)
-            lb, _ = compute_bounds(self._bm, x[s], t, self.method, C=C, bound_upper=False)
+            lb, _ = self._compute(x[s], t, C=C, bound_upper=False)
             return (lb,)
         return self._chunked(x.shape[0], one)[0]
 
     def verify(self, x: Tensor, y: Tensor, threat: ThreatModel) -> VerificationResult:
         """Certify each sample: correct clean prediction and all margin lower bounds > 0."""
         margin_lower = self.margin_bounds(x, y, threat)
-        x, y = x.to(self.device), y.to(self.device)
+        x, y = self._check_x(x), y.to(self.device)
         was_training = self.model.training
         self.model.eval()
         try:

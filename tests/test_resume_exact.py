@@ -1,0 +1,80 @@
+"""Resume is exact for every trainer: stopped after k < N - 1 epochs and resumed by a fresh trainer, a run
+ends with the same ``last.pt`` (weights, optimizer, extra and RNG state) and history as an uninterrupted one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robustsuite.config import validate
+from robustsuite.training import load_checkpoint
+from robustsuite.training.run import train
+
+EPOCHS, STOP = 4, 2  # STOP < EPOCHS - 1: the resumed run validates and checkpoints more than once
+
+ATK = {"eps": 0.1, "steps": 1}
+RESNET = {"name": "resnet_v1", "options": {"depth": 8, "width": 0.25}}
+CNN = {"name": "cnn_small", "options": {"width": 0.25, "linear": 16}}
+SCHED = {"start_epoch": 1, "ramp_epochs": 2}
+# method -> (model, train section): tiny, but every trainer's random parts are switched on
+METHODS = {
+    "crown-ibp": (CNN, {"eps": 0.1, "beta_final": 0.5, "schedule": SCHED}),
+    "budgets": (CNN, {"eps": 0.1, "rho": 4.0, "schedule": SCHED,
+                      "generator": {"width": 4, "depth": 1, "warmup_epochs": 1, "optim": {"lr": 1e-2}}}),
+    "pgd_at": (CNN, {"attack": ATK, "clean_weight": 0.2, "val_attack_steps": 1}),
+    "learn2perturb": (RESNET, {"attack": ATK, "noise_start": 1, "adv_start": 1, "val_attack_steps": 1}),
+    "anis2": (RESNET, {"attack": ATK, "teacher_epochs": 1, "gamma_init": 0.05, "gamma_ramp_epochs": 2,
+                       "gamma_step_every": 1, "val_attack_steps": 1}),
+    "mng_ac": (CNN, {"attacks": [{"norm": "linf", **ATK}, {"norm": "l2", "eps": 0.5, "steps": 1}],
+                     "generator": {"hidden": 4}, "val_attack_steps": 1}),
+    "pni": (RESNET, {"attack": ATK, "val_attack_steps": 1}),
+    "trades": (CNN, {"attack": ATK, "val_attack_steps": 1}),
+    "gaussian": (CNN, {"sigma": 0.25, "val_noise_draws": 2}),
+}
+
+
+def _cfg(method: str):
+    model, t = METHODS[method]
+    return validate({"name": "exact", "seed": 5, "device": "cpu",
+                     "data": {"name": "digits", "train_subset": 40, "val_fraction": 0.2},
+                     "model": model,
+                     "train": {"method": method, "epochs": EPOCHS, "batch_size": 16, "checkpoint_every": 1,
+                               "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, **t}})
+
+
+def _same(a, b, where: str) -> None:
+    """Recursive bit-identity of checkpoint entries (tensors with torch.equal, wall-clock times skipped)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        keys = {k for k in a if k != "time_s"}
+        assert keys == {k for k in b if k != "time_s"}, f"{where}: keys {sorted(map(str, keys))} vs {sorted(map(str, b))}"
+        for k in keys:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), f"{where}: length {len(a)} vs {len(b)}"
+        for i, (u, v) in enumerate(zip(a, b)):
+            _same(u, v, f"{where}[{i}]")
+    elif isinstance(a, np.ndarray):  # checkpoints of older versions held numpy's RNG state as an array
+        assert np.array_equal(a, b), f"{where} differs"
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(method, tmp_path, one_thread_seeded):
+    cfg = _cfg(method)
+    full = train(cfg, tmp_path / "full", quiet=True)
+    train(cfg, tmp_path / "cut", quiet=True, stop_after=STOP)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == STOP
+    resumed = train(cfg, tmp_path / "cut", quiet=True)  # a fresh trainer, as a new process builds
+    a, b = load_checkpoint(full.last), load_checkpoint(resumed.last)
+    assert a["epoch"] == b["epoch"] == EPOCHS and a["finished"] and b["finished"]
+    if method == "anis2":  # the teacher each run trained first, in its own folder
+        assert a.pop("teacher_checkpoint") == str(tmp_path / "full" / "teacher" / "last.pt")
+        assert b.pop("teacher_checkpoint") == str(tmp_path / "cut" / "teacher" / "last.pt")
+    _same(a, b, "last.pt")  # weights, optimizer, scheduler, RNG, extra state, history, best score
+    _same(full.history, resumed.history, "history")
+    best_a, best_b = load_checkpoint(full.best), load_checkpoint(resumed.best)
+    best_a.pop("teacher_checkpoint", None), best_b.pop("teacher_checkpoint", None)
+    _same(best_a, best_b, "best.pt")

@@ -78,3 +78,74 @@ def test_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(method
     best_a, best_b = load_checkpoint(full.best), load_checkpoint(resumed.best)
     best_a.pop("teacher_checkpoint", None), best_b.pop("teacher_checkpoint", None)
     _same(best_a, best_b, "best.pt")
+
+
+# ------------------------------------------------------------------------- a resume continues the same run or refuses
+def _snapshot(folder) -> dict:
+    """Every file of a run folder -> (bytes, mtime): what a refused resume must leave as it was."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def partial(tmp_path):
+    """A crown-ibp run stopped after 1 of 3 epochs: (config, folder)."""
+    cfg = _changed(_cfg("crown-ibp"), train__epochs=3)
+    train(cfg, tmp_path / "run", quiet=True, stop_after=1)
+    return cfg, tmp_path / "run"
+
+
+def _changed(cfg, **sections):
+    raw = cfg.resolved()
+    for dotted, value in sections.items():
+        *parents, leaf = dotted.split("__")
+        node = raw
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return validate(raw)
+
+
+@pytest.mark.parametrize("change, keys", [
+    ({"model__options": {"width": 0.5, "linear": 16}}, ["model.options.width: 0.25 -> 0.5"]),
+    ({"model__name": "mlp", "model__options": {"hidden": [16]}}, ["model.name: 'cnn_small' -> 'mlp'", "model.options"]),
+    ({"train__eps": 0.2}, ["train.eps: 0.1 -> 0.2"]),
+    ({"train__epochs": 1}, ["train.epochs: 3 -> 1"]),  # fewer epochs is another run
+    ({"seed": 6}, ["seed: 5 -> 6"]),
+])
+def test_resume_with_a_different_config_is_refused_and_writes_nothing(partial, change, keys):
+    from robustsuite.errors import ConfigError
+
+    cfg, out = partial
+    before = _snapshot(out)
+    with pytest.raises(ConfigError) as err:
+        train(_changed(cfg, **change), out, quiet=True)
+    msg = str(err.value)
+    assert all(k in msg for k in keys), msg
+    assert str(out / "last.pt") in msg and "--out" in msg and "--no-resume" in msg and "\n" not in msg
+    assert _snapshot(out) == before  # config.yaml, last.pt, best.pt: same bytes, same mtimes
+
+
+def test_resume_may_train_longer_and_change_where_it_runs(partial):
+    cfg, out = partial
+    res = train(_changed(cfg, train__epochs=4, device="auto", train__checkpoint_every=2), out, quiet=True)
+    assert len(res.history) == 4 and load_checkpoint(res.last)["epoch"] == 4
+    assert "epochs: 4" in (out / "config.yaml").read_text()
+    assert load_checkpoint(res.last)["config"]["train"]["epochs"] == 4
+
+
+def test_cli_resume_with_a_different_config_exits_2_with_one_paragraph(partial, capsys, tmp_path):
+    import yaml
+
+    from robustsuite.cli import main
+
+    cfg, out = partial
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg.resolved()))
+    before = _snapshot(out)
+    assert main(["train", str(tmp_path / "run.yaml"), "--out", str(out), "--set", "train.eps=0.2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "train.eps: 0.1 -> 0.2" in err and "--no-resume" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and _snapshot(out) == before
+    assert main(["train", str(tmp_path / "run.yaml"), "--out", str(out), "--set", "train.eps=0.2", "--quiet",
+                 "--no-resume"]) == 0  # the way out: start over
+    assert load_checkpoint(out / "last.pt")["config"]["train"]["eps"] == 0.2

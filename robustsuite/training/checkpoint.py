@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL\s+([\w.]+)", str(e))
-        if "Weights only load failed" in str(e):  # a well-formed pickle that wants more than plain data
+        # refused by the weights_only unpickler: a pickle naming a Python object, or a torch archive whose
+        # pickle uses opcodes beyond plain data (a text file fails on its first byte: merely unreadable)
+        if "Weights only load failed" in str(e) and (found or zipfile.is_zipfile(path)):
             what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
                 f"checkpoint {str(path)!r} is not a safe robustsuite checkpoint: its pickle refers to a Python "
@@ -88,7 +91,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _unreadable(path: Path, e: Exception) -> CheckpointError:
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # torch's own advice (load with weights_only=False) is what we must not do
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0] if lines else ""
     return CheckpointError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {reason[:200]}); "
                            "the file is corrupt or not a torch checkpoint; fix: point to a best.pt or last.pt "
                            "written by `robustsuite train` (train again if it was damaged)")

@@ -149,3 +149,20 @@ def test_cli_resume_with_a_different_config_exits_2_with_one_paragraph(partial, 
     assert main(["train", str(tmp_path / "run.yaml"), "--out", str(out), "--set", "train.eps=0.2", "--quiet",
                  "--no-resume"]) == 0  # the way out: start over
     assert load_checkpoint(out / "last.pt")["config"]["train"]["eps"] == 0.2
+
+
+def test_anis2_refuses_before_its_teacher_is_touched_and_starts_both_over_without_resume(tmp_path):
+    from robustsuite.errors import ConfigError
+
+    cfg = _changed(_cfg("anis2"), train__epochs=2)
+    out = tmp_path / "run"
+    train(cfg, out, quiet=True, stop_after=1)  # teacher trained, student 1 of 2 epochs
+    before = _snapshot(out)
+    assert "teacher/last.pt" in before
+    for change in ({"train__gamma_max": 0.3}, {"train__teacher_epochs": 2}):
+        with pytest.raises(ConfigError, match=list(change)[0].replace("__", ".")):
+            train(_changed(cfg, **change), out, quiet=True)
+        assert _snapshot(out) == before  # nor the teacher's folder
+    other = _changed(cfg, train__attack={"eps": 0.2, "steps": 1})
+    train(other, out, quiet=True, resume=False)
+    assert load_checkpoint(out / "teacher" / "last.pt")["config"]["train"]["attack"]["eps"] == 0.2

@@ -104,6 +104,8 @@ def _unreadable(path: Path, e: Exception) -> CheckpointError:
 def state_mismatch(module: nn.Module, state: Mapping[str, Any], limit: int = 3) -> str | None:
     """None when ``state`` fits ``module`` exactly, else one line naming the first missing and unexpected
     keys and the first keys whose shapes differ (``name: (saved shape) vs (model shape)``)."""
+    if not isinstance(state, Mapping):
+        return f"the saved state is a {type(state).__name__}, not a mapping of weight names to tensors"
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -5,9 +5,16 @@ scalar tensors to log) and optionally ``validate`` (a dict with a ``select`` sco
 better, that picks ``best.pt``), ``sync_model`` (copy state back from wrapped modules before a
 checkpoint) and ``extra_state``/``load_extra_state``.
 
-Determinism: the batch order of epoch e comes from a generator seeded with (seed, e), and every RNG
-state is saved in ``last.pt``, so a run resumed from its last checkpoint reaches the same weights
-as an uninterrupted one.
+Determinism: the batch order of epoch e comes from a generator seeded with (seed, e); training's own
+draws (noise, attack starts, augmentation) come from the global RNGs, whose states ``last.pt`` saves;
+validation runs on RNG streams of its own seeded with (seed, epoch) and gives the global ones back
+unchanged, so when (or whether) it runs cannot shift what training draws. A run resumed from its last
+checkpoint therefore reaches bit-identical weights, optimizer states and history.
+
+Resume: ``last.pt`` is read, checked and restored before anything is written. It must hold every
+entry of :data:`RESUME_ENTRIES` (and the trainer's extra state), and its config must be the run's
+config up to :data:`RESUME_FREE_KEYS` and a longer ``train.epochs`` (:func:`config_differences`);
+otherwise the resume is refused with an error naming the file, the keys and the ways out.
 
 Distribution (``torchrun``, see :mod:`robustsuite.training.distributed`): ``train.batch_size`` is the
 global batch; every rank draws the same global batches and takes ``batch[rank::world]``; gradients
@@ -68,7 +75,7 @@ def config_differences(saved: dict, new: dict) -> list[str]:
     follow the new length)."""
     a, b = _flatten(saved), _flatten(new)
     out = []
-    for key in sorted(set(a) | set(b), key=lambda k: (list(b).index(k) if k in b else len(b), k)):
+    for key in [*b, *(k for k in a if k not in b)]:  # the new config's order, then keys it no longer has
         old_v, new_v = a.get(key, "<absent>"), b.get(key, "<absent>")
         if old_v == new_v or any(key == f or key.startswith(f + ".") for f in RESUME_FREE_KEYS):
             continue

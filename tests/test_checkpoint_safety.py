@@ -219,6 +219,7 @@ def test_weight_mismatch_error_is_one_line_naming_the_first_keys_and_shapes(trai
     assert "fc1.weight: (16, 3) vs (16, 32)" in msg
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_damaged_or_foreign_files_give_one_clear_error(trained, tmp_path):
     sentinel = tmp_path / "PWNED"
     p = tmp_path / "x.pt"

@@ -187,21 +187,28 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Resolved
 
 
 # ------------------------------------------------------------------------------------- running
-def _status(last: Path, cfg: RunConfig) -> str:
-    """``new``, ``finished`` (same config, skipped) or ``partial`` (resumes) for a model folder."""
+def _status(last: Path, cfg: RunConfig, label: str) -> str:
+    """``new``, ``finished`` (skipped) or ``partial`` (resumes) for a model folder; reads only.
+
+    The same rule as a training run's resume (:func:`robustsuite.training.loop.check_same_run`): a
+    ``last.pt`` trained with a different config (other than a longer ``train.epochs``, the device, the
+    ``verify`` checks or ``train.checkpoint_every``) is a :class:`ConfigError` naming the model and the keys.
+    """
     from .training.checkpoint import load_checkpoint
+    from .training.loop import check_same_run
     if not last.is_file():
         return "new"
     ckpt = load_checkpoint(last)
-
-    def same(c: Any) -> Any:  # the device does not change what is trained
-        return {k: v for k, v in c.items() if k != "device"} if isinstance(c, dict) else c
-
-    if ckpt.get("finished") and same(ckpt.get("config")) == same(cfg.resolved()):
+    saved = ckpt.get("config")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"models.{label}: {str(last)!r} holds no config to compare with; fix: another out, "
+                          "or --no-resume (resume=False) to retrain every model")
+    try:
+        check_same_run(saved, cfg.resolved(), last)
+    except ConfigError as e:
+        raise ConfigError(f"models.{label}: {e}") from None
+    if ckpt.get("finished") and int(ckpt.get("epoch", 0)) >= cfg.train.epochs:
         return "finished"
-    if ckpt.get("finished"):
-        log.warning("%s: finished with a different config; continuing from it (use resume=False / --no-resume "
-                    "to start over)", last)
     return "partial"
 
 
@@ -241,17 +248,20 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
     else:
         rs = load_study(study, overrides)
     cfg = rs.config
+    labels = list(rs.runs)
+    if stop_after is not None:
+        labels = labels[:stop_after]
+    # every model folder checked before anything is written or trained: a refused resume changes nothing
+    states = {label: _status(rs.out / "models" / label / "last.pt", rs.runs[label], label) if resume else "new"
+              for label in labels}
     rs.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(rs.out / "study.yaml", yaml.safe_dump(rs.resolved(), sort_keys=False))
 
     result = StudyResult(out=rs.out, checkpoints={}, status={})
-    labels = list(rs.runs)
-    if stop_after is not None:
-        labels = labels[:stop_after]
     for i, label in enumerate(labels, 1):
         rcfg = rs.runs[label]
         mdir = rs.out / "models" / label
-        state = _status(mdir / "last.pt", rcfg) if resume else "new"
+        state = states[label]
         t0 = time.perf_counter()
         if state == "finished":
             log.info("[%d/%d] %s: finished checkpoint in %s, skipped", i, len(rs.runs), label, mdir)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from robustsuite.training import distributed as D
+from robustsuite.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +97,7 @@ def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> None:
 
 
 def _state(path: Path) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path)
     gen = {f"generator.{k}": v for k, v in ckpt.get("generator_state", {}).items()}
     return {**ckpt["model_state"], **gen}
 
@@ -130,7 +131,7 @@ def test_two_gloo_processes_train_and_evaluate_as_one(tmp_path, what):
     if what == "budgets":  # the learned boxes are the same
         from robustsuite.budgets.training import load_budget_model
         x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-        ca, cb = (torch.load(d / "run" / "last.pt", map_location="cpu", weights_only=False) for d in (one, two))
+        ca, cb = (load_checkpoint(d / "run" / "last.pt") for d in (one, two))
         with torch.no_grad():
             ba, bb = (load_budget_model(c).budgets(x, 0.1, 4.0) for c in (ca, cb))
         assert torch.allclose(ba, bb, atol=1e-6, rtol=0)
@@ -257,7 +258,7 @@ def test_every_stochastic_trainer_keeps_every_rank_in_step(tmp_path, what):
     script = tmp_path / "worker.py"
     script.write_text(SYNC_WORKER)
     _wait(_launch(script, tmp_path, what, 2))
-    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert a and a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -143,7 +143,7 @@ def budget_settings(ckpt: dict) -> dict:
 
 def load_budget_model(ckpt: dict | str | Path, device: str | torch.device = "cpu") -> BudgetModel:
     """The classifier + generator of a budget checkpoint, in eval mode on ``device``."""
-    from ..training.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..training.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
 
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
@@ -153,8 +153,5 @@ def load_budget_model(ckpt: dict | str | Path, device: str | torch.device = "cpu
             raise CheckpointError(f"budget checkpoint has no {key!r} entry")
     classifier = model_from_checkpoint(ckpt, device=device)
     gen = generator_from_spec(ckpt["generator_spec"])
-    try:
-        gen.load_state_dict(ckpt["generator_state"])
-    except RuntimeError as e:
-        raise CheckpointError(f"generator weights do not match its spec: {str(e).splitlines()[0]}") from None
+    load_weights(gen, ckpt["generator_state"], "budget checkpoint: the generator weights")
     return BudgetModel(classifier, gen.to(device)).eval()

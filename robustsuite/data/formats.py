@@ -10,6 +10,8 @@ The layouts are torchvision's (what its ``download=True`` produces), so one ``ro
 The readers are the fallback used when torchvision itself cannot be imported (for instance a
 torchvision wheel built for CUDA beside a CPU-only torch, whose import fails). Unlike torchvision they
 do not verify the official MD5 checksums; a file that does not parse is reported as unreadable.
+The CIFAR pickles are read by a restricted unpickler (containers, strings, bytes, numbers, NumPy
+arrays only), so a tampered file cannot run code.
 Every reader returns (images uint8 (N, C, H, W), labels int64 (N,)).
 """
 from __future__ import annotations
@@ -82,11 +84,31 @@ def _read_mnist(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
+#: the only globals a CIFAR batch pickle may name: NumPy's array reconstruction (plain data, no code)
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles builtin containers, ``str``, ``bytes``, numbers and NumPy arrays, nothing else: a data
+    file is data, so a pickle naming any other global (a payload that would run code) is refused
+    before anything in it runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load global {module}.{name}: a CIFAR batch file holds only "
+                                     "dicts, lists, strings, bytes, numbers and NumPy arrays (the file is not "
+                                     "an official CIFAR file, or was tampered with)")
+
+
 def _read_cifar(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     data, labels = [], []
     for path in files:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # the official pickles were written by Python 2
+            entry = _DataUnpickler(f, encoding="latin1").load()  # the official pickles were written by Python 2
+        if not isinstance(entry, dict):
+            raise TypeError(f"{path.name}: holds a {type(entry).__name__}, not a dict of 'data' and labels")
         data.append(np.asarray(entry["data"], dtype=np.uint8))
         labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
     images = np.vstack(data).reshape(-1, 3, 32, 32)  # rows are stored as R plane, G plane, B plane

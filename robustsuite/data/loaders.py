@@ -96,7 +96,8 @@ def as_tensors(dataset: Dataset, limit: int | None = None,
     if len(part) == 0:
         raise InputError("dataset: no samples to stack (empty dataset or limit 0)")
     xs, ys = [], []
-    for x, y in DataLoader(part, batch_size=batch_size, shuffle=False):
+    # a generator of its own: the loader's base seed would otherwise be a hidden draw from torch's global RNG
+    for x, y in DataLoader(part, batch_size=batch_size, shuffle=False, generator=torch.Generator()):
         xs.append(x)
         ys.append(torch.as_tensor(y))
     x, y = torch.cat(xs), torch.cat(ys).long()

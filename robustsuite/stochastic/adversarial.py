@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import PGD
+from ..runtime import derived_seed, isolated_rng
 from ..threats import L1Ball, L2Ball, LinfBall
 from ..training.loop import Trainer
 from .builders import add_noise
@@ -121,7 +122,10 @@ class AdversarialTrainer(Trainer):
     def _val_tensors(self):
         if self._val_cache is None:
             from ..data import as_tensors
-            x, y = as_tensors(self.val_set, limit=self.tcfg.val_subset)
+            # built on first use, which after a resume is a later epoch: on streams of its own, so
+            # when it is built cannot change what validation draws
+            with isolated_rng(derived_seed(int(self.cfg.seed), "validation set")):
+                x, y = as_tensors(self.val_set, limit=self.tcfg.val_subset)
             self._val_cache = (x.to(self.device), y.to(self.device))
         return self._val_cache
 

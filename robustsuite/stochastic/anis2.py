@@ -1,9 +1,11 @@
 """ANIS2: adaptive noise injection with EMA-tracked scales (Tan, Elovici, Binder; ICPR 2020).
 
 1. Teacher: a deterministic model of the same architecture, loaded from ``teacher_checkpoint`` or
-   trained first (``teacher_epochs``, CE or PGD-AT with ``teacher_adversarial``) in
-   ``OUT/teacher/`` with the shared loop (so it resumes too). It is kept: it is the source of the
-   transfer attack (``OUT/teacher/last.pt``, also named in every student checkpoint).
+   trained first by ``fit`` (``teacher_epochs``, CE or PGD-AT with ``teacher_adversarial``) in
+   ``OUT/teacher/`` with the shared loop (so it resumes too, and starts over with ``resume=False``);
+   a student ``last.pt`` that does not continue the run is refused before the teacher is touched.
+   It is kept: it is the source of the transfer attack (``OUT/teacher/last.pt``, also named in
+   every student checkpoint).
 2. Student: a copy of the teacher whose residual-block ReLUs become :class:`StocReLUEMA`
    (``ReLU(x + d)``, ``d ~ N(0, gamma * sigma_c^2)``), fine-tuned with PGD adversarial training.
 3. Per epoch, gamma follows the staircase :func:`~robustsuite.stochastic.schedules.gamma_staircase`;
@@ -32,11 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..training.checkpoint import load_checkpoint
+from ..training.checkpoint import load_checkpoint, load_weights
 from .adversarial import AdversarialTrainer, PGDATTrainer
 from .builders import add_noise, base_spec
 from .config import PGDATConfig
-from .noise import ema_paused, set_gamma
+from .noise import StocReLUEMA, ema_paused, set_gamma
 from .schedules import gamma_staircase
 
 __all__ = ["ANIS2Trainer", "StandardTrainer"]
@@ -75,22 +77,49 @@ class ANIS2Trainer(AdversarialTrainer):
 
     def prepare_model(self, model, train_set):
         t = self.tcfg
+        self._teacher_ready = bool(t.teacher_checkpoint)
         if t.teacher_checkpoint:
             ckpt = load_checkpoint(t.teacher_checkpoint, map_location=self.device)
             if base_spec(ckpt["model_spec"]) != model.spec or "stochastic" in ckpt["model_spec"]:
                 raise ConfigError(f"train.teacher_checkpoint: {t.teacher_checkpoint!r} holds model "
                                   f"{ckpt['model_spec']}, but the student is {model.spec}; the teacher "
                                   "must be the same deterministic architecture")
-            model.load_state_dict(ckpt["model_state"])
+            load_weights(model, ckpt["model_state"], f"train.teacher_checkpoint {str(t.teacher_checkpoint)!r}: its weights")
             self.teacher_source = str(t.teacher_checkpoint)
-        else:
-            self._train_teacher(model, train_set)
+        else:  # trained (or resumed) by fit(), once the student's own last.pt is known to continue this run
             self.teacher_source = str(self.teacher_path)
+            self._teacher_train_set = train_set
         self.teacher = model.eval()
+        # The noise layers are added to a copy of the architecture now (the optimizer needs the student's
+        # parameters); a teacher trained in fit() then gives the copy its weights.
         student = add_noise(copy.deepcopy(model), "anis2", alpha=t.alpha, gamma=self.gamma_at(0), shared=t.shared)
         return student.train()
 
-    def _train_teacher(self, model, train_set) -> None:
+    def fit(self, *, resume: bool = True, stop_after: int | None = None):
+        """Train (or resume) the teacher unless given, then the student (see :meth:`Trainer.fit`). A student
+        ``last.pt`` that does not continue this run is refused before the teacher is touched; with
+        ``resume=False`` the teacher starts over too."""
+        if not self._teacher_ready:
+            ckpt = self.resume_checkpoint() if resume else None
+            if ckpt is None:
+                self._train_teacher(self.teacher, self._teacher_train_set, resume)
+                self._student_from_teacher()
+            elif self.teacher_path.is_file():  # the student resumes its own weights; the teacher is only the source
+                teacher = load_checkpoint(self.teacher_path, map_location=self.device)
+                load_weights(self.teacher, teacher["model_state"], f"ANIS2 teacher {str(self.teacher_path)!r}")
+            self.teacher.eval()
+            self._teacher_ready = True
+        return super().fit(resume=resume, stop_after=stop_after)
+
+    def _student_from_teacher(self) -> None:
+        """Copy the trained teacher's weights into the student (its noise buffers keep their initial state)."""
+        missing, unexpected = self.model.load_state_dict(self.teacher.state_dict(), strict=False)
+        noise = {f"{n}.{b}" for n, m in self.model.named_modules() if isinstance(m, StocReLUEMA)
+                 for b, _ in m.named_buffers(recurse=False)}
+        if unexpected or set(missing) - noise:  # the student is the teacher plus noise layers, by construction
+            raise RuntimeError(f"ANIS2 student does not extend its teacher: missing {missing}, unexpected {unexpected}")
+
+    def _train_teacher(self, model, train_set, resume: bool) -> None:
         t = self.tcfg
         tcfg = PGDATConfig(epochs=t.teacher_epochs, batch_size=t.batch_size, optim=t.teacher_optim,
                            attack=t.attack, val_subset=t.val_subset, val_attack_steps=0,
@@ -98,7 +127,7 @@ class ANIS2Trainer(AdversarialTrainer):
         cfg = self.cfg.model_copy(update={"train": tcfg})
         cls = PGDATTrainer if t.teacher_adversarial else StandardTrainer
         teacher = cls(model, train_set, None, cfg, self.out_dir / "teacher", self.device, quiet=True)
-        teacher.fit(resume=True)
+        teacher.fit(resume=resume)
         log.info("ANIS2 teacher ready at %s", self.teacher_path)
 
     def _model_entry(self) -> dict:

@@ -5,9 +5,16 @@ scalar tensors to log) and optionally ``validate`` (a dict with a ``select`` sco
 better, that picks ``best.pt``), ``sync_model`` (copy state back from wrapped modules before a
 checkpoint) and ``extra_state``/``load_extra_state``.
 
-Determinism: the batch order of epoch e comes from a generator seeded with (seed, e), and every RNG
-state is saved in ``last.pt``, so a run resumed from its last checkpoint reaches the same weights
-as an uninterrupted one.
+Determinism: the batch order of epoch e comes from a generator seeded with (seed, e); training's own
+draws (noise, attack starts, augmentation) come from the global RNGs, whose states ``last.pt`` saves;
+validation runs on RNG streams of its own seeded with (seed, epoch) and gives the global ones back
+unchanged, so when (or whether) it runs cannot shift what training draws. A run resumed from its last
+checkpoint therefore reaches bit-identical weights, optimizer states and history.
+
+Resume: ``last.pt`` is read, checked and restored before anything is written. It must hold every
+entry of :data:`RESUME_ENTRIES` (and the trainer's extra state), and its config must be the run's
+config up to :data:`RESUME_FREE_KEYS` and a longer ``train.epochs`` (:func:`config_differences`);
+otherwise the resume is refused with an error naming the file, the keys and the ways out.
 
 Distribution (``torchrun``, see :mod:`robustsuite.training.distributed`): ``train.batch_size`` is the
 global batch; every rank draws the same global batches and takes ``batch[rank::world]``; gradients
@@ -30,12 +37,66 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from ..config import RunConfig
+from ..errors import CheckpointError, ConfigError, RobustSuiteError
 from ..files import atomic_write_json, atomic_write_text
-from ..runtime import rng_state, set_rng_state
+from ..runtime import derived_seed, isolated_rng, rng_state, set_rng_state
 from . import distributed as dist_utils
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 
 log = logging.getLogger(__name__)
+
+#: what a ``last.pt`` must hold to continue a run (besides the model entries every checkpoint has)
+RESUME_ENTRIES = ("config", "epoch", "optimizer", "scheduler", "rng", "history", "best_score")
+#: config keys that may change between a run and its resume: where it runs and what is checked after it
+#: (``train.epochs`` may also grow; see :func:`config_differences`)
+RESUME_FREE_KEYS = ("device", "verify", "train.checkpoint_every")
+_NO_RESUME = "`--no-resume` (resume=False) to start over in this folder (its checkpoints are replaced)"
+
+
+def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted paths of a nested mapping -> leaf values (lists are leaves)."""
+    if not isinstance(cfg, dict):
+        return {prefix: cfg}
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def config_differences(saved: dict, new: dict) -> list[str]:
+    """``"key: old -> new"`` for every resolved-config key in which ``new`` does not continue the run
+    that ``saved`` describes. Free to change: :data:`RESUME_FREE_KEYS`, and ``train.epochs`` when it
+    grows (the run trains on; schedules over the whole run, such as MNG-AC's cyclic learning rate, then
+    follow the new length)."""
+    a, b = _flatten(saved), _flatten(new)
+    out = []
+    for key in [*b, *(k for k in a if k not in b)]:  # the new config's order, then keys it no longer has
+        old_v, new_v = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if old_v == new_v or any(key == f or key.startswith(f + ".") for f in RESUME_FREE_KEYS):
+            continue
+        if key == "train.epochs" and isinstance(old_v, int) and isinstance(new_v, int) and new_v > old_v:
+            continue
+        out.append(f"{key}: {_short(old_v)} -> {_short(new_v)}")
+    return out
+
+
+def check_same_run(saved: dict, new: dict, path: str | Path) -> None:
+    """Raise :class:`~robustsuite.errors.ConfigError` when ``new`` (a resolved config) does not continue
+    the run whose ``last.pt`` at ``path`` holds ``saved``; the message names the differing keys
+    (at most 6) and the two ways out."""
+    diffs = config_differences(saved, new)
+    if diffs:
+        more = f" (+{len(diffs) - 6} more)" if len(diffs) > 6 else ""
+        raise ConfigError(
+            f"cannot resume from {str(path)!r}: the run in this folder was trained with a different config "
+            f"({'; '.join(diffs[:6])}{more}); nothing was written; fix: train into another folder (--out DIR), "
+            f"or {_NO_RESUME}; only a longer train.epochs, device, verify and train.checkpoint_every may change "
+            "on resume")
 
 
 def build_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
@@ -210,21 +271,58 @@ class Trainer(abc.ABC):
                         rng=rng_state(), history=self.history, best_score=self.best_score,
                         extra=self.extra_state(), metrics=self.history[-1] if self.history else {})
 
-    def resume(self) -> bool:
-        """Load ``last.pt`` if present; return whether the run continues from it."""
+    def resume_checkpoint(self) -> dict | None:
+        """``last.pt`` of this folder, checked to continue this very run, or None when there is none.
+
+        Reads only: raises :class:`~robustsuite.errors.ConfigError` when the run was trained with a
+        different config (see :func:`config_differences`) and :class:`~robustsuite.errors.CheckpointError`
+        when the file is unsafe, unreadable or lacks a resume entry; the folder is left as it was.
+        """
         if not self.last_path.is_file():
-            return False
+            return None
         ckpt = load_checkpoint(self.last_path, map_location=self.device)
-        self.model.load_state_dict(ckpt["model_state"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        self.epoch = int(ckpt["epoch"])
-        self.history = list(ckpt.get("history", []))
-        self.best_score = float(ckpt.get("best_score", -math.inf))
-        self.load_extra_state(ckpt.get("extra", {}))
-        self.on_resume()
+        missing = [k for k in RESUME_ENTRIES if k not in ckpt]
+        missing += [f"extra.{k}" for k in self.extra_state() if k not in (ckpt.get("extra") or {})]
+        if missing:
+            raise CheckpointError(
+                f"cannot resume from {str(self.last_path)!r}: it lacks {', '.join(missing)} (a best.pt copied "
+                "over it, or a file not written by `robustsuite train`); nothing was written; fix: train into "
+                f"another folder (--out DIR), or start over here with {_NO_RESUME}")
+        if not isinstance(ckpt["config"], dict):
+            raise CheckpointError(f"cannot resume from {str(self.last_path)!r}: its 'config' entry is a "
+                                  f"{type(ckpt['config']).__name__}, not a mapping; fix: {_NO_RESUME}")
+        check_same_run(ckpt["config"], self.cfg.resolved(), self.last_path)
+        return ckpt
+
+    def restore(self, ckpt: dict) -> None:
+        """Continue from a checkpoint of :meth:`resume_checkpoint` (weights, optimizers, schedule, history,
+        extra state, and last every RNG state, so nothing drawn while restoring shifts the streams)."""
+        where = f"resume from {str(self.last_path)!r}"
+        load_weights(self.model, ckpt["model_state"], f"{where}: the saved weights")
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.epoch = int(ckpt["epoch"])
+            self.history = list(ckpt["history"])
+            self.best_score = float(ckpt["best_score"])
+            self.load_extra_state(ckpt.get("extra") or {})
+            self.on_resume()
+            set_rng_state(ckpt["rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
+            if isinstance(e, RobustSuiteError):
+                raise
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(f"{where}: its optimizer, schedule, RNG or trainer state does not fit this "
+                                  f"run ({type(e).__name__}: {reason[:200]}); fix: {_NO_RESUME}, or another "
+                                  "--out") from None
         log.info("resumed %s from epoch %d", self.last_path, self.epoch)
+
+    def resume(self) -> bool:
+        """Load ``last.pt`` if present (see :meth:`resume_checkpoint`); return whether the run continues from it."""
+        ckpt = self.resume_checkpoint()
+        if ckpt is None:
+            return False
+        self.restore(ckpt)
         return True
 
     # --------------------------------------------------------------------------- the loop
@@ -236,11 +334,11 @@ class Trainer(abc.ABC):
         from tqdm.auto import tqdm
 
         main = dist_utils.is_main()
+        if resume:  # checked and restored before anything is written: a refused resume leaves the folder as it was
+            self.resume()
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out_dir / "config.yaml", _yaml(self.cfg.resolved()))
-        if resume:
-            self.resume()
         if dist_utils.is_distributed():
             dist_utils.broadcast_module(self.model)  # identical start on every rank (DDP does it too)
             dist_utils.barrier()
@@ -286,7 +384,10 @@ class Trainer(abc.ABC):
                         sums[k], counts[k] = sums.get(k, 0.0) + s, counts.get(k, 0) + c
             row.update({k: float(v) / counts[k] for k, v in sums.items() if counts[k]})
             self.model.eval()
-            val = self.validate() if main else {}
+            # Validation draws (noise layers, attack starts, DataLoader seeds) come from streams of their
+            # own, so they never shift what training draws next (a resumed run validates the same).
+            with isolated_rng(derived_seed(int(self.cfg.seed), self.epoch, "validate")):
+                val = self.validate() if main else {}
             val = dist_utils.broadcast_object(val)  # rank 0 validates; every rank keeps the same history
             row.update({f"val_{k}": v for k, v in val.items()})
             self.history.append(row)

@@ -108,6 +108,10 @@ class EOT(Attack):
         new.attack = self.attack.with_threat(threat)
         return new
 
+    @property
+    def labels_are_targets(self) -> bool:
+        return self.attack.labels_are_targets
+
     def gradient(self, x, y):
         """The EOT-averaged input gradient of the wrapped attack's loss at ``x``."""
         return self.attack.gradient(x, y)

@@ -60,6 +60,7 @@ def test_square_meta_pattern_matches_the_reference(s):
     assert torch.allclose(ours, theirs, atol=1e-6) or torch.allclose(ours.t(), theirs, atol=1e-6)
 
 
+@pytest.mark.slow  # about 15 s alone, 30 s on a loaded machine: five seeds of both implementations
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.1), ("L2", 0.8)])
 def test_square_robust_accuracy_within_one_point_of_the_reference(norm, eps):
     model = trained_cnn()

@@ -112,8 +112,13 @@ def test_bad_settings_are_rejected(kwargs, match):
 def test_unknown_loss_is_rejected_with_the_known_ones():
     with pytest.raises(UnknownNameError, match="loss.*ce, margin"):
         PGD(trained_cnn(), LinfBall(0.1), loss="hinge")
-    with pytest.raises(InputError, match="dlr"):
-        APGD(trained_cnn(), LinfBall(0.1), loss="dlr", targeted=True)
+    # targeted DLR (APGD-T) needs 4 classes: a 3-class model gets a clear error, not a crash
+    three = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    x = torch.rand(4, 1, 8, 8)
+    with pytest.raises(InputError, match="targeted 'dlr' needs at least 4 classes"):
+        APGD(three, LinfBall(0.1), loss="dlr", targeted=True, steps=2).run(x, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(InputError, match="n_target_classes"):
+        APGD(trained_cnn(), LinfBall(0.1), loss="dlr", targeted=True, n_target_classes=0)
 
 
 def test_registry_rejects_unknown_attacks_and_settings():

@@ -8,9 +8,11 @@ settings, and called on a batch::
     res = atk.run(x, y)         # AttackResult: x_adv, success (B,), distance (B,), queries (B,), steps
 
 White-box (gradient) attacks: :class:`FGSM`, :class:`BIM`, :class:`PGD` (L-inf, L2, sparse L1,
-per-element Box), :class:`MIM`, :class:`APGD` (APGD-CE), :class:`CW` (C&W L2 with binary search).
+per-element Box), :class:`MIM`, :class:`APGD` (APGD-CE, APGD-DLR, APGD-T), :class:`CW` (C&W L2 with
+binary search).
 Any of them averages gradients over a stochastic model's randomness with ``eot=n`` or
-:class:`EOT`. Black-box: :class:`BoundaryAttack` (decision-based, labels only),
+:class:`EOT`. Black-box: :class:`Square` (score-based random search, L-inf/L2), :class:`BoundaryAttack`
+(decision-based, labels only); both take ``eot=n`` (majority-vote oracle) for stochastic models;
 :class:`PixelAttack` (few-pixel, differential evolution), :class:`TransferAttack` (crafted on a
 source model). By name: :data:`ATTACKS`, :func:`make_attack`; evaluation: :func:`robust_accuracy`.
 
@@ -26,17 +28,18 @@ from .boundary import BoundaryAttack
 from .cw import CW
 from .eot import EOT
 from .fgsm import FGSM
-from .losses import LOSSES, ce_loss, dlr_loss, margin_loss
+from .losses import LOSSES, ce_loss, dlr_loss, dlr_targeted_loss, margin_loss
 from .mim import MIM
 from .pgd import PGD
 from .pixel import PixelAttack
+from .square import Square
 from .registry import ATTACKS, attack_settings, make_attack, robust_accuracy
 from .transfer import TransferAttack
 
 __all__ = [
     "Attack", "AttackResult", "GradientAttack",
     "FGSM", "BIM", "PGD", "MIM", "CW", "EOT", "APGD",
-    "BoundaryAttack", "PixelAttack", "TransferAttack",
+    "BoundaryAttack", "PixelAttack", "Square", "TransferAttack",
     "ATTACKS", "make_attack", "attack_settings", "robust_accuracy",
-    "LOSSES", "ce_loss", "margin_loss", "dlr_loss",
+    "LOSSES", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss",
 ]

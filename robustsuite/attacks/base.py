@@ -209,8 +209,15 @@ class Attack(abc.ABC):
             return x_adv.clamp(0, 1)
         return self.threat.project(x, x_adv)
 
+    @property
+    def labels_are_targets(self) -> bool:
+        """Whether ``y`` holds target labels (success: top-1 equals ``y``) rather than the true
+        labels (success: top-1 differs). Equals ``targeted`` except for attacks that pick their
+        own targets from the true labels (APGD-T)."""
+        return self.targeted
+
     def _is_success(self, pred: Tensor, y: Tensor) -> Tensor:
-        return pred == y if self.targeted else pred != y
+        return pred == y if self.labels_are_targets else pred != y
 
     def _distance(self, x: Tensor, x_adv: Tensor) -> Tensor:
         if self.threat is None:

@@ -6,7 +6,8 @@ from torch import Tensor
 
 from ..errors import InputError, InputTypeError
 from ..threats import ThreatModel, check_images
-from .base import Attack, Perturbation, check_float, check_int
+from .base import Attack, Perturbation, check_float, check_int, check_optional_int
+from .eot import vote_labels
 
 __all__ = ["BoundaryAttack"]
 
@@ -36,6 +37,12 @@ class BoundaryAttack(Attack):
     All samples advance together in batched tensor code; the loop syncs with the host only every
     100 steps, to stop when every sample is done. ``queries`` counts labels asked per sample.
 
+    EOT mode (``eot=n > 1``, for stochastic models): the label oracle is the majority vote of
+    ``n`` draws (:func:`~robustsuite.attacks.eot.majority_vote`), for the start, the line
+    search, every proposal and the final success check; every draw counts as a query, so a
+    label costs ``n`` of ``max_queries``. With ``eot=1`` a noisy model's single draw decides,
+    and the attack mostly measures the noise.
+
     Threat: ``None`` (default) is minimal-perturbation mode (``distance`` = L2 of the adversarial
     found). With ``L2Ball(eps)`` a sample also stops once within eps, and the result is projected
     onto the ball: ``success`` = adversarial with L2 <= eps.
@@ -55,6 +62,8 @@ class BoundaryAttack(Attack):
         starting_points (Tensor | None): adversarial starts (B, C, H, W) in [0, 1], e.g. images of
             the target classes for a targeted attack. (Default: None = uniform noise)
         targeted (bool): ``y`` are target labels. (Default: False)
+        eot (int): model draws per label (majority vote), >= 1. (Default: 1)
+        max_batch (int | None): most rows per model call under EOT. (Default: None = all)
         record_every (int): steps between entries of ``extras['distance_history']``. (Default: 10)
         seed (int | None): seed of the noise and proposals. (Default: 0)
 
@@ -74,8 +83,8 @@ class BoundaryAttack(Attack):
                  spherical_step: float = 1e-2, source_step: float = 1e-2, step_adaptation: float = 1.5,
                  source_step_convergence: float = 1e-7, update_every: int = 10,
                  init_attempts: int = 100, line_search_steps: int = 12,
-                 starting_points: Tensor | None = None, targeted: bool = False, record_every: int = 10,
-                 seed: int | None = 0):
+                 starting_points: Tensor | None = None, targeted: bool = False, eot: int = 1,
+                 max_batch: int | None = None, record_every: int = 10, seed: int | None = 0):
         super().__init__(model, threat, targeted=targeted, seed=seed)
         self.max_queries = check_int("max_queries", max_queries, minimum=1)
         self.spherical_step = check_float("spherical_step", spherical_step, strict=True)
@@ -89,22 +98,28 @@ class BoundaryAttack(Attack):
             raise InputTypeError(f"starting_points: expected a tensor or None, got {type(starting_points).__name__}")
         self.starting_points = starting_points
         self.record_every = check_int("record_every", record_every, minimum=1)
+        self.eot = check_int("eot", eot, minimum=1)
+        self.max_batch = check_optional_int("max_batch", max_batch, minimum=1)
 
     # --- helpers ------------------------------------------------------------------------------
+    def predict(self, x: Tensor) -> Tensor:
+        """The label oracle (B,): top-1, or with ``eot > 1`` the majority vote of ``eot`` draws."""
+        return vote_labels(self.model, x, self.eot, self.max_batch)
+
     def _is_adv(self, labels: Tensor, y: Tensor) -> Tensor:
         return labels == y if self.targeted else labels != y
 
     def _start(self, x: Tensor, y: Tensor, generator, queries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """An adversarial start per sample (x where already adversarial); and which were found."""
         already = self._is_adv(self.predict(x), y)
-        queries += 1
+        queries += self.eot
         if self.starting_points is not None:
             sp = self.starting_points.to(device=x.device, dtype=x.dtype)
             if sp.shape != x.shape:
                 raise InputError(f"starting_points: expected shape {tuple(x.shape)}, got {tuple(sp.shape)}")
             check_images(sp, "starting_points")
             ok = self._is_adv(self.predict(sp), y)
-            queries += (~already).long()
+            queries += (~already).long() * self.eot
             found = already | ok
             x0 = torch.where(_col(ok & ~already, x), sp, x)
             return x0, found, already
@@ -117,7 +132,7 @@ class BoundaryAttack(Attack):
             noise = torch.rand((todo.numel(),) + tuple(x.shape[1:]), generator=generator,
                                device=x.device, dtype=x.dtype)
             ok = self._is_adv(self.predict(noise), y[todo])
-            queries[todo] += 1
+            queries[todo] += self.eot
             x0[todo[ok]] = noise[ok]
             found[todo[ok]] = True
         return x0, found, already
@@ -152,7 +167,7 @@ class BoundaryAttack(Attack):
             xl, yl = x[live], y[live]
             start = self._line_search(xl, yl, x0[live])
             dist0[live] = torch.linalg.vector_norm((start - xl).flatten(1), dim=1)
-            q_l = queries[live] + self.line_search_steps
+            q_l = queries[live] + self.line_search_steps * self.eot
             adv_l, q_l, steps_run, hist_l = self._walk(xl, yl, start, q_l, generator)
             final[live] = adv_l
             queries[live] = q_l
@@ -187,8 +202,9 @@ class BoundaryAttack(Attack):
         sph_since = torch.zeros(B, dtype=torch.long, device=x.device)   # step of the last clear
         step_since = torch.zeros(B, dtype=torch.long, device=x.device)
         eps = float(self.threat.eps) if self.threat is not None else None
-        # each sample's last step within its query budget (2 queries per step)
-        last_step = (self.max_queries - queries).div(2, rounding_mode="floor")
+        # each sample's last step within its query budget (2 labels of eot draws per step)
+        per_step = 2 * self.eot
+        last_step = (self.max_queries - queries).div(per_step, rounding_mode="floor")
         n_steps = max(0, int(last_step.max()))
         all_within_budget = max(0, int(last_step.min()))  # before this step no budget runs out
         running = torch.ones(B, dtype=torch.bool, device=x.device)      # not converged / not within eps
@@ -224,7 +240,7 @@ class BoundaryAttack(Attack):
             torch.mul(new_dir, keep.unsqueeze(1), out=cand_diff)
             torch.sub(xf, cand_diff, out=cand)
 
-            labels = self.model(images).argmax(1).view(2, B)   # the labels only
+            labels = self.predict(images).view(2, B)           # the labels only
             is_adv = (labels == y) if self.targeted else (labels != y)
             cand_dist = keep.mul_(new_norm)
             accept = is_adv[1] & (cand_dist < dist) & active
@@ -250,7 +266,7 @@ class BoundaryAttack(Attack):
         if steps_run % self.record_every != 0:
             history.append(dist)  # the history always ends at the final distance
         x_out = (xf - diff).view_as(x)
-        return x_out, queries + 2 * active_steps, steps_run, history
+        return x_out, queries + per_step * active_steps, steps_run, history
 
     @staticmethod
     def _derived(sph: Tensor, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:

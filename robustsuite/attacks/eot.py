@@ -1,12 +1,61 @@
-"""EOT: expectation over transformation / randomness for any gradient attack."""
+"""EOT: expectation over transformation / randomness, for gradient and for query-based attacks.
+
+Gradient attacks average the loss gradient over ``n`` draws (:class:`EOT`, ``eot=n``). Score- and
+decision-based attacks (Square, the boundary attack) instead ask a *voting oracle*: every query
+evaluates the model ``n`` times (:func:`eot_logits`), the label is the majority vote of the
+draws' top-1 labels (:func:`majority_vote`) and scores are averaged over the draws.
+"""
 from __future__ import annotations
 
 import copy
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from ..errors import InputTypeError
 from .base import Attack, GradientAttack, check_int, check_optional_int
 
-__all__ = ["EOT"]
+__all__ = ["EOT", "eot_logits", "majority_vote", "vote_labels"]
+
+
+def eot_logits(model: Callable[[Tensor], Tensor], x: Tensor, n: int, max_batch: int | None = None
+               ) -> Tensor:
+    """Logits ``(B, n, K)`` of ``n`` independent forward passes per sample (no gradients).
+
+    The ``B * n`` rows are one replicated batch (``repeat_interleave``), so a stochastic model
+    draws fresh randomness per row; ``max_batch`` bounds the rows per model call.
+    """
+    B = x.shape[0]
+    with torch.no_grad():
+        if n == 1 and (max_batch is None or max_batch >= B):
+            return model(x).unsqueeze(1)
+        rows = x.repeat_interleave(n, dim=0) if n > 1 else x
+        chunk = rows.shape[0] if max_batch is None else max(1, int(max_batch))
+        out = torch.cat([model(rows[i:i + chunk]) for i in range(0, rows.shape[0], chunk)])
+    return out.view(B, n, -1)
+
+
+def majority_vote(logits: Tensor) -> Tensor:
+    """The majority label ``(B,)`` of per-draw logits ``(B, n, K)``.
+
+    Each draw votes for its top-1 class; ties between classes with the same number of votes go
+    to the class with the larger mean softmax probability (deterministic; with one draw this is
+    the plain argmax).
+    """
+    if logits.shape[1] == 1:
+        return logits[:, 0].argmax(1)
+    K = logits.shape[-1]
+    votes = F.one_hot(logits.argmax(-1), K).sum(1).to(logits.dtype)       # (B, K)
+    # mean probability < 1 never outweighs a vote: it only orders classes with equal votes
+    return (votes + logits.softmax(-1).mean(1) * 0.5).argmax(1)
+
+
+def vote_labels(model: Callable[[Tensor], Tensor], x: Tensor, n: int = 1,
+                max_batch: int | None = None) -> Tensor:
+    """Majority-vote labels ``(B,)`` of ``n`` draws of ``model`` on ``x`` (n = 1: the argmax)."""
+    return majority_vote(eot_logits(model, x, n, max_batch))
 
 
 class EOT(Attack):
@@ -58,6 +107,10 @@ class EOT(Attack):
         new = super().with_threat(threat)
         new.attack = self.attack.with_threat(threat)
         return new
+
+    @property
+    def labels_are_targets(self) -> bool:
+        return self.attack.labels_are_targets
 
     def gradient(self, x, y):
         """The EOT-averaged input gradient of the wrapped attack's loss at ``x``."""

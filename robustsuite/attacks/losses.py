@@ -9,6 +9,8 @@ are signed to increase towards the target:
   Positive exactly when the sample is misclassified (resp. classified as the target).
 * ``"dlr"``: the difference-of-logits ratio of Croce & Hein (2020),
   ``-(z_y - max_{j != y} z_j) / (z_(1) - z_(3))``; needs at least 3 classes; untargeted only.
+  Its targeted form (APGD-T, :func:`dlr_targeted_loss`) needs the true label *and* a target, so
+  it is not in :data:`LOSSES`; ``APGD(loss="dlr", targeted=True)`` picks the targets itself.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from torch import Tensor
 
 from ..errors import InputError, unknown
 
-__all__ = ["LOSSES", "LossFn", "ce_loss", "margin_loss", "dlr_loss", "get_loss", "margin_gap"]
+__all__ = ["LOSSES", "LossFn", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss", "get_loss",
+           "margin_gap"]
 
 LossFn = Callable[[Tensor, Tensor, bool], Tensor]
 
@@ -51,6 +54,19 @@ def dlr_loss(logits: Tensor, y: Tensor, targeted: bool = False) -> Tensor:
         raise InputError(f"loss: 'dlr' needs at least 3 classes, the model gives {logits.shape[1]}")
     top = logits.topk(3, dim=1).values
     return margin_loss(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Targeted DLR (Croce & Hein 2020, APGD-T), to maximize: ``-(z_y - z_t) / (z_(1) - (z_(3) +
+    z_(4)) / 2)`` with ``y`` the true labels, ``t`` the targets (B,) and ``z_(k)`` the k-th largest
+    logit. Positive once the target's logit exceeds the true class's; scale-invariant; needs at
+    least 4 classes."""
+    if logits.shape[1] < 4:
+        raise InputError(f"loss: targeted 'dlr' needs at least 4 classes, the model gives {logits.shape[1]}")
+    top = logits.topk(4, dim=1).values
+    z_y = logits.gather(1, y.unsqueeze(1)).squeeze(1)
+    z_t = logits.gather(1, target.unsqueeze(1)).squeeze(1)
+    return (z_t - z_y) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
 
 
 LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}

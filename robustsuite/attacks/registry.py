@@ -26,6 +26,7 @@ from .fgsm import FGSM
 from .mim import MIM
 from .pgd import PGD
 from .pixel import PixelAttack
+from .square import Square
 
 __all__ = ["ATTACKS", "make_attack", "attack_settings", "robust_accuracy"]
 
@@ -39,6 +40,7 @@ ATTACKS: dict[str, type[Attack]] = {
     "boundary": BoundaryAttack,
     "pixel": PixelAttack,
     "apgd": APGD,
+    "square": Square,
 }
 
 
@@ -97,8 +99,9 @@ def robust_accuracy(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, att
     """
     if not isinstance(attack, Attack):
         raise InputTypeError(f"attack: expected a robustsuite attack, got {type(attack).__name__}")
-    if attack.targeted:
-        raise InputError("attack: robust accuracy needs an untargeted attack (targeted=False)")
+    if attack.labels_are_targets:
+        raise InputError("attack: robust accuracy needs the true labels, so an untargeted attack "
+                         "(targeted=False) or one that picks its own targets (APGD with loss='dlr')")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
     check_images(x, "x", ndim=4)

@@ -94,7 +94,7 @@ def check_linf_radii(values: Any, field: str = "eps") -> list[float]:
     try:
         return TypeAdapter(list[LinfRadius]).validate_python(list(items))
     except ValidationError as e:
-        raise ConfigError(f"{field}: {e.errors()[0]['msg']} (given {values!r})") from None
+        raise ConfigError(f"{field}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 def _safe_name(v: str) -> str:

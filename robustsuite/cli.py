@@ -247,10 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     except RobustSuiteError as e:
         print(f"robustsuite {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a file or folder we could not write (or read): path, cause and fix, no traceback
+    except OSError as e:  # a file or folder we could not read or write: path, cause and fix, no traceback
+        # (our writers raise OutputError, a RobustSuiteError, with a specific fix; this is the rest)
         from .files import output_error
         path = e.filename if e.filename is not None else "a file"
-        print(f"robustsuite {args.command}: error: {output_error(e, path, 'access')}", file=sys.stderr)
+        err = output_error(e, path, "access", fix="check that the path exists and that this user may read and "
+                                                  "write it, or choose another path")
+        print(f"robustsuite {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"robustsuite {args.command}: interrupted; a training run resumes from its last.pt", file=sys.stderr)

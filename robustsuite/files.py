@@ -53,13 +53,14 @@ _FIXES = {
 }
 
 
-def output_error(err: OSError, path: str | os.PathLike, action: str = "write") -> OutputError:
-    """``err`` (an OSError while writing ``path``) as an :class:`OutputError`: path, cause, fix."""
+def output_error(err: OSError, path: str | os.PathLike, action: str = "write", fix: str | None = None) -> OutputError:
+    """``err`` (an OSError while writing ``path``) as an :class:`OutputError`: path, cause, fix
+    (``fix`` given, or the one for the error code)."""
     if isinstance(err, OutputError):
         return err
     code = err.errno
     cause = os.strerror(code).lower() if code else (str(err) or type(err).__name__)
-    fix = _FIXES.get(code, "check the path and its permissions, or write to another folder (--out)")
+    fix = fix or _FIXES.get(code, "check the path and its permissions, or write to another folder (--out)")
     msg = f"cannot {action} {str(path)!r}: {cause}; fix: {fix}"
     out = OutputError(code or errno.EIO, msg)
     out.filename = os.fspath(path)

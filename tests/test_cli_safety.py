@@ -186,3 +186,13 @@ def test_a_boolean_where_a_number_belongs_is_refused(capsys, tmp_path):
                "--out", str(tmp_path / "o")])
     _error(capsys, rc, "train.epochs: expected a number, got the boolean True")
     assert not (tmp_path / "o").exists()
+
+
+def test_any_os_error_reaching_the_command_line_is_one_paragraph(capsys, monkeypatch):
+    import robustsuite.cli as cli
+
+    def denied(args):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/data/x.npz")
+
+    monkeypatch.setattr(cli, "cmd_attack", denied)
+    _error(capsys, main(["attack", "c.pt", "--eps", "0.1"]), "'/data/x.npz': permission denied", "fix:")

@@ -221,6 +221,31 @@ def test_interrupted_report_write_leaves_no_partial_file(report, tmp_path, monke
     assert list(tmp_path.iterdir()) == [out]
 
 
+def test_a_report_folder_is_replaced_whole_or_not_at_all(report, tmp_path, monkeypatch):
+    """Killed half-way through the plots, the previous report stays as it was (no new plot beside an
+    old report.json); a complete write replaces it whole (a stale plot of an earlier run vanishes)."""
+    import robustsuite.eval.plots as plots
+
+    out = tmp_path / "rep"
+    report.save(out)
+    (out / "plots" / "stale_old_run.png").write_bytes(b"an earlier run's plot")
+    before = {p.relative_to(out): (p.stat().st_ino, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed while plotting")
+
+    monkeypatch.setattr(plots, "plot_smoothing_radius", killed)  # the 2nd plot
+    with pytest.raises(KeyboardInterrupt):
+        report.save(out)
+    after = {p.relative_to(out): (p.stat().st_ino, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    assert after == before and list(tmp_path.iterdir()) == [out]  # untouched; no partial folder beside it
+    monkeypatch.undo()
+    report.save(out)
+    assert not (out / "plots" / "stale_old_run.png").exists()
+    assert {"robust_vs_eps.png", "asr.png", "smoothing_radius.png"} == {p.name for p in (out / "plots").iterdir()}
+    assert Report.load(out).to_dict() == json.loads(json.dumps(report.to_dict()))
+
+
 # ------------------------------------------------------------------------------------ suite
 def test_suite_yaml_and_errors_name_the_key_path(tmp_path):
     p = tmp_path / "s.yaml"
@@ -234,7 +259,14 @@ def test_suite_yaml_and_errors_name_the_key_path(tmp_path):
              ({"certify": [{"method": "nope", "eps": 0.1}]}, "certify[0].method"),
              ({"smoothing": {"sigmas": [0.25], "nn": 3}}, "smoothing.nn: unknown key"),
              ({"certify": [{"method": "ibp", "eps": [-1]}]}, "certify[0].eps"),
-             ({"bogus": 1}, "bogus: unknown key")]
+             ({"bogus": 1}, "bogus: unknown key"),
+             # every attack setting is checked at load, with its key path (not when the item runs)
+             ({"attacks": [{"name": "pgd", "eps": 0.1}, {"name": "pgd", "eps": 0.1, "steps": True}]},
+              "attacks[1].steps: expected an integer, got bool True"),
+             ({"attacks": [{"name": "pgd", "eps": 0.1, "steps": "ten"}]}, "attacks[0].steps: expected an integer"),
+             ({"attacks": [{"name": "pgd", "eps": 0.1, "loss": "nope"}]}, "attacks[0].loss: unknown value 'nope'"),
+             ({"attacks": [{"name": "cw", "norm": "l2", "eps": 1, "steps": 0}]}, "attacks[0].steps: must be"),
+             ({"repeats": True}, "repeats: expected a number, got the boolean True")]
     for raw, msg in cases:
         with pytest.raises(ConfigError, match=__import__("re").escape(msg)):
             suite_from_dict(raw)

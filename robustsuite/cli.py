@@ -194,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="certified accuracy of a checkpoint per bound method and radius",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Certify the test split of the checkpoint's data set under L-inf balls with "
-                                   "each bound method, beside PGD robust accuracy (certified must never exceed "
-                                   "it; a violation is reported loudly and exits with status 3).",
+                                   "each bound method, beside PGD robust accuracy. A certified sample must be "
+                                   "classified correctly and survive PGD (checked per sample; a violation is "
+                                   "reported loudly and exits with status 3).",
                        epilog="examples:\n  robustsuite verify runs/crown_ibp/best.pt --eps 0.1,0.2 --method ibp,crown-ibp,crown\n"
                               "  robustsuite verify runs/crown_ibp/best.pt --data npz --data-option path=mine.npz  "
                               "(your images: x (N, C, H, W), y (N,))")

@@ -237,11 +237,12 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
 def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None) -> StudyResult:
     from .eval.commands import load_models
     from .eval.evaluator import evaluate
-    from .files import atomic_write_text
+    from .files import atomic_write_text, writes_outputs
     from .training.run import train
 
     cfg = rs.config
-    atomic_write_text(rs.out / "study.yaml", yaml.safe_dump(rs.resolved(), sort_keys=False))
+    if writes_outputs():
+        atomic_write_text(rs.out / "study.yaml", yaml.safe_dump(rs.resolved(), sort_keys=False))
 
     result = StudyResult(out=rs.out, checkpoints={}, status={})
     labels = list(rs.runs)
@@ -277,7 +278,8 @@ def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None
                                         "checkpoints": {k: str(v) for k, v in result.checkpoints.items()}})
     result.timings["evaluate"] = round(time.perf_counter() - t0, 3)
     result.report = report
-    result.report_dir = report.save(rs.out / "report")
+    # under torchrun every rank holds the same report; rank 0 writes it
+    result.report_dir = report.save(rs.out / "report") if writes_outputs() else rs.out / "report"
     return result
 
 

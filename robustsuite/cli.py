@@ -28,6 +28,32 @@ def _floats(text: str) -> list[float]:
     return vals
 
 
+def _radii(text: str) -> list[float]:
+    """``--eps`` of verify: L-inf radii, each in (0, 1] (the rule of the config's ``eps``)."""
+    from .config import check_linf_radii
+    try:
+        return check_linf_radii(_floats(text), "--eps")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--eps: ")) from None
+
+
+def _positive_int(text: str) -> int:
+    """An integer >= 1 (``--subset 0`` would otherwise mean 'all samples')."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (a number of samples), got {v}; leave it out for all samples")
+    return v
+
+
+def add_quiet_argument(parser: argparse.ArgumentParser, help: str = "no progress bars, warnings only") -> None:
+    """The subcommand's ``--quiet``: it only ever turns quiet on, so ``robustsuite --quiet CMD`` stays
+    quiet (a subparser's default would overwrite the global flag's value)."""
+    parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=help)
+
+
 def _names(text: str) -> list[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
@@ -162,23 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="shortcut for --set seed=N")
     t.add_argument("--device", default=None, help="auto | cpu | cuda (default: the config's)")
     t.add_argument("--no-resume", action="store_true", help="start over even if last.pt exists")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_argument(t, "no progress bars")
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("verify", help="certified accuracy of a checkpoint per bound method and radius",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Certify the test split of the checkpoint's data set under L-inf balls with "
-                                   "each bound method, beside PGD robust accuracy (certified must never exceed "
-                                   "it; a violation is reported loudly and exits with status 3).",
+                                   "each bound method, beside PGD robust accuracy. A certified sample must be "
+                                   "classified correctly and survive PGD (checked per sample; a violation is "
+                                   "reported loudly and exits with status 3).",
                        epilog="examples:\n  robustsuite verify runs/crown_ibp/best.pt --eps 0.1,0.2 --method ibp,crown-ibp,crown\n"
                               "  robustsuite verify runs/crown_ibp/best.pt --data npz --data-option path=mine.npz  "
                               "(your images: x (N, C, H, W), y (N,))")
     v.add_argument("checkpoint", help="a checkpoint written by robustsuite train (best.pt or last.pt)")
-    v.add_argument("--eps", type=_floats, help="L-inf radii, comma-separated (default: the training eps_test)")
+    v.add_argument("--eps", type=_radii, help="L-inf radii in (0, 1], comma-separated (default: the training eps_test)")
     v.add_argument("--method", type=_names, default=["ibp", "crown-ibp", "crown"],
                    help="bound methods: ibp, crown-ibp, crown, alpha-crown (comma-separated)")
     v.add_argument("--pgd-steps", type=int, default=40, help="PGD steps of the empirical column (0: off)")
-    v.add_argument("--subset", type=int, help="first N test samples only")
+    v.add_argument("--subset", type=_positive_int, help="first N test samples only (N >= 1)")
     add_data_arguments(v)
     v.add_argument("--device", default="auto", help="auto | cpu | cuda")
     v.add_argument("--seed", type=int, default=0)
@@ -197,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--eps", type=float, required=True, help="radius of the threat ball (pixel units)")
     a.add_argument("--steps", type=int, help="iterations of the attack")
     a.add_argument("--option", action="append", metavar="KEY=VALUE", help="another attack setting (repeatable)")
-    a.add_argument("--subset", type=int, help="first N test samples only")
+    a.add_argument("--subset", type=_positive_int, help="first N test samples only (N >= 1)")
     add_data_arguments(a)
     a.add_argument("--device", default="auto", help="auto | cpu | cuda")
     a.set_defaults(func=cmd_attack)
@@ -220,6 +247,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except RobustSuiteError as e:
         print(f"robustsuite {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file or folder we could not read or write: path, cause and fix, no traceback
+        # (our writers raise OutputError, a RobustSuiteError, with a specific fix; this is the rest)
+        from .files import output_error
+        path = e.filename if e.filename is not None else "a file"
+        err = output_error(e, path, "access", fix="check that the path exists and that this user may read and "
+                                                  "write it, or choose another path")
+        print(f"robustsuite {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"robustsuite {args.command}: interrupted; a training run resumes from its last.pt", file=sys.stderr)

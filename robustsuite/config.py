@@ -10,19 +10,103 @@ validation; every run writes its resolved config beside its outputs.
 from __future__ import annotations
 
 import copy
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Type
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
 
 
+class SubkeyError(ValueError):
+    """A validator's error about one key below what it validates (e.g. an attack setting of a suite
+    item, ``value`` given): :func:`_format_error` appends ``key`` to the error's path."""
+
+    def __init__(self, key: str, message: str, value: Any = None):
+        super().__init__(message)
+        self.key, self.value = key, value
+
+
+def _takes_bool(ann: Any) -> bool:
+    """Whether a field of annotation ``ann`` may hold a bool (bool, Any, or no number in it)."""
+    if ann is bool or ann is Any:
+        return True
+    origin = typing.get_origin(ann)
+    if origin is Annotated:
+        return _takes_bool(typing.get_args(ann)[0])
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_takes_bool(a) for a in typing.get_args(ann) if a is not type(None))
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in typing.get_args(ann))
+    return ann not in (int, float)
+
+
+def _bool_for_number(ann: Any, value: Any) -> bool:
+    """Whether ``value`` (or an element of it) is a bool where ``ann`` expects a number: pydantic's lax
+    mode reads ``true`` as 1, so ``--set train.epochs=true`` would silently train one epoch."""
+    origin = typing.get_origin(ann)
+    if origin is Annotated:
+        return _bool_for_number(typing.get_args(ann)[0], value)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        members = [a for a in typing.get_args(ann) if a is not type(None)]
+        return len(members) == 1 and _bool_for_number(members[0], value)
+    if origin in (list, tuple, set) and isinstance(value, (list, tuple)):
+        args = [a for a in typing.get_args(ann) if a is not Ellipsis]
+        return bool(args) and any(_bool_for_number(args[0], v) for v in value)
+    if origin is dict and isinstance(value, dict):
+        args = typing.get_args(ann)
+        return len(args) == 2 and any(_bool_for_number(args[1], v) for v in value.values())
+    return isinstance(value, bool) and not _takes_bool(ann)
+
+
 class Strict(BaseModel):
-    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+    """Base of every config section: unknown keys are errors, values are validated on assignment,
+    and a number field refuses booleans (``true`` is not 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, v: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if field is not None and _bool_for_number(field.annotation, v):
+            raise ValueError(f"expected a number, got the boolean {v!r}")
+        return v
+
+
+def _linf_radius(v: float) -> float:
+    if not (0.0 < v <= 1.0):
+        raise ValueError(f"an L-inf radius must be in (0, 1] (pixel units, images in [0, 1]), got {v}")
+    return float(v)
+
+
+#: An L-inf radius in pixel units: 0 < eps <= 1 (at 1 the ball already covers all of [0, 1]^d).
+LinfRadius = Annotated[float, AfterValidator(_linf_radius)]
+
+
+def check_linf_radii(values: Any, field: str = "eps") -> list[float]:
+    """``values`` (a number or a list) as a list of :data:`LinfRadius`, or a :class:`ConfigError`."""
+    from pydantic import TypeAdapter
+    items = values if isinstance(values, (list, tuple)) else [values]
+    try:
+        return TypeAdapter(list[LinfRadius]).validate_python(list(items))
+    except ValidationError as e:
+        raise ConfigError(f"{field}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+def _safe_name(v: str) -> str:
+    from .files import name_problem
+    problem = name_problem(v)
+    if problem:
+        raise ValueError(f"name {v!r} is not allowed: {problem}")
+    return v
+
+
+#: A name that becomes part of a path (a run folder, a model label, a plot file): see files.safe_name.
+SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 
 class DataConfig(Strict):
@@ -86,8 +170,8 @@ class CertifiedTrainConfig(TrainBase):
     """CROWN-IBP certified training (``method: crown-ibp``), or IBP only (``method: ibp``)."""
 
     method: Literal["crown-ibp", "ibp"] = "crown-ibp"
-    eps: float = Field(..., gt=0, le=1, description="training radius reached after the ramp")
-    eps_test: Optional[float] = Field(None, gt=0, le=1, description="radius for model selection; default eps")
+    eps: LinfRadius = Field(..., description="training radius reached after the ramp, in (0, 1]")
+    eps_test: Optional[LinfRadius] = Field(None, description="radius for model selection, in (0, 1]; default eps")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     beta_final: float = Field(0.0, ge=0, le=1, description="CROWN-IBP weight at eps_max (1 at eps = 0)")
     kappa_final: float = Field(0.0, ge=0, le=1, description="natural-loss weight at eps_max (1 at eps = 0)")
@@ -106,7 +190,7 @@ class VerifyConfig(Strict):
     """What to check after training (``robustsuite train`` prints it; ``make demo`` shows the table)."""
 
     methods: list[str] = Field(default_factory=lambda: ["ibp", "crown-ibp", "crown"])
-    eps: list[float] = Field(default_factory=list, description="radii; default the training eps_test")
+    eps: list[LinfRadius] = Field(default_factory=list, description="radii; default the training eps_test")
     pgd_steps: int = Field(40, ge=0, description="PGD steps for the empirical column (0: off)")
     subset: Optional[int] = Field(None, gt=0)
 
@@ -155,7 +239,7 @@ DeviceName = Annotated[str, AfterValidator(_device_name)]
 class RunConfig(Strict):
     """A whole training run: data, model, trainer settings, and the checks afterwards."""
 
-    name: str = "run"
+    name: SafeName = Field("run", description="names the default output folder runs/<name>")
     seed: int = 0
     device: DeviceName = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -186,7 +270,11 @@ class RunConfig(Strict):
 def _format_error(err: ValidationError, model: type[BaseModel], root: str = "") -> ConfigError:
     lines = []
     for e in err.errors():
-        parts = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
+        parts = [str(p) for p in e["loc"] if not str(p).startswith("function-") and p != "[key]"]
+        keyed = (e.get("ctx") or {}).get("error")
+        if isinstance(keyed, SubkeyError):  # the error is about a key below this field
+            parts.append(keyed.key)
+            e = {**e, "msg": str(keyed), "input": keyed.value}
         loc = ".".join(([root] if root else []) + parts) or "<config>"
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, e["loc"][:-1])
@@ -196,7 +284,8 @@ def _format_error(err: ValidationError, model: type[BaseModel], root: str = "") 
         else:
             given = e.get("input")
             given_s = "" if isinstance(given, (dict, list)) else f" (given {given!r})"
-            lines.append(f"{loc}: {e['msg']}{given_s}")
+            msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+            lines.append(f"{loc}: {msg}{given_s}")
     return ConfigError("invalid config:\n  " + "\n  ".join(lines))
 
 

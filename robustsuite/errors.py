@@ -43,3 +43,11 @@ def unknown(field: str, given: object, allowed) -> UnknownNameError:
     """Build the standard error for an unknown name."""
     choices = ", ".join(sorted(map(str, allowed)))
     return UnknownNameError(f"{field}: unknown value {given!r}; choose one of: {choices}")
+
+
+class OutputError(RobustSuiteError, OSError):
+    """An output file or folder cannot be written (disk full, no permission, a file in the way, the
+    folder is in use by another run); the message names the path, the cause and the fix."""
+
+    def __str__(self) -> str:
+        return self.strerror if isinstance(self.strerror, str) else super().__str__()

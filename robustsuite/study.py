@@ -33,24 +33,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
-from .config import (DataConfig, DeviceName, RunConfig, Strict, _format_error, apply_overrides, load_yaml, validate)
+from .config import (DataConfig, DeviceName, RunConfig, SafeName, Strict, _format_error, apply_overrides, load_yaml,
+                     validate)
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ModelEntry", "StudyConfig", "StudyResult", "load_study", "study_from_dict", "run", "add_run_parser",
            "cmd_run"]
-
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ModelEntry(Strict):
@@ -63,24 +61,17 @@ class ModelEntry(Strict):
 class StudyConfig(Strict):
     """A study: the models to train and the suite that evaluates them together."""
 
-    name: str = "study"
+    name: SafeName = Field("study", description="names the default output folder runs/<name>")
     seed: int = 0
     device: DeviceName = "auto"
     out: Optional[str] = None
     checkpoint: Literal["best", "last"] = "best"
-    models: dict[str, ModelEntry] = Field(..., min_length=1)
+    models: dict[SafeName, ModelEntry] = Field(..., min_length=1, description="label -> model; a label names "
+                                               "a folder (models/<label>) and a report column")
     suite: Union[str, dict[str, Any]] = "configs/suites/demo.yaml"
     suite_set: list[str] = Field(default_factory=list)
     data: Optional[DataConfig] = None
 
-    @field_validator("models")
-    @classmethod
-    def _labels(cls, v: dict) -> dict:
-        for label in v:
-            if not _LABEL.match(str(label)):
-                raise ValueError(f"model label {label!r}: use letters, digits, '_', '-', '.' (it names a folder "
-                                 "and a report column)")
-        return v
 
 
 @dataclass
@@ -235,11 +226,6 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
         stop_after: train only the first N models, then return without evaluating (``report`` is None);
             a later call picks up from there.
     """
-    from .eval.commands import load_models
-    from .eval.evaluator import evaluate
-    from .files import atomic_write_text
-    from .training.run import train
-
     if isinstance(study, ResolvedStudy):
         rs = study if not overrides else study_from_dict(study.config.model_dump(mode="json"), overrides,
                                                          base=study.source)
@@ -247,6 +233,20 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
         rs = study_from_dict(study, overrides)
     else:
         rs = load_study(study, overrides)
+    from .files import output_lock, writes_outputs
+
+    # The study folder is locked for the whole run; each model folder and the report folder are
+    # locked again (distinct folders) by train() and Report.save().
+    with output_lock(rs.out, enabled=writes_outputs()):
+        return _run(rs, resume=resume, quiet=quiet, stop_after=stop_after)
+
+
+def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None) -> StudyResult:
+    from .eval.commands import load_models
+    from .eval.evaluator import evaluate
+    from .files import atomic_write_text, writes_outputs
+    from .training.run import train
+
     cfg = rs.config
     labels = list(rs.runs)
     if stop_after is not None:
@@ -254,8 +254,9 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
     # every model folder checked before anything is written or trained: a refused resume changes nothing
     states = {label: _status(rs.out / "models" / label / "last.pt", rs.runs[label], label) if resume else "new"
               for label in labels}
-    rs.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(rs.out / "study.yaml", yaml.safe_dump(rs.resolved(), sort_keys=False))
+    if writes_outputs():
+        rs.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(rs.out / "study.yaml", yaml.safe_dump(rs.resolved(), sort_keys=False))
 
     result = StudyResult(out=rs.out, checkpoints={}, status={})
     for i, label in enumerate(labels, 1):
@@ -288,7 +289,8 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
                                         "checkpoints": {k: str(v) for k, v in result.checkpoints.items()}})
     result.timings["evaluate"] = round(time.perf_counter() - t0, 3)
     result.report = report
-    result.report_dir = report.save(rs.out / "report")
+    # under torchrun every rank holds the same report; rank 0 writes it
+    result.report_dir = report.save(rs.out / "report") if writes_outputs() else rs.out / "report"
     return result
 
 
@@ -326,5 +328,6 @@ def add_run_parser(sub) -> None:
                    help="override a study key, e.g. --set out=runs/x or --set models.pgd_at.set=[train.epochs=2]")
     r.add_argument("--no-resume", action="store_true", help="retrain every model from scratch")
     r.add_argument("--stop-after", type=int, metavar="N", help="train the first N models only, no evaluation")
-    r.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    from .cli import add_quiet_argument
+    add_quiet_argument(r)
     r.set_defaults(func=cmd_run)

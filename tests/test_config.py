@@ -30,6 +30,24 @@ def test_wrong_type_and_out_of_range_values_name_the_field():
     assert "device" in _err({**BASE, "device": "tpu"})
 
 
+def test_booleans_are_not_numbers_but_ints_are_floats():
+    """Strict numbers: ``true`` is refused where a number belongs (lax pydantic read it as 1), in
+    any config class (stochastic trainers' too) and inside lists; an int still fills a float field."""
+    for section, key in [("train", "epochs"), ("train", "eps"), ("data", "train_subset"), ("verify", "eps")]:
+        raw = {**BASE, section: {**BASE.get(section, {}), key: True if key != "eps" or section == "train" else [True]}}
+        assert f"{section}.{key}: expected a number, got the boolean" in _err(raw)
+    assert "train.optim.milestones: expected a number" in _err(apply_overrides(BASE, ["train.optim.milestones=[true]"]))
+    assert "train.epochs: expected a number" in _err({"train": {"method": "pgd_at", "epochs": True}})
+    cfg = validate(apply_overrides(BASE, ["train.eps=1", "train.optim.lr=1", "data.download=true"]))
+    assert cfg.train.eps == 1.0 and isinstance(cfg.train.optim.lr, float) and cfg.data.download is True
+
+
+def test_linf_radii_are_capped_at_1_and_names_stay_inside_folders():
+    assert "train.eps: an L-inf radius must be in (0, 1]" in _err({"train": {"method": "ibp", "eps": 5}})
+    assert "verify.eps" in _err({**BASE, "verify": {"eps": [0.1, 2]}})
+    assert "name: name '../x' is not allowed" in _err({**BASE, "name": "../x"})
+
+
 def test_missing_and_unknown_train_method():
     assert "train: required section" in _err({"data": {}})
     msg = _err({"train": {"method": "magic"}})

@@ -173,7 +173,7 @@ def test_violation_check_fires_on_a_wrong_bound(model, digits, monkeypatch, tmp_
     with caplog.at_level("ERROR"):
         rep = evaluate({"m": model}, (xt, yt), suite, device="cpu")
     assert not rep.ok
-    v = rep.violations[0]
+    v = next(v for v in rep.violations if v["attack"] == "pgd")
     assert (v["model"], v["method"], v["attack"], v["set"]) == ("m", "ibp", "pgd", "linf@0.3") and v["count"] > 0
     assert "SOUNDNESS VIOLATION" in caplog.text
     rep.save(tmp_path, plots=False)
@@ -204,18 +204,46 @@ def test_interrupted_report_write_leaves_no_partial_file(report, tmp_path, monke
     def crash(fd):
         raise KeyboardInterrupt("killed mid-write")
 
+    out = tmp_path / "rep"
     monkeypatch.setattr(files.os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
-        report.save(tmp_path, plots=False)
-    assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary file
+        report.save(out, plots=False)
+    # neither the target nor a temporary file (the lock file is not part of the report)
+    assert [p.name for p in out.iterdir()] == [files.LOCK_NAME] and list(tmp_path.iterdir()) == [out]
     monkeypatch.undo()
-    report.save(tmp_path, plots=False)
-    before = (tmp_path / "report.json").read_bytes()
+    report.save(out, plots=False)
+    before = (out / "report.json").read_bytes()
     monkeypatch.setattr(files.os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
-        report.save(tmp_path, plots=False)
-    assert (tmp_path / "report.json").read_bytes() == before  # the old report is intact
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["records.csv", "report.json", "report.md"]
+        report.save(out, plots=False)
+    assert (out / "report.json").read_bytes() == before  # the old report is intact
+    assert sorted(p.name for p in out.iterdir()) == [files.LOCK_NAME, "records.csv", "report.json", "report.md"]
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_a_report_folder_is_replaced_whole_or_not_at_all(report, tmp_path, monkeypatch):
+    """Killed half-way through the plots, the previous report stays as it was (no new plot beside an
+    old report.json); a complete write replaces it whole (a stale plot of an earlier run vanishes)."""
+    import robustsuite.eval.plots as plots
+
+    out = tmp_path / "rep"
+    report.save(out)
+    (out / "plots" / "stale_old_run.png").write_bytes(b"an earlier run's plot")
+    before = {p.relative_to(out): (p.stat().st_ino, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed while plotting")
+
+    monkeypatch.setattr(plots, "plot_smoothing_radius", killed)  # the 2nd plot
+    with pytest.raises(KeyboardInterrupt):
+        report.save(out)
+    after = {p.relative_to(out): (p.stat().st_ino, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    assert after == before and list(tmp_path.iterdir()) == [out]  # untouched; no partial folder beside it
+    monkeypatch.undo()
+    report.save(out)
+    assert not (out / "plots" / "stale_old_run.png").exists()
+    assert {"robust_vs_eps.png", "asr.png", "smoothing_radius.png"} == {p.name for p in (out / "plots").iterdir()}
+    assert Report.load(out).to_dict() == json.loads(json.dumps(report.to_dict()))
 
 
 # ------------------------------------------------------------------------------------ suite
@@ -226,12 +254,19 @@ def test_suite_yaml_and_errors_name_the_key_path(tmp_path):
     s = load_suite(p)
     assert isinstance(s, Suite) and s.attacks[0].settings == {"steps": 3} and s.certify[0].eps == [0.1]
     assert load_suite(p, ["subset.first=5"]).subset.first == 5
-    cases = [({"attacks": [{"name": "pgd", "eps": 0.1, "stepz": 3}]}, "attacks[0]: Value error, unknown setting(s) 'stepz'"),
+    cases = [({"attacks": [{"name": "pgd", "eps": 0.1, "stepz": 3}]}, "attacks[0]: unknown setting(s) 'stepz'"),
              ({"attacks": [{"name": "cw", "eps": 0.1}]}, "does not support norm 'linf'"),
              ({"certify": [{"method": "nope", "eps": 0.1}]}, "certify[0].method"),
              ({"smoothing": {"sigmas": [0.25], "nn": 3}}, "smoothing.nn: unknown key"),
              ({"certify": [{"method": "ibp", "eps": [-1]}]}, "certify[0].eps"),
-             ({"bogus": 1}, "bogus: unknown key")]
+             ({"bogus": 1}, "bogus: unknown key"),
+             # every attack setting is checked at load, with its key path (not when the item runs)
+             ({"attacks": [{"name": "pgd", "eps": 0.1}, {"name": "pgd", "eps": 0.1, "steps": True}]},
+              "attacks[1].steps: expected an integer, got bool True"),
+             ({"attacks": [{"name": "pgd", "eps": 0.1, "steps": "ten"}]}, "attacks[0].steps: expected an integer"),
+             ({"attacks": [{"name": "pgd", "eps": 0.1, "loss": "nope"}]}, "attacks[0].loss: unknown value 'nope'"),
+             ({"attacks": [{"name": "cw", "norm": "l2", "eps": 1, "steps": 0}]}, "attacks[0].steps: must be"),
+             ({"repeats": True}, "repeats: expected a number, got the boolean True")]
     for raw, msg in cases:
         with pytest.raises(ConfigError, match=__import__("re").escape(msg)):
             suite_from_dict(raw)

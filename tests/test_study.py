@@ -119,7 +119,7 @@ def test_interrupted_study_completes(tmp_path):
     (lambda s: s["suite"].update(certify=[{"method": "ibp", "eps": [0.05], "nrom": "l2"}]), r"suite\.certify\[0\]\.nrom: unknown key"),
     (lambda s: s.update(suite="configs/suites/none.yaml"), r"suite: file 'configs/suites/none.yaml' does not exist"),
     (lambda s: s.update(models={}), r"models: "),
-    (lambda s: s.update(models={"a/b": {"config": "configs/digits_pgd_at.yaml"}}), r"model label 'a/b'"),
+    (lambda s: s.update(models={"a/b": {"config": "configs/digits_pgd_at.yaml"}}), r"models.a/b: name 'a/b' is not allowed"),
     (lambda s: s.update(device="gpu"), r"device: .*auto, cpu, cuda"),
 ])
 def test_bad_study_configs_name_the_key(tmp_path, change, match):

@@ -20,12 +20,17 @@ VIOLATION_EXIT = 3
 
 
 def model_names(paths: list[str]) -> list[str]:
-    """A short unique name per checkpoint: its folder name (``runs/demo/crown_ibp/best.pt`` -> ``crown_ibp``)."""
+    """A short unique name per checkpoint: its folder name (``runs/demo/crown_ibp/best.pt`` -> ``crown_ibp``),
+    with every character :func:`~robustsuite.files.safe_name` refuses replaced by ``_``."""
+    import re
+
+    from ..files import MAX_NAME, name_problem
     names = []
     for p in paths:
-        path = Path(p)
+        path = Path(p).resolve() if Path(p).name in ("", ".", "..") else Path(p)
         base = path.parent.name if path.stem in ("best", "last", "report") and path.parent.name else path.stem
-        base = base.replace("|", "_") or "model"
+        base = re.sub(r"[^\w.+ -]", "_", base)[:MAX_NAME].strip(". ")
+        base = base if base and not name_problem(base) else "model"
         name, k = base, 2
         while name in names:
             name, k = f"{base}_{k}", k + 1
@@ -36,10 +41,15 @@ def model_names(paths: list[str]) -> list[str]:
 def load_models(paths: list[str], names: list[str] | None = None, device: str = "cpu"):
     """``({name: model}, data config of the first checkpoint)`` from checkpoint files; budget
     checkpoints load as budget models (classifier + generator)."""
+    from ..files import safe_name
     from ..training.checkpoint import load_checkpoint, model_from_checkpoint
     names = names or model_names(paths)
     if len(names) != len(paths):
         raise ConfigError(f"--names: give one name per checkpoint ({len(paths)}), got {len(names)}")
+    for n in names:
+        safe_name(n, "--names")  # a name becomes part of file names (plots)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--names: every name must be different, got {', '.join(names)}")
     models, data_cfgs = {}, []
     for name, p in zip(names, paths):
         ckpt = load_checkpoint(p)
@@ -67,18 +77,36 @@ def finish_report(report, out: Path | None, note: str = "") -> int:
         print(report.table(transpose=True))
         print(f"wrote {out / 'report.md'} (report.json, records.csv, plots/){note}")
         if report.violations:
-            print(f"SOUNDNESS VIOLATION: {len(report.violations)} (bound, attack, set) combinations broke certified "
-                  f"samples; see {out / 'report.md'}", file=sys.stderr)
+            print(f"SOUNDNESS VIOLATION: {len(report.violations)} (bound, attack or clean, set) combinations with "
+                  f"certified samples that are broken or misclassified; see {out / 'report.md'}", file=sys.stderr)
     return VIOLATION_EXIT if report.violations else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..cli_data import check_data_fits, model_spec_of, select_test_data
-    from .evaluator import evaluate
+    from ..files import output_lock, writes_outputs
+    from .report import check_report_folder
+
+    suite_and_models = _eval_inputs(args)  # every input checked before the output folder is touched
+    # the lock is held from before the evaluation to the end of the write: a second eval into the
+    # same --out stops at once instead of after the evaluation (under torchrun: rank 0 only)
+    with output_lock(args.out, enabled=writes_outputs()):
+        if writes_outputs():
+            check_report_folder(args.out)
+        return _run_eval(args, *suite_and_models)
+
+
+def _eval_inputs(args: argparse.Namespace):
     from .suite import load_suite
 
     suite = load_suite(args.suite, args.set)
     models, data_raw = load_models(args.checkpoints, args.names)
+    return suite, models, data_raw
+
+
+def _run_eval(args: argparse.Namespace, suite, models, data_raw) -> int:
+    from ..cli_data import check_data_fits, model_spec_of, select_test_data
+    from .evaluator import evaluate
+
     test, description = select_test_data(data_raw, args)
     check_data_fits(test, {f"{name} ({path})": model_spec_of(m)
                            for (name, m), path in zip(models.items(), args.checkpoints)})
@@ -131,7 +159,8 @@ def add_eval_parsers(sub) -> None:
     add_data_arguments(e)
     e.add_argument("--device", default="auto", help="auto | cpu | cuda")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--quiet", action="store_true", help="warnings only")
+    from ..cli import add_quiet_argument
+    add_quiet_argument(e, "warnings only")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("compare", help="several evaluation reports side by side (table and plots)",
@@ -143,5 +172,6 @@ def add_eval_parsers(sub) -> None:
     c.add_argument("reports", nargs="+", metavar="REPORT", help="report folders (or their report.json)")
     c.add_argument("--out", help="write compare.md, compare.json and plots/ here")
     c.add_argument("--names", type=_names_arg, help="report names, comma-separated (default: folder names)")
-    c.add_argument("--quiet", action="store_true", help="warnings only")
+    from ..cli import add_quiet_argument
+    add_quiet_argument(c, "warnings only")
     c.set_defaults(func=cmd_compare)

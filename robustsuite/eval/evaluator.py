@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError, UnsupportedModelError
+from ..files import safe_name
 from ..runtime import resolve_device
 from .report import Report
 from .suite import AttackItem, CertifyItem, Suite, fmt_num, suite_from_dict
@@ -140,8 +141,7 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
     for name, m in models.items():
         if not isinstance(m, nn.Module):
             raise InputTypeError(f"models[{name!r}]: expected a torch.nn.Module, got {type(m).__name__}")
-        if "|" in str(name):
-            raise InputError(f"models: name {name!r} must not contain '|'")
+        safe_name(name, "models")  # names plot files and record keys ('|' separates those)
     for ai, a in enumerate(suite.attacks):
         if a.name == "transfer" and a.source not in models:
             from ..errors import ConfigError
@@ -190,7 +190,7 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
     report = Report.build(suite=suite.resolved(), models=[str(n) for n in models], items=items,
                           records=columns, not_applicable=not_applicable, timings=timings,
                           environment=_environment(dev, seed), samples=samples, extras=extras)
-    from .metrics import attack_strength_warnings
+    from .metrics import CLEAN_RULE, attack_strength_warnings
     strength = attack_strength_warnings(report.metrics)
     for w in strength:
         log.warning(w)
@@ -198,8 +198,10 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
         report.extras.setdefault("warnings", []).extend(strength)
     if report.violations:
         for v in report.violations:
-            log.error("SOUNDNESS VIOLATION: model %s: %d sample(s) certified by %s under %s are broken by %s "
-                      "(indices %s)", v["model"], v["count"], v["method"], v["set"], v["attack"], v["indices"])
+            what = ("misclassified without perturbation" if v["attack"] == CLEAN_RULE
+                    else f"broken by {v['attack']}")
+            log.error("SOUNDNESS VIOLATION: model %s: %d sample(s) certified by %s under %s are %s (indices %s)",
+                      v["model"], v["count"], v["method"], v["set"], what, v["indices"])
     return report
 
 

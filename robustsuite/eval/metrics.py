@@ -159,37 +159,48 @@ def metrics_from_records(records: dict[str, list], radii: dict[str, Sequence[flo
     return out
 
 
-def check_consistency(records: dict[str, list], max_indices: int = 20) -> list[dict[str, Any]]:
-    """Soundness: no sample certified under a set may be broken by an attack under the same set.
+#: the ``attack`` of a violation whose certified sample is misclassified without any perturbation
+CLEAN_RULE = "clean"
 
-    Returns one entry per (model, repeat, method, attack, set) with violations: the count and the
-    first sample indices. An empty list means the run is consistent.
+
+def check_consistency(records: dict[str, list], max_indices: int = 20) -> list[dict[str, Any]]:
+    """Soundness, per sample: a sample certified under a set is classified correctly without
+    perturbation (``attack`` ``"clean"`` in the result; checked whatever attacks ran), and no attack
+    under the same set breaks it.
+
+    Returns one entry per (model, repeat, method, attack or ``"clean"``, set) with violations: the
+    count and the first sample indices. An empty list means the run is consistent.
     """
     cert_keys = [k for k in records if k.startswith("cert|")]
     atk_keys = [k for k in records if k.startswith("atk|")]
-    out = []
-    if not cert_keys or not atk_keys:
+    out: list[dict[str, Any]] = []
+    if not cert_keys:
         return out
     model_col = np.asarray(records["model"], dtype=object)
     reps = np.asarray(records["repeat"])
     index = np.asarray(records["index"])
+    wrong = np.asarray(records["clean_pred"], dtype=object) != np.asarray(records["label"], dtype=object)
+
+    def report(bad: np.ndarray, method: str, attack: str, set_id: str) -> None:
+        for model in dict.fromkeys(model_col[bad].tolist()):
+            for r in sorted(set(reps[bad & (model_col == model)].tolist())):
+                sel = bad & (model_col == model) & (reps == r)
+                out.append({"model": model, "repeat": int(r), "method": method, "attack": attack,
+                            "set": set_id, "count": int(sel.sum()),
+                            "indices": [int(i) for i in index[sel][:max_indices]]})
+
     for ck in cert_keys:
         _, method, set_id = split_key(ck)
         cert = np.asarray([bool(v) if v is not None else False for v in records[ck]])
+        if (cert & wrong).any():
+            report(cert & wrong, method, CLEAN_RULE, set_id)
         for ak in atk_keys:
             _, attack, aset = split_key(ak)
             if aset != set_id:
                 continue
             broken = np.asarray([bool(v) if v is not None else False for v in records[ak]])
-            bad = cert & broken
-            if not bad.any():
-                continue
-            for model in dict.fromkeys(model_col[bad].tolist()):
-                for r in sorted(set(reps[bad & (model_col == model)].tolist())):
-                    sel = bad & (model_col == model) & (reps == r)
-                    out.append({"model": model, "repeat": int(r), "method": method, "attack": attack,
-                                "set": set_id, "count": int(sel.sum()),
-                                "indices": [int(i) for i in index[sel][:max_indices]]})
+            if (cert & broken).any():
+                report(cert & broken, method, attack, set_id)
     return out
 
 

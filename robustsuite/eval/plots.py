@@ -181,8 +181,9 @@ def plot_budgets(report: "Report", out_dir: Path) -> list[Path]:
     import torch
     from ..budgets.plots import plot_budget_grid
     paths = []
+    from ..files import safe_name
     for model, b in (report.extras.get("budgets") or {}).items():
-        p = out_dir / f"budgets_{model}.png"
+        p = out_dir / f"budgets_{safe_name(model, 'report model name')}.png"  # a loaded report is untrusted
         plot_budget_grid(torch.tensor(b["x"]), torch.tensor(b["budgets"]), eps=b["eps"], rho=b["rho"], path=p,
                          labels=torch.tensor(b["labels"]), n=len(b["x"]),
                          title=f"{model}: learned per-pixel budgets (eps={b['eps']}, rho={b['rho']})")

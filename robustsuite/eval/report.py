@@ -1,7 +1,9 @@
 """The evaluation report: records, metrics, violations; saved as JSON, CSV, Markdown and plots.
 
-``Report.save(dir)`` writes, each file atomically (a crash leaves the previous file or none, never a
-partial one):
+``Report.save(dir)`` writes the whole report into a fresh folder beside ``dir`` and swaps it in
+(:func:`robustsuite.files.replace_folder`), under the folder's lock: a crash leaves the previous
+report complete or the new one complete, never a mix, and nothing of an earlier report (e.g. a plot
+that no longer applies) survives. It holds:
 
 * ``report.json``: format/version, suite (config), environment, timings, samples, items, metrics,
   not-applicable items with reasons, violations, and the per-sample records (columns);
@@ -15,6 +17,7 @@ partial one):
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -22,14 +25,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, ConfigError
-from ..files import atomic_write_json, atomic_write_text
+from ..errors import CheckpointError, ConfigError, OutputError
+from ..files import LOCK_NAME, atomic_write_json, atomic_write_text, output_lock, replace_folder
 from .metrics import check_consistency, metrics_from_records
 
 FORMAT = "robustsuite-report"
 VERSION = 1
 
-__all__ = ["Report", "FORMAT", "VERSION", "format_value", "metric_label"]
+__all__ = ["Report", "FORMAT", "VERSION", "format_value", "metric_label", "REPORT_ENTRIES"]
+
+#: what a report folder holds (besides the lock file); anything else there stops a save
+REPORT_ENTRIES = ("report.json", "records.csv", "report.md", "plots")
 
 
 def format_value(m: dict[str, Any] | None, digits: int = 3) -> str:
@@ -127,8 +133,9 @@ class Report:
         out = [f"# Evaluation report: {self.suite.get('name', 'suite')}", ""]
         if self.violations:
             out += ["## SOUNDNESS VIOLATION", "",
-                    "**Samples certified under a threat set were broken by an attack under the same set. "
-                    "A bound is unsound or an attack is broken; no number below can be trusted.**", "",
+                    "**Samples certified under a threat set were broken by an attack under the same set, or "
+                    "are misclassified without perturbation (attack `clean`). A bound is unsound or an attack "
+                    "is broken; no number below can be trusted.**", "",
                     "| model | repeat | bound | attack | set | samples | indices |", "|---|---|---|---|---|---|---|"]
             out += [f"| {v['model']} | {v['repeat']} | {v['method']} | {v['attack']} | {v['set']} | {v['count']} | "
                     f"{', '.join(map(str, v['indices']))} |" for v in self.violations]
@@ -189,15 +196,26 @@ class Report:
         return cls(**{k: d[k] for k in fields if k in d})
 
     def save(self, out_dir: str | Path, *, plots: bool = True) -> Path:
-        """Write report.json, records.csv, report.md and plots/ into ``out_dir`` (each atomically)."""
+        """Write report.json, records.csv, report.md and plots/ as the folder ``out_dir``, replacing a
+        previous report there as a whole (see the module docstring).
+
+        Raises:
+            OutputError: ``out_dir`` is in use by another process, holds files that are not part of a
+                report (they would be lost: choose another folder), or cannot be written.
+        """
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        if plots:
-            from .plots import report_plots
-            report_plots(self, out / "plots")
-        atomic_write_text(out / "records.csv", self.records_csv())
-        atomic_write_text(out / "report.md", self.markdown())
-        atomic_write_json(out / "report.json", _jsonable(self.to_dict()))
+        with output_lock(out):
+            check_report_folder(out)
+
+            def fill(tmp: Path) -> None:
+                if plots:
+                    from .plots import report_plots
+                    report_plots(self, tmp / "plots")
+                atomic_write_text(tmp / "records.csv", self.records_csv())
+                atomic_write_text(tmp / "report.md", self.markdown())
+                atomic_write_json(tmp / "report.json", _jsonable(self.to_dict()))
+
+            replace_folder(out, fill)
         return out
 
     @classmethod
@@ -213,6 +231,20 @@ class Report:
         except json.JSONDecodeError as e:
             raise CheckpointError(f"report {str(p)!r} is not valid JSON ({e})") from None
         return cls.from_dict(d)
+
+
+def check_report_folder(out: str | Path) -> None:
+    """Raise :class:`OutputError` when the folder ``out`` holds anything besides a report: saving a
+    report there replaces the folder whole, so those files would be lost."""
+    out = Path(out)
+    if not out.is_dir():
+        return
+    foreign = sorted(e.name for e in out.iterdir() if e.name not in REPORT_ENTRIES and e.name != LOCK_NAME)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise OutputError(errno.EEXIST, f"output folder {str(out)!r} holds files that are not part of a report "
+                                        f"({shown}); a report replaces its folder whole, so they would be lost; fix: "
+                                        "choose a new folder or a previous report folder (--out)")
 
 
 def _jsonable(o):

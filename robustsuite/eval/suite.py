@@ -133,6 +133,7 @@ class AttackItem(Strict):
             raise ValueError(f"unknown setting(s) {', '.join(map(repr, bad))} for attack {inner!r}; "
                              f"allowed keys here: name, norm, eps, budgets, rho, source, attack, "
                              f"{', '.join(sorted(allowed_settings))}")
+        _check_settings(inner, kind, self.eps[0], self.settings)
         return self
 
     @property
@@ -143,6 +144,30 @@ class AttackItem(Strict):
     @property
     def gradient(self) -> bool:
         return self.name in GRADIENT_ATTACKS
+
+
+def _check_settings(attack: str, kind: str, eps: float, settings: dict[str, Any]) -> None:
+    """Validate an attack's settings now, at load, by building the attack (its constructor checks
+    every value) on a stand-in model: a wrong type or range fails here with the key path instead of
+    when the item runs, maybe hours later. Each setting alone first, so the error names its key."""
+    import torch
+
+    from ..attacks import make_attack
+    from ..config import SubkeyError
+    from ..errors import RobustSuiteError
+    from ..threats import Box, threat_from_name
+
+    threat = Box(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)) if kind == "box" else threat_from_name(kind, eps)
+    model = torch.nn.Identity()
+    for key, value in settings.items():
+        try:
+            make_attack(attack, model, threat, **{key: value})
+        except RobustSuiteError as e:
+            raise SubkeyError(key, str(e).removeprefix(f"{key}: "), value) from None
+    try:
+        make_attack(attack, model, threat, **settings)
+    except RobustSuiteError as e:
+        raise ValueError(str(e)) from None
 
 
 class EOTConfig(Strict):

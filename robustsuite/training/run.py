@@ -100,11 +100,21 @@ def train(cfg: RunConfig, out_dir: str | Path, *, device: str | None = None, res
           quiet: bool = False, stop_after: int | None = None) -> TrainResult:
     """Train the model of ``cfg`` with its trainer; write ``best.pt``, ``last.pt``, ``config.yaml``,
     ``history.json`` into ``out_dir``. Resumes from ``out_dir/last.pt`` when present (a finished run
-    returns at once)."""
-    from .. import data as rdata
-    from .distributed import device_for_rank, init_from_env
+    returns at once). Holds the lock of ``out_dir`` throughout (rank 0 under torchrun): a second run
+    into the same folder raises :class:`~robustsuite.errors.OutputError` naming this one's PID."""
+    from ..files import output_lock
+    from .distributed import init_from_env, is_main
 
     init_from_env()  # no-op unless launched by torchrun with WORLD_SIZE > 1
+    with output_lock(out_dir, enabled=is_main()):
+        return _train(cfg, out_dir, device=device, resume=resume, quiet=quiet, stop_after=stop_after)
+
+
+def _train(cfg: RunConfig, out_dir: str | Path, *, device: str | None, resume: bool, quiet: bool,
+           stop_after: int | None) -> TrainResult:
+    from .. import data as rdata
+    from .distributed import device_for_rank
+
     dev = device_for_rank(resolve_device(device or cfg.device))
     seed_everything(cfg.seed)
     train_set, val_set, _ = build_datasets(cfg)

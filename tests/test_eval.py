@@ -387,3 +387,26 @@ def test_a_gradient_free_attack_beating_the_gradient_attacks_is_flagged():
                "n": {"robust|cw|l2@1": {"mean": 0.70}, "robust|boundary|l2@1": {"mean": 0.85}}}
     warns = attack_strength_warnings(metrics)
     assert len(warns) == 1 and "model m" in warns[0] and "boundary" in warns[0] and "l2@1" in warns[0]
+
+
+def test_square_and_boundary_run_again_with_eot_on_a_stochastic_model(model, digits):
+    """The label/score oracle of the black-box attacks is the majority vote over the EOT draws wherever
+    gradient attacks get EOT (a single noisy draw measures the noise, not the model)."""
+    _, _, xt, yt = digits
+    suite = {"attacks": [{"name": "square", "eps": 0.1, "n_queries": 20},
+                         {"name": "boundary", "norm": "l2", "eps": 1.0, "max_queries": 60},
+                         {"name": "pgd", "eps": 0.1, "steps": 3}],
+             "eot": {"samples": 3}, "subset": {"first": 6}}
+    rep = evaluate({"noisy": Noisy(model), "det": model}, (xt, yt), suite, device="cpu")
+    keys = set(rep.metrics["noisy"])
+    for atk, sid in (("square", "linf@0.1"), ("boundary", "l2@1"), ("pgd", "linf@0.1")):
+        assert f"robust|{atk}|{sid}" in keys and f"robust|{atk}+eot|{sid}" in keys, (atk, sorted(keys))
+    assert rep.metrics["det"].get("robust|square+eot|linf@0.1", {}).get("mean") is None  # not for a deterministic model
+
+
+def test_square_counts_as_gradient_free_in_the_masking_check():
+    from robustsuite.eval.metrics import attack_strength_warnings
+
+    metrics = {"m": {"robust|square|linf@0.1": {"mean": 0.2}, "robust|pgd|linf@0.1": {"mean": 0.6}}}
+    (w,) = attack_strength_warnings(metrics)
+    assert "square" in w and "masked" in w

@@ -82,9 +82,13 @@ def test_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(method
 
 # ------------------------------------------------------------------------- a resume continues the same run or refuses
 def _snapshot(folder) -> dict:
-    """Every file of a run folder -> (bytes, mtime): what a refused resume must leave as it was."""
+    """Every file of a run folder -> (bytes, mtime): what a refused resume must leave as it was. The
+    folder's lock file is left out: taking the lock (and writing the holder's PID) is what makes the
+    check safe against a second process, and it holds no run data."""
+    from robustsuite.files import LOCK_NAME
+
     return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_NAME}
 
 
 @pytest.fixture

@@ -178,9 +178,9 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
             extras.setdefault("budgets", {})[str(name)] = extra
     timings["total"] = {"total": time.perf_counter() - t_total}
     from ..certify import is_stochastic
-    warnings = [f"model {n}: stochastic, evaluated without EOT (set `eot:` in the suite); gradient attacks "
+    warnings = [f"model {n}: stochastic, evaluated without EOT (set `eot:` in the suite); attacks "
                 "may underestimate its vulnerability" for n, m in models.items()
-                if is_stochastic(m) and suite.eot is None and any(a.gradient for a in suite.attacks)]
+                if is_stochastic(m) and suite.eot is None and any(a.eot_applies for a in suite.attacks)]
     for w in warnings:
         log.warning(w)
     if warnings:
@@ -253,7 +253,7 @@ def _items(suite: Suite) -> list[dict[str, Any]]:
                           "budgets": c.budgets, "rho": c.rho, "set": sid, "key": f"cert|{c.method}|{sid}",
                           "columns": [f"cert|{c.method}|{sid}"]})
     for ai, a in enumerate(suite.attacks):
-        variants = [False] + ([True] if suite.eot is not None and a.gradient else [])
+        variants = [False] + ([True] if suite.eot is not None and a.eot_applies else [])
         for e in a.eps:
             sid = _set_id(a, e)
             for eot in variants:

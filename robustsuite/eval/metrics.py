@@ -205,7 +205,7 @@ def check_consistency(records: dict[str, list], max_indices: int = 20) -> list[d
 
 
 #: attacks that use no gradient of the evaluated model (labels only, or another model's gradient)
-GRADIENT_FREE = frozenset({"boundary", "pixel", "transfer"})
+GRADIENT_FREE = frozenset({"boundary", "pixel", "square", "transfer"})
 
 
 def attack_strength_warnings(metrics: dict[str, dict[str, dict[str, Any]]], margin: float = 0.02) -> list[str]:

@@ -9,7 +9,7 @@ A suite is written in Python (``Suite(certify=[...], attacks=[...])``) or YAML (
       - {name: pgd, norm: linf, eps: [0.1], steps: 40}        # other keys: the attack's settings
       - {name: cw, norm: l2, eps: [1.0], steps: 100}
       - {name: transfer, source: pgd-at, attack: pgd, norm: linf, eps: [0.1], steps: 20}  # crafted on model 'pgd-at'
-    eot: {samples: 10}        # gradient attacks on stochastic models run again with EOT
+    eot: {samples: 10}        # attacks with an eot setting (gradient, Square, boundary) run again with EOT on stochastic models
     repeats: 5                # stochastic models: every metric R times (mean +- std)
     smoothing: {sigmas: [0.25], n0: 100, n: 1000, alpha: 0.001, radii: [0, 0.25, 0.5]}
     subset: {first: 200}      # or {every: 3}, or both (every k-th, then the first N of those)
@@ -144,6 +144,14 @@ class AttackItem(Strict):
     @property
     def gradient(self) -> bool:
         return self.name in GRADIENT_ATTACKS
+
+    @property
+    def eot_applies(self) -> bool:
+        """Whether the attack runs again with EOT on stochastic models: every attack with an ``eot``
+        setting (the gradient attacks average gradients; Square and the boundary attack query a
+        majority-vote label oracle and mean scores over the draws)."""
+        from ..attacks import attack_settings
+        return self.name != "transfer" and "eot" in attack_settings(self.name)
 
 
 def _check_settings(attack: str, kind: str, eps: float, settings: dict[str, Any]) -> None:

@@ -242,7 +242,11 @@ def test_pni_alpha_gets_the_training_gradient_and_moves(tmp_path, monkeypatch):
     stats = trainer.train_step(x, y, 0)
     loss_draws = list(draws)
     assert len(loss_draws) == len(layers)
-    monkeypatch.setattr(noise_mod, "_draw", lambda x, shared: loss_draws.pop(0))
+    def pni_forward(self, h):  # the test's own PNI layer: h + alpha * std(h) * n, std a constant (PNI code: .item())
+        std = h.detach().flatten(1).std(dim=1).view(-1, *[1] * (h.dim() - 1))
+        return h + self.alpha * std * loss_draws.pop(0)
+
+    monkeypatch.setattr(S.ScalarNoise, "forward", pni_forward)
     loss = F.cross_entropy(before(seen["x_adv"]), y)
     assert float(loss.detach()) == pytest.approx(float(stats["loss"]), rel=1e-5)
     loss.backward()

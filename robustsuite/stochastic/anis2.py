@@ -8,9 +8,21 @@
    every student checkpoint).
 2. Student: a copy of the teacher whose residual-block ReLUs become :class:`StocReLUEMA`
    (``ReLU(x + d)``, ``d ~ N(0, gamma * sigma_c^2)``), fine-tuned with PGD adversarial training.
-3. Per epoch, gamma follows the staircase :func:`~robustsuite.stochastic.schedules.gamma_staircase`;
-   per batch, sigma makes one EMA update (alpha 0.5) from the forward pass of the training loss
-   (the updates are paused while the PGD examples are crafted). Eval mode freezes sigma.
+3. gamma follows the staircase of the slides' Algorithm 1
+   (:func:`~robustsuite.stochastic.schedules.gamma_staircase`): ``k = r (gamma_max - gamma_init) / T``
+   with ``r = gamma_step_every`` and ``T = train.epochs`` (the slides' "Max epochs"); after every
+   r-th epoch gamma += k, so the trained student holds ``gamma_max`` (when r divides T; see
+   :meth:`ANIS2Trainer.end_of_epoch_gamma`). ``gamma_ramp_epochs`` overrides T (gamma_max is then
+   reached after that many epochs and held).
+4. Per batch, sigma makes one EMA update from the forward pass of the training loss, with the
+   slides' convention ``sigma <- (1 - alpha) sigma + alpha STD_chnwise(x)`` (alpha 0.5 there; see
+   :class:`~robustsuite.stochastic.noise.StocReLUEMA`). The updates are paused while the PGD
+   examples are crafted (and on the clean half when ``clean_weight > 0``). Eval mode freezes sigma.
+
+Differences from the slides, written down: the slides do not say where sigma_0 starts (the first
+update copies the batch statistic), which PGD settings the student's adversarial training uses
+(``train.attack``), or the gamma values (settings). No public code of the authors was found, so
+every setting follows the slides and there is no ``reference`` variant.
 
 Config::
 
@@ -20,8 +32,8 @@ Config::
       teacher_epochs: 10
       gamma_init: 0.0
       gamma_max: 0.2
-      gamma_ramp_epochs: 10
-      gamma_step_every: 2
+      gamma_step_every: 2           # r; T is train.epochs (gamma_ramp_epochs: an override of T)
+      alpha: 0.5                    # EMA weight of the new batch statistic
       attack: {norm: linf, eps: 0.1, steps: 7}
 """
 from __future__ import annotations
@@ -72,8 +84,20 @@ class ANIS2Trainer(AdversarialTrainer):
         return self.out_dir / "teacher" / "last.pt"
 
     def gamma_at(self, epoch: int) -> float:
+        """The gamma in effect after ``epoch`` completed epochs (the slides' staircase, T = train.epochs
+        unless ``gamma_ramp_epochs`` overrides it)."""
         t = self.tcfg
-        return gamma_staircase(epoch, t.gamma_init, t.gamma_max, t.gamma_ramp_epochs, t.gamma_step_every)
+        ramp = t.epochs if t.gamma_ramp_epochs is None else t.gamma_ramp_epochs
+        return gamma_staircase(epoch, t.gamma_init, t.gamma_max, ramp, t.gamma_step_every)
+
+    def end_of_epoch_gamma(self) -> None:
+        """The slides' ``if t mod r = 0: gamma = gamma + k`` at the end of epoch t: the model that is
+        validated and saved after an epoch holds the gamma of the next one (gamma_max at the end)."""
+        set_gamma(self.model, self.gamma_at(self.epoch))
+
+    def sync_model(self) -> None:
+        super().sync_model()
+        self.end_of_epoch_gamma()
 
     def prepare_model(self, model, train_set):
         t = self.tcfg

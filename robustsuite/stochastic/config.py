@@ -111,11 +111,15 @@ class ANIS2Config(StochasticTrainBase):
     teacher_epochs: int = Field(10, ge=1)
     teacher_optim: OptimConfig = Field(default_factory=OptimConfig)
     teacher_adversarial: bool = Field(False, description="train the teacher with PGD-AT instead of CE")
-    alpha: float = Field(0.5, ge=0, lt=1, description="EMA factor of sigma")
+    alpha: float = Field(0.5, gt=0, le=1, description="EMA weight of the new batch statistic: "
+                         "sigma <- (1 - alpha) sigma + alpha std (the slides; 0.5 there)")
     gamma_init: float = Field(0.0, ge=0)
     gamma_max: float = Field(0.2, ge=0)
-    gamma_ramp_epochs: int = Field(10, ge=0, description="epochs to reach gamma_max")
-    gamma_step_every: int = Field(2, ge=1, description="epochs per staircase step")
+    gamma_ramp_epochs: Optional[int] = Field(None, ge=0, description="T of the staircase step "
+                                             "k = r (gamma_max - gamma_init) / T; None: train.epochs "
+                                             "(the slides: gamma_max at the end of training); a smaller "
+                                             "T reaches gamma_max earlier and then holds it")
+    gamma_step_every: int = Field(2, ge=1, description="r: epochs per staircase step")
     shared: bool = False
 
     @model_validator(mode="after")

@@ -132,10 +132,18 @@ class StocReLUEMA(NoiseLayer):
     """ANIS2's stochastic ReLU: ``ReLU(x + d)``, ``d ~ N(0, gamma * sigma_c^2)`` per channel c.
 
     ``sigma`` (C,) is a buffer: in training mode (and while ``track`` is True) each forward pass
-    first uses the current ``sigma`` and then updates it by an exponential moving average with the
-    channel-wise standard deviation of its input over the batch and spatial axes:
-    ``sigma <- alpha * sigma + (1 - alpha) * std_c`` (the first update copies ``std_c``). In eval
-    mode ``sigma`` is frozen. ``gamma`` is set by the trainer's staircase (:func:`set_gamma`).
+    first uses the current ``sigma`` and then updates it by the exponential moving average of the
+    ANIS2 slides (Tan et al., "Proposed Method" and Algorithm 1)::
+
+        sigma_{t+1} = (1 - alpha) * sigma_t + alpha * STD_chnwise(x)
+
+    ``alpha`` in (0, 1] is the weight of the *new* batch statistic (the slides use 0.5; alpha = 1
+    keeps only the last batch); ``STD_chnwise`` is the (unbiased) standard deviation of each channel
+    of the input over the batch and spatial axes. The slides leave sigma_0 open; here the first
+    update copies ``STD_chnwise`` (as if sigma_0 were the first batch's statistic), so the noise is
+    not scaled down by a zero start. No public code of the authors was found, so there is no
+    ``reference`` variant. In eval mode ``sigma`` is frozen. ``gamma`` is set by the trainer's
+    staircase (:func:`set_gamma`).
 
     Shapes: input (B, C, *spatial), output the same.
     """
@@ -144,9 +152,9 @@ class StocReLUEMA(NoiseLayer):
         super().__init__(shared)
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ConfigError(f"channels: expected an integer >= 1, got {channels!r}")
-        alpha = _positive("alpha", alpha, allow_zero=True)
-        if alpha >= 1:
-            raise ConfigError(f"alpha: the EMA factor must be in [0, 1), got {alpha}")
+        alpha = _positive("alpha", alpha)
+        if alpha > 1:
+            raise ConfigError(f"alpha: the EMA weight of the new batch statistic must be in (0, 1], got {alpha}")
         self.alpha = alpha
         self.track = True
         # Buffers, so a checkpoint keeps the noise level reached by the staircase.
@@ -167,7 +175,7 @@ class StocReLUEMA(NoiseLayer):
     def _update(self, x: Tensor) -> None:
         std = x.transpose(0, 1).reshape(x.shape[1], -1).std(dim=1)
         first = self.updates == 0
-        new = torch.where(first, std, self.alpha * self.sigma + (1 - self.alpha) * std)
+        new = torch.where(first, std, (1 - self.alpha) * self.sigma + self.alpha * std)
         self.sigma.copy_(new)
         self.updates.add_(1)
 

@@ -8,9 +8,14 @@ __all__ = ["gamma_staircase", "cyclic_lr"]
 
 
 def gamma_staircase(epoch: int, gamma_init: float, gamma_max: float, ramp_epochs: int, step_every: int) -> float:
-    """ANIS2's noise factor at 0-based ``epoch``: from ``gamma_init`` to ``gamma_max`` over
-    ``ramp_epochs``, moving only every ``step_every`` epochs:
-    ``gamma_init + (gamma_max - gamma_init) * min(1, floor(e / r) * r / T)``.
+    """ANIS2's noise factor after ``epoch`` completed epochs (so, during 0-based epoch ``epoch``).
+
+    Algorithm 1 of the ANIS2 slides: ``k = r * (gamma_max - gamma_init) / T``; after every epoch t
+    (1-based) with ``t mod r == 0``, ``gamma += k``. With ``T = ramp_epochs`` and ``r = step_every``
+    that is ``gamma_init + k * floor(epoch / r)``, capped at ``gamma_max`` (reached after epoch T
+    when r divides T; otherwise the last step stops short at ``gamma_init + k * floor(T / r)``).
+    The slides' T is the number of training epochs (the trainer's default); ``ramp_epochs == 0``
+    gives ``gamma_max`` from the start.
     """
     if ramp_epochs < 0 or step_every < 1:
         raise ConfigError(f"gamma schedule: ramp_epochs must be >= 0 and step_every >= 1, "

@@ -1,10 +1,29 @@
 """TRADES (Zhang, Yu, Jiao, Xing, El Ghaoui, Jordan; ICML 2019).
 
-Loss ``CE(f(x), y) + beta * KL(p(x) || p(x_adv))`` where ``x_adv`` maximizes the KL term by PGD in
-the L-inf (sign steps) or L2 (normalized steps) ball of ``train.attack``, starting from
-``x + 0.001 * N(0, 1)`` as in the reference code, projected onto the ball and [0, 1]. The reference
-puts the model in eval mode while crafting; here the mode is left as it is (training), like every
-attack of the package, so noise layers stay on.
+Loss (the paper's eq. (5) with the reference code's surrogate, ``yaodongyu/TRADES`` ``trades.py``)::
+
+    CE(f(x), y) + beta * KL(p(x) || p(x_adv)),   KL(p || q) = sum_k p_k (log p_k - log q_k),
+
+averaged over the batch. The reference writes it as ``nn.KLDivLoss(reduction='sum')(log_softmax(
+f(x_adv)), softmax(f(x))) / batch_size``; ``KLDivLoss(input=log q, target=p)`` is
+``sum p (log p - log q)``, so the clean distribution is the *first* argument of the KL in math
+notation (the paper's ``L(f(X), f(X')/lambda)`` names the clean output first too). Gradients flow
+through both ``f(x)`` and ``f(x_adv)`` (the clean distribution is not detached), as in the
+reference. See :func:`~robustsuite.stochastic.losses.trades_kl`.
+
+``x_adv`` maximizes the same KL term by PGD in the L-inf (sign steps, the paper's Algorithm 1) or
+L2 (normalized gradient steps) ball of ``train.attack``, starting from ``x + 0.001 * N(0, 1)``,
+projected onto the ball and [0, 1] after every step.
+
+Differences from the reference code, written down: the reference switches the model to eval mode
+while crafting ``x_adv`` (BatchNorm on running statistics); here the mode is left as it is
+(training), like every training attack of the package, so noise layers stay on and BatchNorm uses
+the batch's statistics. The start point is projected onto the ball and [0, 1] (the reference
+clips only after the first step). The reference runs ``f(x)`` a second time inside the robust
+term (the same logits in a deterministic model; its BatchNorm running statistics move three times
+per batch, here twice). Its L2 branch steps with SGD at lr ``2 eps / steps``, clamps to [0, 1] and
+then renormalizes delta to eps; here ``train.attack.step_size`` (default ``2.5 eps / steps``) and
+the threat's projection.
 
 Config::
 
@@ -26,7 +45,9 @@ __all__ = ["TradesTrainer", "trades_adversary"]
 
 
 def trades_adversary(model, x: Tensor, settings) -> Tensor:
-    """``x_adv`` maximizing ``KL(p(x) || p(x_adv))`` in the ball of ``settings`` (linf or l2)."""
+    """``x_adv`` (same shape as ``x``, (B, C, H, W) in [0, 1]) maximizing ``KL(p(x) || p(x_adv))`` in
+    the ball of ``settings`` (linf or l2) by ``settings.steps`` ascent steps from the start
+    ``x + 0.001 * N(0, 1)`` (one draw from torch's global RNG, the first draw of this call)."""
     threat = threat_of(settings)
     step = settings.step_size or 2.5 * settings.eps / settings.steps
     with torch.no_grad():

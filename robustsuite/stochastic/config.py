@@ -173,6 +173,9 @@ class MNGACConfig(StochasticTrainBase):
     lr_max: float = Field(0.21, gt=0)
     cyclic_peak: float = Field(0.4, gt=0, lt=1)
     lookahead_lr: Optional[float] = Field(None, gt=0, description="default: the classifier's current lr")
+    # the reference's classifier optimizer (its lr is replaced by the cyclic one every batch; no clipping)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(name="sgd", lr=0.21, momentum=0.9,
+                                                                   weight_decay=5e-4, grad_clip=None))
 
     @model_validator(mode="after")
     def _attacks(self):

@@ -150,7 +150,7 @@ def test_l2_rescale_reaches_exactly_eps_after_the_clip():
         norms = d.flatten(1).norm(dim=1)
         reachable = torch.where(delta >= 0, 1 - x, x).flatten(1).where(delta.flatten(1) != 0, 0).norm(dim=1) > 0.5
         assert torch.allclose(norms[reachable], torch.full_like(norms[reachable], 0.5), atol=1e-4)
-        assert float(out.min()) >= 0 and float(out.max()) <= 1
+        assert float(out.detach().min()) >= 0 and float(out.detach().max()) <= 1
         # the same direction: the pixels that are not clipped move by eta * delta, one eta per image
         free = (out > 0) & (out < 1) & (delta.abs() > 1e-6)
         for i in range(x.shape[0]):

@@ -130,25 +130,46 @@ class ANIS2Config(StochasticTrainBase):
 
 
 class GeneratorSettings(Strict):
-    """MNG-AC's meta noise generator."""
+    """MNG-AC's meta noise generator and its optimizer (:mod:`robustsuite.stochastic.generator`).
 
-    input: Literal["noise", "image"] = Field("noise", description="'noise': Gaussian noise only "
-                                             "(reference code); 'image': noise and the image (paper)")
-    hidden: int = Field(16, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    ``input`` and ``projection`` left unset follow ``train.variant``; the rest is the authors'
+    code (the slides are silent): 20 hidden channels, SGD with momentum 0.9 and weight decay 5e-4 on
+    the classifier's cyclic learning rate (``lr_scale`` times it)."""
+
+    input: Optional[Literal["noise", "image"]] = Field(None, description="'image': noise and the image "
+                                                       "(paper); 'noise': Gaussian noise only (reference code); "
+                                                       "unset: from train.variant")
+    projection: Optional[Literal["exact", "reference"]] = Field(
+        None, description="'exact': projected onto the ball and [0, 1] (paper); 'reference': the code's fit "
+        "(L2 rescaled to exactly eps after the [0, 1] clip); unset: from train.variant")
+    hidden: int = Field(20, ge=1)
+    lr_scale: float = Field(1.0, gt=0, description="generator lr = lr_scale * the classifier's cyclic lr")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
 
 
 def _cifar_attacks() -> list[AttackSettings]:
-    return [AttackSettings(norm="linf", eps=8 / 255, steps=10, step_size=2 / 255),
-            AttackSettings(norm="l1", eps=2000 / 255, steps=20),
-            AttackSettings(norm="l2", eps=128 / 255, steps=10)]
+    # the reference code's training PGD (attack_pgd in train_MNG.py): steps 10 / 20 / 10, step sizes
+    # 1/255, 255/255, 30/255
+    return [AttackSettings(norm="linf", eps=8 / 255, steps=10, step_size=1 / 255),
+            AttackSettings(norm="l1", eps=2000 / 255, steps=20, step_size=1.0, l1_fraction=0.01),
+            AttackSettings(norm="l2", eps=128 / 255, steps=10, step_size=30 / 255)]
+
+
+#: what ``variant`` sets in ``generator`` when it is left unset
+MNG_AC_VARIANTS = {"paper": {"input": "image", "projection": "exact"},
+                   "reference": {"input": "noise", "projection": "reference"}}
 
 
 class MNGACConfig(StochasticTrainBase):
     """MNG-AC (``method: mng_ac``): see :mod:`robustsuite.stochastic.mng_ac`. ``attacks`` are the
-    norms drawn per batch; ``attack`` (model selection) defaults to the first of them."""
+    norms drawn per batch; ``attack`` defaults to the first of them; ``best.pt`` is selected on the
+    union accuracy over all of them. An L1 attack without an explicit ``l1_fraction`` steps on the
+    top 1 % of coordinates (the reference code's ``k = 99`` percentile), not the shared 5 %."""
 
     method: Literal["mng_ac"] = "mng_ac"
+    variant: Literal["paper", "reference"] = Field("paper", description="defaults of generator.input and "
+                                                   "generator.projection: the paper's or the authors' code's")
     attack: Optional[AttackSettings] = None  # type: ignore[assignment]
     attacks: list[AttackSettings] = Field(default_factory=_cifar_attacks)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
@@ -156,6 +177,9 @@ class MNGACConfig(StochasticTrainBase):
     lr_max: float = Field(0.21, gt=0)
     cyclic_peak: float = Field(0.4, gt=0, lt=1)
     lookahead_lr: Optional[float] = Field(None, gt=0, description="default: the classifier's current lr")
+    # the reference's classifier optimizer (its lr is replaced by the cyclic one every batch; no clipping)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(name="sgd", lr=0.21, momentum=0.9,
+                                                                   weight_decay=5e-4, grad_clip=None))
 
     @model_validator(mode="after")
     def _attacks(self):
@@ -164,8 +188,16 @@ class MNGACConfig(StochasticTrainBase):
         norms = [a.norm for a in self.attacks]
         if len(set(norms)) != len(norms):
             raise ValueError(f"attacks: each norm at most once, got {norms}")
+        for a in self.attacks:
+            if a.norm == "l1" and "l1_fraction" not in a.model_fields_set:
+                object.__setattr__(a, "l1_fraction", 0.01)
+                a.model_fields_set.add("l1_fraction")
         if self.attack is None:
             object.__setattr__(self, "attack", self.attacks[0])
+        for key, value in MNG_AC_VARIANTS[self.variant].items():
+            if getattr(self.generator, key) is None:
+                object.__setattr__(self.generator, key, value)
+                self.generator.model_fields_set.add(key)
         return self
 
 

@@ -1,0 +1,277 @@
+"""MNG-AC through its trainer: every algorithmic piece is checked against an independent
+recomputation written here (the paper's equations / the authors' code), so removing or altering one
+fails a test. Tiny models on 8x8 digits, one or a few steps each."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import robustsuite.stochastic.mng_ac as mng
+from robustsuite.config import validate
+from robustsuite.stochastic.config import MNGACConfig
+from robustsuite.stochastic.losses import js_divergence as S_js
+from robustsuite.stochastic.generator import NoiseGenerator, fit_perturbation, rescale_l2
+from robustsuite.threats import L1Ball, L2Ball, LinfBall
+from robustsuite.training.run import build_datasets, build_model
+
+RESNET = {"name": "resnet_v1", "options": {"depth": 8, "width": 0.25}}
+CNN = {"name": "cnn_small", "options": {"width": 0.25, "linear": 16}}
+LINF = {"norm": "linf", "eps": 0.1, "steps": 1}
+L1 = {"norm": "l1", "eps": 2.0, "steps": 1}
+L2 = {"norm": "l2", "eps": 0.5, "steps": 1}
+OPTIM = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "grad_clip": None}
+
+
+def make_trainer(tmp_path, model=RESNET, **train):
+    t = {"method": "mng_ac", "epochs": 2, "batch_size": 8, "val_attack_steps": 1, "val_subset": 8,
+         "attacks": [LINF, L1, L2], "lr_max": 0.2, "optim": OPTIM, **train}
+    cfg = validate({"name": "t", "seed": 0, "device": "cpu", "model": model, "train": t,
+                    "data": {"name": "digits", "train_subset": 32, "val_fraction": 0.25}})
+    torch.manual_seed(0)
+    tr, va, _ = build_datasets(cfg)
+    return mng.MNGACTrainer(build_model(cfg, (1, 8, 8), 10), tr, va, cfg, tmp_path, torch.device("cpu"), quiet=True)
+
+
+def batch(n=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def first_lr(trainer) -> float:
+    """The cyclic lr of the first step, written out: 0 -> lr_max at 40 % of the steps."""
+    t = trainer.tcfg
+    return t.lr_max * (1 / (t.epochs * trainer.steps_per_epoch)) / t.cyclic_peak
+
+
+def spy_loss(trainer) -> dict:
+    """Record the classifier loss's inputs (x, x_adv, x_aug) of the step."""
+    seen: dict = {}
+    inner = trainer._loss
+
+    def spy(x, x_adv, x_aug, y):
+        seen.update(x=x.clone(), x_adv=x_adv.clone(), x_aug=x_aug.clone())
+        return inner(x, x_adv, x_aug, y)
+    trainer._loss = spy
+    return seen
+
+
+def js_by_hand(*logits):
+    """Three-way Jensen-Shannon divergence as the reference writes it (mixture clamped to [1e-7, 1])."""
+    p = [F.softmax(z, 1) for z in logits]
+    m = torch.clamp(sum(p) / len(p), 1e-7, 1)
+    return sum((q * (q.clamp_min(1e-30).log() - m.log())).sum(1).mean() for q in p) / len(p)
+
+
+def test_js_divergence_stays_finite_on_saturated_logits():
+    """The mixture is clamped to [1e-7, 1]: a class every distribution gives probability 0 (float
+    underflow) must not turn the consistency term into NaN."""
+    a = torch.tensor([[0.0, -200.0, 0.0]])
+    b = torch.tensor([[0.0, -300.0, 1.0]])
+    js = S_js(a, b, a + 0.5)
+    assert bool(torch.isfinite(js)) and float(js) > 0
+
+
+# ------------------------------------------------------------------------------------------ config
+def test_variant_sets_the_generator_defaults_and_overrides_stay():
+    paper, ref = MNGACConfig(), MNGACConfig(variant="reference")
+    assert paper.variant == "paper" and (paper.generator.input, paper.generator.projection) == ("image", "exact")
+    assert (ref.generator.input, ref.generator.projection) == ("noise", "reference")
+    mixed = MNGACConfig(variant="reference", generator={"input": "image"})
+    assert (mixed.generator.input, mixed.generator.projection) == ("image", "reference")
+    g = paper.generator
+    assert (g.hidden, g.lr_scale, g.momentum, g.weight_decay) == (20, 1.0, 0.9, 5e-4)
+    assert paper.js_weight == 12 and paper.lr_max == 0.21
+    assert (paper.optim.name, paper.optim.momentum, paper.optim.weight_decay, paper.optim.grad_clip) == \
+        ("sgd", 0.9, 5e-4, None)
+    assert [(a.norm, a.steps) for a in paper.attacks] == [("linf", 10), ("l1", 20), ("l2", 10)]
+    # an L1 attack steps on the top 1 % of coordinates unless told otherwise
+    assert MNGACConfig(attacks=[L1]).attacks[0].l1_fraction == 0.01
+    assert MNGACConfig(attacks=[{**L1, "l1_fraction": 0.05}]).attacks[0].l1_fraction == 0.05
+    with pytest.raises(Exception, match="variant"):
+        MNGACConfig(variant="code")
+    with pytest.raises(Exception, match="lr"):
+        MNGACConfig(generator={"lr": 1e-4})  # the old Adam setting is refused, not silently reinterpreted
+
+
+def test_trainer_builds_what_the_config_says(tmp_path):
+    tr = make_trainer(tmp_path)
+    assert tr.generator.use_image and tr.generator.projection == "exact"
+    assert [getattr(a, "l1_fraction", None) for a in tr.attacks][1] == 0.01
+    opt = tr.gen_optimizer
+    assert isinstance(opt, torch.optim.SGD)
+    assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["weight_decay"] == 5e-4
+    ref = make_trainer(tmp_path / "r", variant="reference")
+    assert not ref.generator.use_image and ref.generator.projection == "reference"
+
+
+# ------------------------------------------------------------------------------------------ generator
+def test_generator_is_the_reference_architecture():
+    torch.manual_seed(0)
+    for use_image in (False, True):
+        gen = NoiseGenerator(3, use_image=use_image)
+        convs = [m for m in gen.net if isinstance(m, torch.nn.Conv2d)]
+        assert [c.kernel_size for c in convs] == [(1, 1), (3, 3), (1, 1), (1, 1)]
+        assert [c.out_channels for c in convs] == [20, 20, 20, 3]
+        assert all(float(c.bias.detach().abs().max()) == 0 for c in convs)
+        x = torch.rand(2, 3, 6, 6)
+        z = gen.draw_noise(x)
+        assert z.shape == (2, 3, 8, 8)
+        h = torch.cat([z, F.pad(x, (1, 1, 1, 1))], 1) if use_image else z
+        for i, c in enumerate(convs):
+            h = F.conv2d(h, c.weight, c.bias)  # no padding: the 3x3 takes H+2 back to H
+            h = F.leaky_relu(h, 0.01) if i < 3 else h + z[:, :, 1:-1, 1:-1]
+        assert torch.allclose(gen.perturbation(x, z), h, atol=1e-6)
+        # the image matters only for the paper's generator
+        assert torch.equal(gen.perturbation(x, z), gen.perturbation(torch.rand_like(x), z)) != use_image
+
+
+def test_generator_init_follows_the_reference():
+    torch.manual_seed(0)
+    gen = NoiseGenerator(3, hidden=20)
+    for c in [m for m in gen.net if isinstance(m, torch.nn.Conv2d)]:
+        std = math.sqrt(2 / (c.kernel_size[0] * c.kernel_size[1] * c.out_channels))
+        assert float(c.weight.detach().std()) == pytest.approx(std, rel=0.3)
+
+
+def test_l2_rescale_reaches_exactly_eps_after_the_clip():
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 8, 8)
+    x[0] = 1.0  # a saturated image: half the directions have no room
+    for scale in (1e-3, 0.1, 10.0):  # scaled up as well as down
+        delta = scale * torch.randn_like(x)
+        delta.requires_grad_(True)
+        out = rescale_l2(x, delta, 0.5)
+        d = out - x
+        norms = d.flatten(1).norm(dim=1)
+        reachable = torch.where(delta >= 0, 1 - x, x).flatten(1).where(delta.flatten(1) != 0, 0).norm(dim=1) > 0.5
+        assert torch.allclose(norms[reachable], torch.full_like(norms[reachable], 0.5), atol=1e-4)
+        assert float(out.detach().min()) >= 0 and float(out.detach().max()) <= 1
+        # the same direction: the pixels that are not clipped move by eta * delta, one eta per image
+        free = (out > 0) & (out < 1) & (delta.abs() > 1e-6)
+        for i in range(x.shape[0]):
+            ratios = (d[i][free[i]] / delta[i][free[i]]).detach()
+            assert float(ratios.max() - ratios.min()) <= 1e-3 * float(ratios.abs().max())
+        out.sum().backward()
+        assert delta.grad is not None and bool(torch.isfinite(delta.grad).all())
+    # the projection does not scale a small perturbation up
+    small = 1e-3 * torch.randn_like(x)
+    assert float(fit_perturbation(x, small, L2Ball(0.5), "exact").sub(x).flatten(1).norm(dim=1).max()) < 0.1
+    # L-inf: clamp then clip is the projection; L1: projected onto the ball, then clipped
+    big = torch.randn_like(x)
+    assert torch.allclose(fit_perturbation(x, big, LinfBall(0.1), "reference"), LinfBall(0.1).project(x, x + big))
+    l1 = fit_perturbation(x, big, L1Ball(2.0), "reference")
+    assert bool(L1Ball(2.0).contains(x, l1).all())
+
+
+# ------------------------------------------------------------------------------------------ the step
+def test_classifier_step_is_ce_adv_plus_12_js_on_three_separate_passes(tmp_path):
+    """The loss logged and the update taken are CE(f(x_adv)) + 12 * JS(clean, adv, aug), with
+    BatchNorm running statistics updated by three passes (clean, aug, adv) and by nothing else (the
+    training attack and the look-ahead leave them)."""
+    tr = make_trainer(tmp_path)
+    assert tr.tcfg.js_weight == 12
+    ref = copy.deepcopy(tr.model)
+    seen = spy_loss(tr)
+    x, y = batch()
+    stats = tr.train_step(x, y, 0)
+    ref.train()
+    logits = {k: ref(seen[k]) for k in ("x", "x_aug", "x_adv")}  # the reference's order
+    ce = F.cross_entropy(logits["x_adv"], y)
+    js = js_by_hand(logits["x"], logits["x_adv"], logits["x_aug"])
+    loss = ce + 12 * js
+    assert float(js.detach()) > 1e-4  # the test can see the term
+    assert float(stats["loss"]) == pytest.approx(float(loss.detach()), rel=1e-5)
+    assert float(stats["js"]) == pytest.approx(float(js.detach()), rel=1e-4)
+    for (name, b), b_ref in zip(tr.model.named_buffers(), ref.buffers()):
+        assert torch.allclose(b.float(), b_ref.float(), atol=1e-6), f"BatchNorm buffer {name}"
+    loss.backward()
+    lr = first_lr(tr)
+    for (name, p), p_ref in zip(tr.model.named_parameters(), ref.parameters()):
+        expected = p_ref - lr * (p_ref.grad + 5e-4 * p_ref)  # SGD's first step (momentum buffer = gradient)
+        assert torch.allclose(p, expected, atol=1e-6), f"classifier update of {name}"
+
+
+def test_meta_step_matches_a_torch_func_recomputation(tmp_path):
+    """The generator's update is -lr * (d/d phi CE(f_theta'(x_adv)) + wd * phi) with the look-ahead
+    theta' = theta - lr * grad_theta CE(f_theta(x_aug(phi))), recomputed with torch.func."""
+    tr = make_trainer(tmp_path, model=CNN, attacks=[L2])
+    z = torch.randn(8, 1, 10, 10, generator=torch.Generator().manual_seed(3))
+    tr.generator.draw_noise = lambda x: z  # the same noise in the step and here
+    model0, gen0 = copy.deepcopy(tr.model), copy.deepcopy(tr.generator)
+    seen = spy_loss(tr)
+    x, y = batch()
+    tr.train_step(x, y, 0)
+    lr, threat = first_lr(tr), L2Ball(0.5)
+    theta = {n: p.detach() for n, p in model0.named_parameters()}
+    phi = {n: p.detach() for n, p in gen0.named_parameters()}
+
+    def meta_loss(phi_):
+        x_aug = functional_call(gen0, phi_, (x, threat))
+        g = torch.func.grad(lambda th: F.cross_entropy(functional_call(model0, th, (x_aug,)), y))(theta)
+        ahead = {n: theta[n] - lr * g[n] for n in theta}
+        return F.cross_entropy(functional_call(model0, ahead, (seen["x_adv"],)), y)
+
+    grad = torch.func.grad(meta_loss)(phi)
+    assert max(float(g.abs().max()) for g in grad.values()) > 1e-6  # the look-ahead carries a signal
+    for n, p in tr.generator.named_parameters():
+        expected = phi[n] - lr * (grad[n] + 5e-4 * phi[n])
+        assert torch.allclose(p, expected, atol=1e-7, rtol=1e-5), f"generator update of {n}"
+    # the classifier loss saw x_aug regenerated by the updated generator (no gradient)
+    assert torch.allclose(seen["x_aug"], tr.generator(x, threat), atol=1e-6)
+
+
+def test_a_norm_is_drawn_per_batch_and_used_by_attack_and_generator(tmp_path):
+    tr = make_trainer(tmp_path, model=CNN)
+    drawn: list = []
+    gen_threats: list = []
+    for i, atk in enumerate(tr.attacks):
+        def fake(x, y, i=i):
+            drawn.append(i)
+            return x.clone()
+        tr.attacks[i] = fake
+    inner = tr.generator.forward
+    tr.generator.forward = lambda x, threat: gen_threats.append(threat) or inner(x, threat)
+    x, y = batch()
+    for step in range(12):  # one epoch's worth of batches
+        tr.train_step(x, y, step % tr.steps_per_epoch)
+    assert len(drawn) == 12 and set(drawn) == {0, 1, 2}
+    assert gen_threats == [tr.threats[k] for k in drawn for _ in range(2)]  # meta step and regeneration
+    assert [type(t) for t in tr.threats] == [LinfBall, L1Ball, L2Ball]
+
+
+def test_reference_variant_rescales_the_l2_augmentation_to_eps(tmp_path):
+    for variant in ("paper", "reference"):
+        tr = make_trainer(tmp_path / variant, model=CNN, attacks=[L2], variant=variant)
+        last = [m for m in tr.generator.net if isinstance(m, torch.nn.Conv2d)][-1]
+        with torch.no_grad():  # delta = the residual noise alone, far inside the ball
+            last.weight.zero_()
+            last.bias.zero_()
+        tr.generator.draw_noise = lambda x: 1e-3 * torch.randn(x.shape[0], 1, 10, 10)
+        seen = spy_loss(tr)
+        tr.train_step(*batch(), 0)
+        norms = (seen["x_aug"] - seen["x"]).flatten(1).norm(dim=1)
+        if variant == "reference":
+            assert torch.allclose(norms, torch.full_like(norms, 0.5), atol=1e-4)
+        else:
+            assert float(norms.max()) < 0.1
+
+
+def test_best_pt_is_selected_on_union_accuracy(tmp_path, monkeypatch):
+    tr = make_trainer(tmp_path, model=CNN, attacks=[LINF, L2])
+    masks = iter([torch.tensor([1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool),    # L-inf: 0.5
+                  torch.tensor([0, 0, 0, 1, 1, 1, 1, 0], dtype=torch.bool)])   # L2: 0.5, union 0.125
+    calls = []
+
+    def fake(model, x, y, attack, batch_size=256):
+        calls.append(type(attack.threat))
+        return next(masks)
+    monkeypatch.setattr(mng, "per_sample_robust", fake)
+    out = tr.validate()
+    assert calls == [LinfBall, L2Ball]
+    assert out["pgd_linf_acc"] == 0.5 and out["pgd_l2_acc"] == 0.5 and out["union_acc"] == 0.125
+    assert out["select"] == pytest.approx(0.125 + 1e-3 * out["clean_acc"])

@@ -192,12 +192,13 @@ def _status(last: Path, cfg: RunConfig, label: str) -> str:
     ckpt = load_checkpoint(last)
     saved = ckpt.get("config")
     if not isinstance(saved, dict):
-        raise ConfigError(f"models.{label}: {str(last)!r} holds no config to compare with; fix: another out, "
+        raise ConfigError(f"models.{label}: {str(last)!r} holds no config to compare with; fix: another out (--set out=DIR), "
                           "or --no-resume (resume=False) to retrain every model")
     try:
         check_same_run(saved, cfg.resolved(), last)
     except ConfigError as e:
-        raise ConfigError(f"models.{label}: {e}") from None
+        # a study's output folder is its `out` setting, not a --out option
+        raise ConfigError(f"models.{label}: " + str(e).replace("(--out DIR)", "(--set out=DIR)")) from None
     if ckpt.get("finished") and int(ckpt.get("epoch", 0)) >= cfg.train.epochs:
         return "finished"
     return "partial"

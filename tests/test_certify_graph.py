@@ -246,6 +246,12 @@ def test_certified_trainer_refuses_a_graph_the_verifier_refuses():
         fake.bound_method = lambda: "crown-ibp"
         with pytest.raises(UnsupportedModelError, match=r"AvgPool2d\(k=s, padding=0\)"):
             CertifiedTrainer._construct(fake, torch.zeros(2, *SHAPE))
+    # a graph auto_LiRPA cannot even trace (ceil_mode) is named too, not a raw auto_LiRPA error
+    ceil = REFUSED["avgpool_ceil_mode"][0]()
+    fake = SimpleNamespace(model=ceil, device=torch.device("cpu"),
+                           tcfg=SimpleNamespace(loss_fusion=False, method="crown-ibp"), bound_method=lambda: "crown-ibp")
+    with pytest.raises(UnsupportedModelError, match=r"ceil"):
+        CertifiedTrainer._construct(fake, torch.zeros(2, *SHAPE))
     ok = AFFINE["nn_avgpool_k_eq_s"][0]()
     fake = SimpleNamespace(model=ok, device=torch.device("cpu"),
                            tcfg=SimpleNamespace(loss_fusion=False, method="crown-ibp"), bound_method=lambda: "crown-ibp")

@@ -106,6 +106,10 @@ def test_interrupted_study_completes(tmp_path):
     last = load_checkpoint(part.out / "models" / "pgd_at" / "last.pt")
     assert last["finished"] and last["epoch"] == 2 and len(last["history"]) == 2
     assert full.report.models == ["crown_ibp", "pgd_at"] and (full.out / "report" / "report.md").is_file()
+    # a model whose config changed since it was trained is refused, with the study's own way out
+    study["models"]["pgd_at"]["set"] = study["models"]["pgd_at"]["set"] + ["train.attack.eps=0.2"]
+    with pytest.raises(ConfigError, match=r"models\.pgd_at: .*train\.attack\.eps.*--set out=DIR"):
+        run(study, quiet=True)
 
 
 @pytest.mark.parametrize("change, match", [

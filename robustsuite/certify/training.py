@@ -143,19 +143,20 @@ class CertifiedTrainer(Trainer):
         return self._loss_module
 
     def _construct(self, dummy: Tensor) -> None:
+        from .graph_check import build_checked
         from .lirpa import BoundedModule, CrossEntropyWrapper
 
+        # Training must not bound through an operation the verifier refuses (graph_check's allowlist);
+        # build_checked also turns auto_LiRPA's own tracing failures into an error naming the op.
+        method = "ibp" if self.bound_method() == "ibp" else "crown-ibp"
         if self.tcfg.loss_fusion:
+            build_checked(self.model, dummy, method, device=self.device)  # the classifier's own graph
             self.bm = BoundedModule(CrossEntropyWrapper(self.model),
                                     (dummy, torch.zeros(2, dtype=torch.long, device=self.device)),
                                     bound_opts={"relu": "adaptive", "loss_fusion": True}, device=self.device)
         else:
-            self.bm = BoundedModule(self.model, dummy, bound_opts={"relu": "adaptive", "conv_mode": "patches"},
-                                    device=self.device)
-        # Training must not bound through an operation the verifier refuses (graph_check's allowlist).
-        from .graph_check import check_graph
-        plain = BoundedModule(self.model, dummy, device=self.device) if self.tcfg.loss_fusion else self.bm
-        check_graph(plain, "ibp" if self.bound_method() == "ibp" else "crown-ibp")
+            self.bm = build_checked(self.model, dummy, method,
+                                    bound_opts={"relu": "adaptive", "conv_mode": "patches"}, device=self.device)
 
     def on_resume(self) -> None:
         self._build_bounded()  # the bounded copy's BatchNorm buffers come from the restored model

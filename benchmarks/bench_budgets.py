@@ -11,6 +11,14 @@
     pixels at the upper limit on ``digits_distractor`` and ``digits_border`` at rho = 4
     (``configs/digits_distractor_budgets.yaml``), plus the no-coordinates ablation on the distractor
     set. Goal: ratio >= 2 on both sets.
+(d) Does context matter? At equal volume, same schedule, classifier and seeds: the uniform model
+    (rho = 1), the learned *fixed* mask (``train.generator.kind: fixed``, one learned per-pixel mask for
+    all images) and the learned *contextual* generator, on ``digits``, ``digits_distractor`` and
+    ``digits_border``, e in {0.1, 0.2}, rho in {2, 4}. Each model is certified (IBP, CROWN-IBP) under its
+    own sets with PGD inside them; each contextual model also under its own *mean mask* (the geometric
+    mean of its budgets over the training set), which separates "the classifier" from "the boxes"; and
+    the per-pixel spread of its log-budgets across test images measures how contextual they are.
+    Picture per set: the mean mask beside a few images' deviations.
 (c) Step time: one joint training step vs one uniform CROWN-IBP trainer step on the same model and
     batch (digits, batch 64), in the middle of the eps ramp (CROWN-IBP + IBP bounds) and after it
     (IBP only), for the benchmark's small CNN and for CNN-7. Interleaved repeats; the median of the
@@ -21,7 +29,8 @@
 Training runs go to ``--runs`` (default ``runs/bench_budgets``) and resume there: rerunning the
 same command continues an interrupted sweep (finished runs and their evaluations are reused).
 Results: ``benchmarks/results/budgets_{equal_volume,ratio,step_time}.json`` and
-``benchmarks/results/budgets_*.png`` (``--quick`` writes ``budgets_quick_*`` instead).
+``benchmarks/results/budgets_*.png`` (``--quick`` writes ``budgets_quick_*`` instead); part (d):
+``benchmarks/results/budgets_context.json`` and ``budgets_context_*.png``.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_budgets [--quick] [--parts a,b,c]
 """
@@ -31,7 +40,6 @@ import argparse
 import copy
 import json
 import logging
-import platform
 import statistics
 import sys
 import time
@@ -41,14 +49,17 @@ import torch
 import yaml
 
 from robustsuite import data as rdata
-from robustsuite.budgets import (BudgetGenerator, BudgetModel, budget_ratio, certify_budgets,
-                                 load_budget_model)
+from robustsuite.budgets import (BudgetGenerator, BudgetModel, budget_ratio, budget_spread, certify_budgets,
+                                 load_budget_model, mean_mask_generator)
 from robustsuite.budgets.evaluate import certified_curve
-from robustsuite.budgets.plots import plot_budget_grid, plot_certified_vs_eps, plot_log_budget_histogram
+from robustsuite.budgets.plots import (plot_budget_context, plot_budget_grid, plot_certified_vs_eps,
+                                       plot_log_budget_histogram)
 from robustsuite.config import validate
 from robustsuite.files import atomic_write_json
 from robustsuite.training import load_checkpoint, model_from_checkpoint
 from robustsuite.training.run import train
+
+from .provenance import provenance
 
 log = logging.getLogger("bench_budgets")
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +73,7 @@ def _base(path: str) -> dict:
 
 
 def run_config(base: dict, *, name: str, seed: int, eps: float, rho: float, epochs: int | None,
-               data: str | None = None, coordinates: bool = True) -> dict:
+               data: str | None = None, coordinates: bool = True, kind: str = "contextual") -> dict:
     """The raw config of one run: ``rho = 1`` is the uniform CROWN-IBP trainer with the same schedule."""
     raw = copy.deepcopy(base)
     raw.update(name=name, seed=seed, device="cpu")
@@ -84,6 +95,7 @@ def run_config(base: dict, *, name: str, seed: int, eps: float, rho: float, epoc
     else:
         t["rho"] = rho
         t["generator"]["coordinates"] = coordinates
+        t["generator"]["kind"] = kind
     return raw
 
 
@@ -123,9 +135,7 @@ def _ms(vals: list[float]) -> dict:
 
 def _meta(args, part: str) -> dict:
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_budgets" + " ".join([""] + sys.argv[1:])
-    return {"benchmark": f"budgets_{part}", "command": cmd.strip(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "machine": platform.machine(), "python": sys.version.split()[0],
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {"benchmark": f"budgets_{part}", "command": cmd.strip(), **provenance()}
 
 
 # ------------------------------------------------------------------------------------------- (a)
@@ -250,6 +260,95 @@ def part_b(args, runs: Path, prefix: str) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------- (d)
+CONTEXT_SETS = {"digits": "configs/digits_budgets.yaml", "digits_distractor": "configs/digits_distractor_budgets.yaml",
+                "digits_border": "configs/digits_distractor_budgets.yaml"}
+
+
+def _certified(bm: BudgetModel, x, y, eps: float, rho: float, pgd_steps: int) -> dict:
+    rep = certify_budgets(bm, x, y, eps=eps, rho=rho, methods=["ibp", "crown-ibp"], pgd_steps=pgd_steps,
+                          device="cpu", records=False)
+    rows = {r["method"]: r for r in rep["rows"]}
+    return {"clean": rep["clean_acc"], **{f"cert_{m}": rows[m]["certified_learned"] for m in rows},
+            "pgd_in_own_set": rep.get("pgd_learned_acc"),
+            "violations": sum(r.get("violations", 0) for r in rows.values())}
+
+
+def part_d(args, runs: Path, prefix: str) -> dict:
+    epochs = args.context_epochs
+    per_run = []
+    variants = [("uniform", 1.0)] + [(k, r) for r in args.rhos for k in ("fixed", "contextual")]
+    for dname in args.context_sets:
+        base = _base(CONTEXT_SETS[dname])
+        opts = dict(base["data"].get("options") or {})
+        test = rdata.load(dname, "test", **opts)
+        x, y = rdata.as_tensors(test)
+        xtr, _ = rdata.as_tensors(rdata.load(dname, "train", **opts))
+        mask = getattr(test, "irrelevant_mask", None)
+        for eps in args.eps:
+            for seed in args.seeds:
+                for kind, rho in variants:
+                    name = f"ctx_{dname}_e{eps:g}_{kind}_rho{rho:g}_s{seed}_ep{epochs}"
+                    raw = run_config(base, name=name, seed=seed, eps=eps, rho=rho, epochs=epochs, data=dname,
+                                     kind="contextual" if kind == "uniform" else kind)
+                    t0 = time.process_time()
+                    best = trained(raw, runs)
+                    train_cpu = time.process_time() - t0
+                    bm, r, _ = as_budget_model(best)
+                    t0 = time.process_time()
+                    rec = {"data": dname, "eps": eps, "rho": rho, "kind": kind, "seed": seed, "run": name,
+                           **_certified(bm, x, y, eps, r, args.pgd_steps)}
+                    if kind == "contextual":
+                        with torch.no_grad():
+                            b = bm.budgets(x, eps, r)
+                        rec["spread"] = budget_spread(b, rho=r)
+                        mean_bm = BudgetModel(bm.classifier, mean_mask_generator(bm, xtr, eps, r)).eval()
+                        rec["mean_mask"] = _certified(mean_bm, x, y, eps, r, 0)
+                        if seed == args.seeds[0] and eps == args.eps[0] and rho == max(args.rhos):
+                            plot_budget_context(x, b, eps=eps, rho=r, mask=mask, n=4,
+                                                path=RESULTS / f"{prefix}context_{dname}.png",
+                                                title=f"{dname}: contextual budgets at e={eps:g}, rho={r:g} "
+                                                      f"(seed {seed}): the mean mask and four images' deviations")
+                    rec.update(train_cpu_s=round(train_cpu, 1), eval_cpu_s=round(time.process_time() - t0, 1))
+                    per_run.append(rec)
+                    print(json.dumps(rec), flush=True)
+    summary, verdicts = {}, []
+    for dname in args.context_sets:
+        for eps in args.eps:
+            for kind, rho in variants:
+                rs = [q for q in per_run if (q["data"], q["eps"], q["kind"], q["rho"]) == (dname, eps, kind, rho)]
+                row = {k: _ms([q[k] for q in rs]) for k in ("clean", "cert_ibp", "cert_crown-ibp", "pgd_in_own_set")}
+                if kind == "contextual":
+                    for m in ("ibp", "crown-ibp"):
+                        row[f"mean_mask_cert_{m}"] = _ms([q["mean_mask"][f"cert_{m}"] for q in rs])
+                    row["spread_mean_pixel_std"] = _ms([q["spread"]["mean_pixel_std"] for q in rs])
+                    row["spread_relative"] = _ms([q["spread"]["relative"] for q in rs])
+                summary[f"{dname}|e{eps:g}|{kind}|rho{rho:g}"] = {"data": dname, "eps": eps, "kind": kind, "rho": rho,
+                                                                  "seeds": len(rs), **row}
+            for rho in args.rhos:
+                f = summary[f"{dname}|e{eps:g}|fixed|rho{rho:g}"]
+                c = summary[f"{dname}|e{eps:g}|contextual|rho{rho:g}"]
+                for m in ("ibp", "crown-ibp"):
+                    diff = c[f"cert_{m}"]["mean"] - f[f"cert_{m}"]["mean"]
+                    spread = max(c[f"cert_{m}"]["std"], f[f"cert_{m}"]["std"])
+                    verdicts.append({"data": dname, "eps": eps, "rho": rho, "method": m,
+                                     "contextual": c[f"cert_{m}"]["mean"], "fixed": f[f"cert_{m}"]["mean"],
+                                     "difference": diff, "seed_spread": spread,
+                                     "context_beats_fixed_beyond_seed_spread": diff > spread})
+    out = {**_meta(args, "context"),
+           "question": "do contextual budgets certify better than a learned fixed mask of equal volume?",
+           "verdict_rule": "contextual - fixed (mean over seeds) > the larger of the two seed standard deviations",
+           "setup": {"sets": args.context_sets, "eps": args.eps, "rhos": args.rhos, "seeds": args.seeds,
+                     "epochs": epochs, "schedule": "the configs' schedule scaled to these epochs (run_config)",
+                     "train_eps_factor": TRAIN_FACTOR, "pgd_steps": args.pgd_steps,
+                     "models": {d: _base(CONTEXT_SETS[d])["model"] for d in args.context_sets},
+                     "mean_mask": "geometric mean of the contextual model's budgets over its training set",
+                     "spread": "per-pixel std over test images of log-budgets, mean over pixels; relative = / (2 log rho)"},
+           "summary": summary, "verdicts": verdicts, "per_run": per_run}
+    atomic_write_json(RESULTS / f"{prefix}context.json", out)
+    return out
+
+
 # ------------------------------------------------------------------------------------------- (c)
 def _trainers(model: str, options: dict, batch: int):
     from robustsuite.training.run import trainer_class
@@ -339,7 +438,10 @@ def part_c(args, prefix: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, e 0.1, rho 4, 12 epochs")
-    ap.add_argument("--parts", default="a,b,c", help="which parts: a (equal volume), b (ratio), c (step time)")
+    ap.add_argument("--parts", default="a,b,c,d",
+                    help="which parts: a (equal volume), b (ratio), c (step time), d (context vs fixed mask)")
+    ap.add_argument("--context-sets", default="digits,digits_distractor,digits_border", help="data sets of part d")
+    ap.add_argument("--context-epochs", type=int, default=30, help="epochs of part d's runs (schedule scaled)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--synthetic-seeds", default="0,1,2")
     ap.add_argument("--eps", default="0.1,0.2")
@@ -354,10 +456,12 @@ def main(argv=None) -> int:
     nums = lambda s, f: [f(v) for v in s.split(",") if v.strip()]  # noqa: E731
     args.seeds, args.synthetic_seeds = nums(args.seeds, int), nums(args.synthetic_seeds, int)
     args.eps, args.rhos = nums(args.eps, float), nums(args.rhos, float)
+    args.context_sets = nums(args.context_sets, str)
     prefix = "budgets_"
     if args.quick:
         args.seeds, args.synthetic_seeds, args.eps, args.rhos = [0], [0], [0.1], [4.0]
         args.epochs, args.pgd_steps, prefix = args.epochs or 12, 5, "budgets_quick_"
+        args.context_epochs, args.context_sets = 4, ["digits"]
         args.runs = args.runs + "_quick"
     runs = ROOT / args.runs
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -373,6 +477,12 @@ def main(argv=None) -> int:
                   f"IBP {100 * t['cert_own_ibp']['mean']:.1f}+-{100 * t['cert_own_ibp']['std']:.1f}  CROWN-IBP "
                   f"{100 * t['cert_own_crown-ibp']['mean']:.1f}+-{100 * t['cert_own_crown-ibp']['std']:.1f}  "
                   f"uniform ball IBP {100 * t['cert_uniform_ball_ibp']['mean']:.1f}")
+    if "d" in parts:
+        out = part_d(args, runs, prefix)
+        for v in out["verdicts"]:
+            print(f"(d) {v['data']:<18} e {v['eps']:<4g} rho {v['rho']:<3g} {v['method']:<9} contextual "
+                  f"{100 * v['contextual']:.1f}% fixed {100 * v['fixed']:.1f}% (seed spread {100 * v['seed_spread']:.1f}) "
+                  f"{'context helps' if v['context_beats_fixed_beyond_seed_spread'] else 'within the spread'}")
     if "b" in parts:
         out = part_b(args, runs, prefix)
         for d, s in out["summary"].items():

@@ -10,7 +10,9 @@ The classifier and the generator are trained jointly with CROWN-IBP bounds under
 * :func:`project_log_budgets`: exact projection of scores onto the log-budget set (batched,
   differentiable).
 * :class:`BudgetGenerator`, :class:`BudgetModel`: the generator; the classifier + generator pair with
-  ``budgets(x, eps, rho)`` and ``box(x, eps, rho)``.
+  ``budgets(x, eps, rho)`` and ``box(x, eps, rho)``. :class:`FixedBudgetGenerator`: the input-independent
+  baseline (one learned mask, ``train.generator.kind: fixed``); :func:`mean_mask_generator`: a
+  contextual model's budgets averaged into one mask; :func:`budget_spread`: how contextual budgets are.
 * :class:`BudgetTrainer` (``train.method: budgets``, settings :class:`BudgetTrainConfig`).
 * :func:`certify_budgets`: certified accuracy under the learned boxes and under the uniform ball of
   equal volume, nominal and effective radii, PGD inside the learned box; :func:`budget_ratio` on the
@@ -24,14 +26,16 @@ Example::
     report = certify_budgets(bm, x, y, eps=0.1, rho=4, methods=["ibp", "crown-ibp"])
 """
 from .config import BudgetTrainConfig, GeneratorConfig  # registers train.method: budgets
-from .evaluate import budget_ratio, certify_budgets, radius_summary
-from .generator import BudgetGenerator, BudgetModel, coordinate_channels, generator_from_spec
+from .evaluate import budget_ratio, budget_spread, certify_budgets, radius_summary
+from .generator import (GENERATORS, BudgetGenerator, BudgetModel, FixedBudgetGenerator, coordinate_channels,
+                        generator_from_spec, mean_mask_generator)
 from .projection import log_budget_range, project_log_budgets
 from .training import BudgetTrainer, budget_settings, load_budget_model
 
 __all__ = [
     "project_log_budgets", "log_budget_range",
-    "BudgetGenerator", "BudgetModel", "coordinate_channels", "generator_from_spec",
+    "BudgetGenerator", "FixedBudgetGenerator", "GENERATORS", "BudgetModel", "coordinate_channels",
+    "generator_from_spec", "mean_mask_generator", "budget_spread",
     "BudgetTrainConfig", "GeneratorConfig", "BudgetTrainer", "load_budget_model", "budget_settings",
     "certify_budgets", "budget_ratio", "radius_summary",
 ]

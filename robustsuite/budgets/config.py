@@ -8,8 +8,12 @@ Example (YAML)::
       eps_test: 0.1
       rho: 4               # every budget within [e / rho, rho * e]; 1 = uniform training exactly
       bound: crown-ibp     # or ibp
-      generator: {width: 32, depth: 2, coordinates: true, warmup_epochs: 0,
+      generator: {kind: contextual, width: 32, depth: 2, coordinates: true, warmup_epochs: 0,
                   optim: {name: adam, lr: 0.003, grad_clip: 10}}
+
+``generator.kind: fixed`` trains the input-independent baseline instead: one learned mask for every
+image (:class:`~robustsuite.budgets.generator.FixedBudgetGenerator`), same projection, loss, schedule
+and optimizer; ``width``, ``depth`` and ``coordinates`` then do not apply.
 
 ``method: budgets`` is named in the registries of :mod:`robustsuite.config` and
 :mod:`robustsuite.training.run`, so a config that validates also trains, without importing this first.
@@ -32,6 +36,9 @@ def _generator_optim() -> OptimConfig:
 class GeneratorConfig(Strict):
     """The budget generator: architecture and its own optimizer settings."""
 
+    kind: Literal["contextual", "fixed"] = Field(
+        "contextual", description="contextual: a network that reads the image (the paper's generator); "
+                                  "fixed: one learned per-pixel mask for every image (the baseline)")
     width: int = Field(32, ge=1, description="channels of the hidden 3x3 convolutions")
     depth: int = Field(2, ge=1, description="number of hidden 3x3 convolutions")
     coordinates: bool = Field(True, description="feed row/column coordinate channels (needed to learn regions)")

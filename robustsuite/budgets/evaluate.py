@@ -32,7 +32,7 @@ from .projection import check_rho
 
 log = logging.getLogger(__name__)
 
-__all__ = ["certify_budgets", "radius_summary", "budget_ratio", "pgd_in_box", "certified_curve",
+__all__ = ["certify_budgets", "radius_summary", "budget_ratio", "budget_spread", "pgd_in_box", "certified_curve",
            "format_budget_table", "verify_command"]
 
 #: relative tolerance for "at the upper range limit"
@@ -221,6 +221,32 @@ def budget_ratio(budgets: Tensor, irrelevant_mask: Tensor, *, eps: float, rho: f
             "frac_irrelevant_at_upper": float(upper[m].float().mean()),
             "frac_relevant_at_upper": float(upper[~m].float().mean()),
             "frac_relevant_at_lower": float(lower[~m].float().mean())}
+
+
+def budget_spread(budgets: Tensor, *, rho: float) -> dict[str, float]:
+    """How contextual budgets are: the per-pixel spread of log-budgets across images.
+
+    Args:
+        budgets: (N, C, H, W) per-pixel radii of N images (before the clip), N >= 2.
+        rho: the range ratio they were produced with; the range of every log-budget is ``2 log rho``.
+
+    Returns:
+        ``mean_pixel_std``: the standard deviation over images of each pixel's log-budget, averaged
+        over pixels (0 for a fixed mask); ``max_pixel_std``; ``range``: ``2 log rho``;
+        ``relative``: ``mean_pixel_std / range``; ``context_share``: the share of the total variance
+        of log-budgets (over images and pixels) that lies between images at a pixel (0 for a fixed
+        mask, 1 if the mean mask were uniform).
+    """
+    if budgets.dim() != 4 or budgets.shape[0] < 2:
+        raise InputError(f"budgets: expected (N, C, H, W) with N >= 2 images, got {tuple(budgets.shape)}")
+    u = budgets.detach().double().clamp_min(1e-30).log().flatten(1)  # (N, d)
+    per_pixel = u.std(dim=0, unbiased=False)                          # (d,)
+    within = float(per_pixel.pow(2).mean())
+    total = float(u.var(unbiased=False))
+    rng = 2 * math.log(check_rho(rho))
+    return {"mean_pixel_std": float(per_pixel.mean()), "max_pixel_std": float(per_pixel.max()), "range": rng,
+            "relative": float(per_pixel.mean()) / rng if rng > 0 else 0.0,
+            "context_share": within / total if total > 0 else 0.0}
 
 
 def certified_curve(model: torch.nn.Module, x: Tensor, y: Tensor, eps_list: Sequence[float], *,

@@ -1,7 +1,11 @@
 """The budget generator, and the classifier + generator pair that produces per-pixel boxes.
 
 ``BudgetGenerator`` maps an image to one unconstrained score per input dimension; the projection of
-:mod:`.projection` turns the scores into log-budgets of a fixed volume and range. ``BudgetModel``
+:mod:`.projection` turns the scores into log-budgets of a fixed volume and range.
+``FixedBudgetGenerator`` is its input-independent baseline: one learnable score per input dimension,
+the same for every image (a learned per-pixel mask), so comparing the two at equal volume measures
+what the *context* adds over a fixed mask. ``GENERATORS`` maps ``train.generator.kind`` to the class.
+``BudgetModel``
 holds a classifier and its generator: ``budgets(x, eps, rho)`` gives per-pixel radii,
 ``box(x, eps, rho)`` the :class:`~robustsuite.threats.Box` clipped to [0, 1] that certification and
 attacks use, and ``forward`` is the classifier's.
@@ -25,7 +29,8 @@ from ..errors import ConfigError, InputError, InputTypeError
 from ..threats import Box, check_images
 from .projection import project_log_budgets
 
-__all__ = ["BudgetGenerator", "BudgetModel", "coordinate_channels", "generator_from_spec"]
+__all__ = ["BudgetGenerator", "FixedBudgetGenerator", "GENERATORS", "BudgetModel", "coordinate_channels",
+           "generator_from_spec", "mean_mask_generator"]
 
 
 def coordinate_channels(x: Tensor) -> Tensor:
@@ -77,7 +82,8 @@ class BudgetGenerator(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.coordinates = coordinates
         self.in_shape = shape
-        self.spec = {"in_shape": list(shape), "width": width, "depth": depth, "coordinates": coordinates}
+        self.spec = {"kind": "contextual", "in_shape": list(shape), "width": width, "depth": depth,
+                     "coordinates": coordinates}
 
     def forward(self, x: Tensor) -> Tensor:
         """Scores (B, C, H, W), one per input dimension (unconstrained; see ``project_log_budgets``)."""
@@ -87,10 +93,65 @@ class BudgetGenerator(nn.Module):
         return self.head(self.body(h))
 
 
-def generator_from_spec(spec: Mapping[str, Any]) -> BudgetGenerator:
-    """Rebuild a generator from its ``spec`` (as stored in a budget checkpoint)."""
+class FixedBudgetGenerator(nn.Module):
+    """The input-independent baseline: one learnable score per input dimension, shared by all images.
+
+    ``forward(x)`` returns the same (C, H, W) scores for every image of the batch, so after the
+    projection every image gets the same per-pixel budgets: a learned fixed mask of the same volume
+    and range as the contextual generator's. The scores start at zero (uniform budgets), as the
+    contextual generator's zero-initialized head does, and train through the same projection and
+    the same certified loss; only the dependence on the image is missing.
+
+    Args:
+        in_shape: (C, H, W) of the images; the mask has exactly this shape, so images of another
+            size are refused.
+
+    ``spec`` holds the arguments, so :func:`generator_from_spec` rebuilds it from a checkpoint.
+    """
+
+    def __init__(self, in_shape: Sequence[int]):
+        super().__init__()
+        shape = tuple(int(v) for v in in_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise InputError(f"in_shape: expected (C, H, W) with positive sizes, got {tuple(in_shape)}")
+        self.scores = nn.Parameter(torch.zeros(shape))
+        self.in_shape = shape
+        self.spec = {"kind": "fixed", "in_shape": list(shape)}
+
+    @classmethod
+    def from_log_budgets(cls, log_budgets: Tensor) -> "FixedBudgetGenerator":
+        """A fixed generator whose mask is ``log_budgets`` (C, H, W): log-budgets of the set at some
+        radius e and ratio rho (mean log e, every entry within log rho of it) are a fixed point of
+        the projection up to the shift by log e, so at that e and rho the generator reproduces them."""
+        if log_budgets.dim() != 3:
+            raise InputError(f"log_budgets: expected (C, H, W), got shape {tuple(log_budgets.shape)}")
+        gen = cls(tuple(log_budgets.shape))
+        with torch.no_grad():
+            gen.scores.copy_(log_budgets - log_budgets.mean())
+        return gen
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Scores (B, C, H, W): the same mask for each of the B images."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.in_shape:
+            raise InputError(f"x: the fixed budget mask has shape {self.in_shape}; expected (B, "
+                             f"{', '.join(map(str, self.in_shape))}) images, got shape {tuple(x.shape)}")
+        return self.scores.unsqueeze(0).expand(x.shape[0], *self.in_shape)
+
+
+#: ``train.generator.kind`` -> generator class; each builds from ``(in_shape, **options)``.
+GENERATORS: dict[str, type[nn.Module]] = {"contextual": BudgetGenerator, "fixed": FixedBudgetGenerator}
+
+
+def generator_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a generator from its ``spec`` (as stored in a budget checkpoint; no ``kind`` means
+    contextual, as checkpoints written before the fixed mask existed)."""
     if not isinstance(spec, Mapping) or "in_shape" not in spec:
-        raise ConfigError(f"generator spec: expected a mapping with in_shape, width, depth, coordinates; got {spec!r}")
+        raise ConfigError(f"generator spec: expected a mapping with kind and in_shape; got {spec!r}")
+    kind = spec.get("kind", "contextual")
+    if kind == "fixed":
+        return FixedBudgetGenerator(spec["in_shape"])
+    if kind != "contextual":
+        raise ConfigError(f"generator spec: unknown kind {kind!r}; choose one of: {', '.join(GENERATORS)}")
     return BudgetGenerator(spec["in_shape"], width=int(spec.get("width", 32)), depth=int(spec.get("depth", 2)),
                            coordinates=bool(spec.get("coordinates", True)))
 
@@ -102,15 +163,17 @@ class BudgetModel(nn.Module):
 
     Args:
         classifier: maps (B, C, H, W) in [0, 1] to logits.
-        generator: a :class:`BudgetGenerator` for the same images.
+        generator: a :class:`BudgetGenerator` (contextual) or :class:`FixedBudgetGenerator` (one mask
+            for all images) for the same images.
     """
 
     def __init__(self, classifier: nn.Module, generator: BudgetGenerator):
         super().__init__()
         if not isinstance(classifier, nn.Module):
             raise InputTypeError(f"classifier: expected a torch.nn.Module, got {type(classifier).__name__}")
-        if not isinstance(generator, BudgetGenerator):
-            raise InputTypeError(f"generator: expected a BudgetGenerator, got {type(generator).__name__}")
+        if not isinstance(generator, tuple(GENERATORS.values())):
+            raise InputTypeError(f"generator: expected a BudgetGenerator or FixedBudgetGenerator, got "
+                                 f"{type(generator).__name__}")
         self.classifier = classifier
         self.generator = generator
 
@@ -142,3 +205,23 @@ class BudgetModel(nn.Module):
         """The learned set ``[x - eps_i, x + eps_i]`` clipped to [0, 1], as a :class:`Box`."""
         b = self.budgets(x, eps, rho, check=check)
         return Box((x - b).clamp(0, 1), (x + b).clamp(0, 1))
+
+
+def mean_mask_generator(model: BudgetModel, x: Tensor, eps: float, rho: float, *, batch: int = 1024) -> FixedBudgetGenerator:
+    """The fixed mask that summarizes a budget model over images ``x`` (N, C, H, W): the per-pixel
+    geometric mean of its budgets at radius ``eps`` and ratio ``rho`` (the mean log-budget).
+
+    Every image's log-budgets lie in the set U(eps, rho) (mean log eps, range log rho), and U is
+    convex, so their mean does too: the mask has the same volume and range and needs no further
+    projection. Certifying the classifier under this mask separates "the classifier" from "the
+    boxes": what is left of the contextual model's advantage is what the context adds.
+    """
+    check_images(x, "x", ndim=4)
+    with torch.no_grad():
+        dev = next(model.generator.parameters()).device
+        total = None
+        for i in range(0, x.shape[0], batch):
+            u = model.log_budgets(x[i:i + batch].to(dev), eps, rho, check=False).sum(0)
+            total = u if total is None else total + u
+        mean = (total / x.shape[0]).float().cpu()
+    return FixedBudgetGenerator.from_log_budgets(mean).to(dev)

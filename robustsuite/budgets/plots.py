@@ -6,6 +6,8 @@
   is given, with the uniform radius e and the range limits marked.
 * :func:`plot_certified_vs_eps`: certified accuracy against the target radius e, one line per model
   and set (learned budgets, uniform ball).
+* :func:`plot_budget_context`: the mean mask of a model's budgets beside a few images' deviations
+  from it (what the context changes per image).
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no global backend
 change) and saved with :func:`robustsuite.files.atomic_save_figure`.
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from ..files import atomic_save_figure
 
-__all__ = ["plot_budget_grid", "plot_log_budget_histogram", "plot_certified_vs_eps"]
+__all__ = ["plot_budget_grid", "plot_log_budget_histogram", "plot_certified_vs_eps", "plot_budget_context"]
 
 
 def _figure(w: float, h: float):
@@ -152,4 +154,53 @@ def plot_certified_vs_eps(curves: Mapping[str, tuple[Sequence[float], Sequence[f
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
+    return atomic_save_figure(path, fig)
+
+
+def plot_budget_context(x: Tensor, budgets: Tensor, *, eps: float, rho: float, path: str | Path, n: int = 4,
+                        mask: Tensor | None = None, title: str | None = None) -> Path:
+    """The mean mask beside per-image deviations: how contextual the budgets are.
+
+    Left: the per-pixel mean of ``v = log(eps_i / e) / log rho`` over all N images (-1 = lower
+    limit, +1 = upper). Then, for the first ``n`` images, the image and its deviation ``v - mean v``
+    on a symmetric color scale shared by all deviations (0 = the fixed mask would do). A fixed mask
+    has deviations of exactly 0.
+
+    Args:
+        x: (N, C, H, W) images in [0, 1]; budgets: (N, C, H, W) radii before the clip (mean over C shown).
+        eps, rho: target radius and range ratio (rho > 1).
+        mask: optional bool (C, H, W) irrelevant region, outlined on the mean mask.
+    """
+    L = math.log(max(float(rho), 1.0 + 1e-9))
+    v = (budgets.detach().double().clamp_min(1e-30).log() - math.log(eps)).div(L).mean(1).float().cpu()  # (N, H, W)
+    mean = v.mean(0)
+    n = min(n, x.shape[0])
+    dev = (v[:n] - mean).numpy()
+    span = max(float(np.abs(dev).max()), 1e-3)
+    img = x[:n].detach().float().cpu().mean(1).numpy()
+    fig = _figure(2.0 * (1 + 2 * n) * 0.85 + 1.5, 2.6)
+    gs = fig.add_gridspec(1, 1 + 2 * n, wspace=0.12)
+    a0 = fig.add_subplot(gs[0, 0])
+    im0 = a0.imshow(mean.numpy(), cmap="viridis", vmin=-1, vmax=1, interpolation="nearest")
+    if mask is not None:
+        _outline(a0, mask.any(0).cpu().numpy())
+    a0.set_title(f"mean mask\n(over {v.shape[0]} images)", fontsize=8)
+    im = None
+    for k in range(n):
+        a1 = fig.add_subplot(gs[0, 1 + 2 * k])
+        a1.imshow(img[k], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        a1.set_title(f"image {k}", fontsize=8)
+        a2 = fig.add_subplot(gs[0, 2 + 2 * k])
+        im = a2.imshow(dev[k], cmap="RdBu_r", vmin=-span, vmax=span, interpolation="nearest")
+        a2.set_title("deviation", fontsize=8)
+    for a in fig.axes:
+        a.set_xticks([])
+        a.set_yticks([])
+    cb0 = fig.colorbar(im0, ax=[a0], fraction=0.05, pad=0.04, location="left")
+    cb0.set_label("log(eps_i / e) / log rho", fontsize=7)
+    if im is not None:
+        cb = fig.colorbar(im, ax=fig.axes[1:], fraction=0.02, pad=0.02)
+        cb.set_label("image's v minus the mean mask's", fontsize=7)
+    fig.suptitle(title or f"Budgets at e = {eps:g}, rho = {rho:g}: the mean mask and each image's deviation "
+                          f"(max |deviation| {span:.2f} of the range [-1, 1])", fontsize=9)
     return atomic_save_figure(path, fig)

@@ -27,7 +27,7 @@ from ..certify.training import CertifiedTrainer
 from ..errors import CheckpointError
 from ..threats import Box
 from ..training.loop import build_optimizer
-from .generator import BudgetGenerator, BudgetModel, generator_from_spec
+from .generator import BudgetGenerator, BudgetModel, FixedBudgetGenerator, generator_from_spec
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ __all__ = ["BudgetTrainer", "load_budget_model", "budget_settings"]
 
 
 class BudgetTrainer(CertifiedTrainer):
-    """CROWN-IBP training under the boxes of a jointly trained :class:`BudgetGenerator`.
+    """CROWN-IBP training under the boxes of a jointly trained :class:`BudgetGenerator` (or, with
+    ``generator.kind: fixed``, of one learned mask for all images, :class:`FixedBudgetGenerator`).
 
     ``self.model`` is the classifier (what auto_LiRPA bounds); ``self.generator`` the generator;
     ``self.budget_model`` the pair. The classifier keeps the optimizer, schedule and gradient
@@ -50,8 +51,11 @@ class BudgetTrainer(CertifiedTrainer):
         # Own RNG stream: building the generator must not change what the classifier's run draws.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.seed) + int(g.seed_offset))
-            self.generator = BudgetGenerator(tuple(x0.shape), width=g.width, depth=g.depth,
-                                             coordinates=g.coordinates).to(device)
+            if g.kind == "fixed":  # the input-independent baseline: one mask, no network
+                self.generator = FixedBudgetGenerator(tuple(x0.shape)).to(device)
+            else:
+                self.generator = BudgetGenerator(tuple(x0.shape), width=g.width, depth=g.depth,
+                                                 coordinates=g.coordinates).to(device)
         self.budget_model = BudgetModel(model, self.generator)
         super().__init__(model, train_set, val_set, cfg, out_dir, device, quiet=quiet)
         self.gen_optimizer = build_optimizer(self.generator.parameters(), g.optim)

@@ -129,6 +129,20 @@ def budgets_layout(results: Path) -> str:
     return text
 
 
+def budgets_context(results: Path) -> str:
+    d = _load("budgets_context.json", results)
+    s, parts = d["summary"], []
+    for dname in d["setup"]["sets"]:
+        for e in d["setup"]["eps"]:
+            rho = max(d["setup"]["rhos"])
+            u, f, c = (s[f"{dname}|e{e:g}|{k}"] for k in ("uniform|rho1", f"fixed|rho{rho:g}", f"contextual|rho{rho:g}"))
+            parts.append(f"{dname.replace('digits_', '')} e {e:g}: uniform {_pm(u['cert_ibp'])}, fixed {_pm(f['cert_ibp'])}, "
+                         f"contextual {_pm(c['cert_ibp'])} (its mean mask {_pm(c['mean_mask_cert_ibp'])})")
+    helps = [v for v in d["verdicts"] if v["context_beats_fixed_beyond_seed_spread"]]
+    return ("; ".join(parts) + f" (IBP-certified %, rho {max(d['setup']['rhos']):g}); context beats the fixed mask "
+            f"beyond the seed spread in {len(helps)} of {len(d['verdicts'])} (set, e, rho, bound) cells")
+
+
 def pgd_speed(results: Path) -> str:
     parts = [f"batch {r['batch']} PGD-{r['steps']}: {r['ours_over_floor']:.3f}x floor / "
              f"{r['ours_over_torchattacks']:.3f}x torchattacks" for r in _load("attacks_pgd.json", results)["results"]]
@@ -181,6 +195,11 @@ ROWS = [
         "the probe's 40 epochs, 3 seeds, and an oracle classifier trained under the ideal mask-aligned layout",
         budgets_layout, "a finding, no goal", "`OMP_NUM_THREADS=1 python -m benchmarks.bench_budget_layout`",
         "`results/budgets_layout.json`, `results/budgets_layout_columns.png`"),
+    Row("learned budgets, context", "does the context matter? uniform vs learned fixed mask vs learned contextual "
+        "budgets at equal volume, same schedule (30 epochs), cnn_small, 3 seeds; e 0.1/0.2, rho 2/4, three sets",
+        budgets_context, "a finding: contextual > fixed beyond the seed spread?",
+        "`OMP_NUM_THREADS=1 python -m benchmarks.bench_budgets --parts d`",
+        "`results/budgets_context.json`, `results/budgets_context_*.png`"),
     Row("learned budgets, step", "joint vs uniform CROWN-IBP step, batch 64, CPU time, 1 thread", budgets_step,
         "<= 1.3", "`OMP_NUM_THREADS=1 python -m benchmarks.bench_budgets --parts c`", "`results/budgets_step_time.json`"),
     Row("PGD-k speed", "our PGD-k vs a bare loop of k forward+backward passes and vs torchattacks PGD, same "

@@ -180,6 +180,7 @@ def test_variants_differ_and_default_noise_start_follows_the_source():
     assert (paper.variant, paper.noise_start) == ("paper", 20)      # Sec. 3.3: 20 epochs before the noise
     assert (ref.variant, ref.noise_start) == ("reference", 10)      # the script's noise_add_delay
     assert paper.clean_weight == 0.5 and paper.gamma == 1e-4 and paper.adv_start == 20
+    assert (paper.noise.init, paper.noise.theta_min, paper.noise.shared) == (0.25, 0.01, False)  # Sec. 3, A.4
     with pytest.raises(ConfigError, match="variant"):
         cfg_of(variant="authors")
     with pytest.raises(ConfigError, match="noise_start"):
@@ -299,3 +300,21 @@ def test_reference_variant_resumes_exactly(tmp_path, variant):
     sa, sb = a["extra"]["theta_optimizer"]["state"], b["extra"]["theta_optimizer"]["state"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
     assert math.isclose(a["extra"]["theta_optimizer"]["param_groups"][0]["lr"], 0.005)
+
+
+# ------------------------------------------------------------------------------------- the layer (eqs. 4-6)
+@pytest.mark.parametrize("shared", [False, True])
+def test_perturbation_injection_is_x_plus_theta_times_standard_normal(shared):
+    """P = f(X) + theta * N(0, 1) (eqs. 4-5): theta scales the standard deviation, elementwise; one
+    draw per sample, or one for the batch with ``shared``; nothing without noise."""
+    layer = PerturbationInjection((2, 3, 3), init=0.25, shared=shared)
+    with torch.no_grad():
+        layer.theta.copy_(torch.linspace(0.1, 2.0, 18).view(2, 3, 3))
+    x = torch.rand(4, 2, 3, 3)
+    torch.manual_seed(7)
+    out = layer(x)
+    torch.manual_seed(7)
+    z = torch.randn((1, 2, 3, 3)) if shared else torch.randn_like(x)
+    torch.testing.assert_close(out, x + layer.theta.detach() * z, rtol=0, atol=1e-6)
+    layer.noise_on = False
+    assert torch.equal(layer(x), x)

@@ -142,8 +142,8 @@ def test_reference_variant_is_the_two_step_script(tmp_path, momentum):
     """Per batch: (1) theta-only SGD step on gamma * g(theta) (the push times lr, into theta's
     momentum buffer); (2) the loss at the moved theta, one backward pass, W's and theta's optimizer
     steps (theta's momentum buffer now mixes both gradients), then the floor."""
-    gamma, lr, theta_lr = 0.02, 0.05, 0.3
-    tr = make_trainer(tmp_path, variant="reference", gamma=gamma, theta_lr=theta_lr,
+    gamma, lr, theta_lr = 0.002, 0.05, 1.0
+    tr = make_trainer(tmp_path, variant="reference", gamma=gamma, theta_lr=theta_lr, noise={"theta_min": 0.25},
                       optim={"momentum": momentum})
     x, y = batch()
     epoch = 2
@@ -169,8 +169,10 @@ def test_reference_variant_is_the_two_step_script(tmp_path, momentum):
             d, bufs[k] = sgd_dir(grads[k], bufs[k], momentum, True)
             p[k] = p[k] - (theta_lr if is_theta(k) else lr) * d
             if is_theta(k):
-                p[k] = p[k].clamp(min=0.01)
+                p[k] = p[k].clamp(min=0.25)
         assert_params_equal(tr.model, p, f"reference step {i}")
+    thetas = torch.cat([p[k].flatten() for k in p if is_theta(k)])
+    assert bool((thetas > 0.25).any()) and bool((thetas == 0.25).any())  # the floor was hit
 
 
 def test_variants_differ_and_default_noise_start_follows_the_source():

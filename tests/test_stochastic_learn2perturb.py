@@ -185,7 +185,7 @@ def test_variants_differ_and_default_noise_start_follows_the_source():
     assert (paper.noise.init, paper.noise.theta_min, paper.noise.shared) == (0.25, 0.01, False)  # Sec. 3, A.4
     with pytest.raises(ConfigError, match="variant"):
         cfg_of(variant="authors")
-    with pytest.raises(ConfigError, match="noise_start"):
+    with pytest.raises(ConfigError, match=r"noise_start \(20, the paper variant's default\) must be < epochs"):
         section(epochs=15)                     # paper default 20 >= 15 epochs
 
 

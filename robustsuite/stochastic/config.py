@@ -94,11 +94,13 @@ class Learn2PerturbConfig(StochasticTrainBase):
 
     @model_validator(mode="after")
     def _delays(self):
-        if self.noise_start is None:
+        given = self.noise_start is not None
+        if not given:
             object.__setattr__(self, "noise_start", 20 if self.variant == "paper" else 10)
         if self.noise_start >= self.epochs:
-            raise ValueError(f"noise_start ({self.noise_start}) must be < epochs ({self.epochs}): "
-                             "the noise would never be trained")
+            what = "" if given else f", the {self.variant} variant's default"
+            raise ValueError(f"noise_start ({self.noise_start}{what}) must be < epochs ({self.epochs}): "
+                             "the noise would never be trained; fix: set train.noise_start below epochs")
         return self
 
 

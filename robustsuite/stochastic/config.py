@@ -70,22 +70,37 @@ class L2PNoiseSettings(Strict):
 
 
 class Learn2PerturbConfig(StochasticTrainBase):
-    """Learn2Perturb (``method: learn2perturb``): see :mod:`robustsuite.stochastic.learn2perturb`."""
+    """Learn2Perturb (``method: learn2perturb``): see :mod:`robustsuite.stochastic.learn2perturb`.
+
+    ``variant: paper`` (default) is the paper's Algorithm 1; ``variant: reference`` the authors'
+    training script. ``noise_start`` defaults to the variant's source: 20 epochs (paper, Sec. 3.3)
+    or 10 (the script's ``noise_add_delay``).
+    """
 
     method: Literal["learn2perturb"] = "learn2perturb"
+    variant: Literal["paper", "reference"] = Field(
+        "paper", description="'paper': Algorithm 1 (W and theta updated from the same point, regularizer "
+        "push -gamma * grad g outside the learning rate); 'reference': the authors' script (a theta-only "
+        "step on the regularizer, then a joint step)")
     noise: L2PNoiseSettings = Field(default_factory=L2PNoiseSettings)
     gamma: float = Field(1e-4, ge=0, description="regularizer weight")
-    noise_start: int = Field(10, ge=0, description="0-based epoch from which noise is on and learned")
+    noise_start: Optional[int] = Field(None, ge=0, description="0-based epoch from which noise is on and "
+                                       "learned; default 20 (paper) or 10 (reference)")
     adv_start: int = Field(20, ge=0, description="0-based epoch from which the loss uses PGD examples")
-    theta_lr: Optional[float] = Field(None, gt=0, description="theta's learning rate; default optim.lr")
+    theta_lr: Optional[float] = Field(None, gt=0, description="theta's learning rate; default optim.lr "
+                                      "(scaled by the same milestones as optim.lr)")
     clean_weight: float = Field(0.5, ge=0, le=1)
     nesterov: bool = True
 
     @model_validator(mode="after")
     def _delays(self):
+        given = self.noise_start is not None
+        if not given:
+            object.__setattr__(self, "noise_start", 20 if self.variant == "paper" else 10)
         if self.noise_start >= self.epochs:
-            raise ValueError(f"noise_start ({self.noise_start}) must be < epochs ({self.epochs}): "
-                             "the noise would never be trained")
+            what = "" if given else f", the {self.variant} variant's default"
+            raise ValueError(f"noise_start ({self.noise_start}{what}) must be < epochs ({self.epochs}): "
+                             "the noise would never be trained; fix: set train.noise_start below epochs")
         return self
 
 

@@ -1,26 +1,58 @@
 """Learn2Perturb (Jeddi, Shafiee, Karg, Scharfenberger, Wong; CVPR 2020).
 
 Perturbation-injection modules (learnable noise maps theta, init 0.25, >= theta_min) after the stem
-and at every residual block output; alternating back-propagation per batch:
+and at every residual block output (supplement A.1). The training objective is the paper's eq. (7),
+``L(P(X; W, theta), T) + gamma * g(theta)`` with ``g(theta) = -(1 / tau) * sum sqrt(theta)`` (eq. 8),
+``tau = H_(e - s + 1)`` the harmonic number of the noise epochs so far (:func:`harmonic_tau`; eq. 9
+as printed divides by zero in the first noise epoch). ``L`` is ``CE(clean)`` before ``adv_start`` and
+``w * CE(clean) + (1 - w) * CE(PGD)`` after it (eq. 11, ``alpha = beta = 0.5``: ``clean_weight``).
+Before ``noise_start`` the noise is off and theta frozen (Sec. 3.3: "the model parameters are trained
+for 20 epochs before activating the perturbation distributions").
 
-1. from ``noise_start`` on, a theta-only step on the regularizer
-   ``g(theta) = -(gamma / tau) * sum sqrt(theta)``, ``tau = H_(e - s + 1)`` (harmonic number of the
-   noise epochs so far; the paper's eq. 9 divides by zero in the first noise epoch);
-2. one backward pass of the training loss, stepping the weights' optimizer and (from
-   ``noise_start``) theta's, then the clamp ``theta >= theta_min``.
+Two update rules, ``train.variant``:
 
-The loss is CE(clean) before ``adv_start`` and ``w * CE(clean) + (1 - w) * CE(PGD)`` after it
-(``clean_weight`` w = 0.5). Before ``noise_start`` the noise is off and theta frozen. Weights: SGD
-with Nesterov momentum and weight decay; theta: its own SGD (Nesterov, momentum 0.9, no weight
-decay, ``theta_lr``), saved in every checkpoint.
+``paper`` (default): Algorithm 1 of the paper, per batch::
+
+    W^t     <- W^(t-1)     - lr * grad_W     L(P(X; W^(t-1), theta^(t-1)), T)
+    theta^t <- theta^(t-1) - lr * grad_theta L(P(X; W^(t-1), theta^(t-1)), T) - gamma * grad g(theta^(t-1))
+    theta^t <- max(theta^t, theta_min)
+
+  One backward pass of ``L`` gives both gradients at the same point (W^(t-1), theta^(t-1)); the
+  regularizer's push ``-gamma * grad g = +gamma / (2 tau sqrt(theta))`` is added after the optimizer
+  step, at full size: not multiplied by the learning rate and kept out of theta's momentum. The
+  ``lr * grad`` parts go through SGD with Nesterov momentum (weight decay on W only), the optimizer
+  of supplement A.4 ("SGD optimizer with momentum of 0.9 with Nesterov momentum ... The noise
+  injection parameters have weight decay equal to 0"); theta's learning rate is W's (Algorithm 1 has
+  one ``lr``) unless ``theta_lr`` is set.
+
+``reference``: the authors' training script (github ArmenJeddi/Learn2Perturb, ``train.py``), per batch:
+
+1. a theta-only SGD step on ``gamma * g(theta)`` (``optimizer2`` on ``loss2``): the push is scaled by
+   the learning rate and enters theta's momentum buffer;
+2. the loss ``L`` at the moved theta, one backward pass, a step of W's optimizer and of theta's
+   (the same momentum buffer as step 1, so theta's momentum mixes both), then the clamp.
+
+Differences from both sources, kept on purpose (both variants):
+
+* the harmonic number ``H_(e - s + 1)``: the script computes ``H_(e - s)``, which is 0 in the first
+  noise epoch and raises ZeroDivisionError there; eq. 9 as printed has the same pole;
+* the training PGD attacks the true labels (eq. 10 uses ``T``; the script attacks the model's own
+  predictions ``pred_target``);
+* W's gradient may be norm-clipped (``optim.grad_clip``; neither source clips);
+* noise is drawn per sample (``noise.shared: true`` gives the script's one draw per batch).
+
+Both follow the sources in theta's learning rate following W's milestones (the script multiplies
+both optimizers' rates by 0.1 at ``lr_schedule``), and in theta's momentum and Nesterov flag being
+W's (``optim.momentum``, ``nesterov``; the script builds both optimizers from ``args.momentum``).
 
 Config::
 
     train:
       method: learn2perturb
+      variant: paper            # or reference
       noise: {init: 0.25, theta_min: 0.01, shared: false}
       gamma: 1.0e-4
-      noise_start: 10
+      noise_start: 20           # default: 20 (paper) / 10 (reference)
       adv_start: 20
       attack: {norm: linf, eps: 0.0314, steps: 7, step_size: 0.01}
 """
@@ -39,7 +71,7 @@ __all__ = ["Learn2PerturbTrainer"]
 
 
 class Learn2PerturbTrainer(AdversarialTrainer):
-    """Learn2Perturb training (see the module docstring)."""
+    """Learn2Perturb training (see the module docstring for the two variants)."""
 
     kind = "learn2perturb"
 
@@ -53,9 +85,20 @@ class Learn2PerturbTrainer(AdversarialTrainer):
     def build_optimizer(self) -> torch.optim.Optimizer:
         ids = {id(t) for t in self.thetas()}
         weights = [p for p in self.model.parameters() if id(p) not in ids and p.requires_grad]
-        self.theta_optimizer = torch.optim.SGD(self.thetas(), lr=self.tcfg.theta_lr or self.tcfg.optim.lr,
-                                               momentum=0.9, nesterov=True, weight_decay=0.0)
-        return build_grouped_optimizer([{"params": weights}], self.tcfg.optim, self.tcfg.nesterov)
+        o = self.tcfg.optim
+        self.theta_optimizer = torch.optim.SGD(self.thetas(), lr=self._theta_base_lr(), momentum=o.momentum,
+                                               nesterov=self.tcfg.nesterov and o.momentum > 0, weight_decay=0.0)
+        return build_grouped_optimizer([{"params": weights}], o, self.tcfg.nesterov)
+
+    def _theta_base_lr(self) -> float:
+        return self.tcfg.theta_lr or self.tcfg.optim.lr
+
+    def _sync_theta_lr(self) -> None:
+        # theta's rate follows W's milestones (both sources decay the two together); derived from the
+        # restored scheduler, so a resumed run uses the same rate
+        scale = self.optimizer.param_groups[0]["lr"] / self.tcfg.optim.lr
+        for g in self.theta_optimizer.param_groups:
+            g["lr"] = self._theta_base_lr() * scale
 
     def parameters(self):
         ids = {id(t) for t in self.thetas()}
@@ -69,6 +112,7 @@ class Learn2PerturbTrainer(AdversarialTrainer):
             self.theta_optimizer.load_state_dict(state["theta_optimizer"])
 
     def _mixed(self, x: Tensor, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Eq. (11): ``(1 - w) * CE(P(x_adv), y) + w * CE(P(x), y)``, ``w = clean_weight``."""
         logits = self.model(x_adv)
         w = self.tcfg.clean_weight
         return (1 - w) * F.cross_entropy(logits, y) + w * F.cross_entropy(self.model(x), y), logits
@@ -77,20 +121,13 @@ class Learn2PerturbTrainer(AdversarialTrainer):
         logits = self.model(x)
         return F.cross_entropy(logits, y), logits
 
-    def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
-        t = self.tcfg
-        epoch = step // self.steps_per_epoch
-        noisy = epoch >= t.noise_start
-        set_noise(self.model, noisy)
-        stats: dict[str, Tensor] = {}
-        if noisy and t.gamma > 0:  # 1. theta-only step on the regularizer
-            reg = learn2perturb_regularizer(self.thetas(), t.gamma, harmonic_tau(epoch, t.noise_start))
-            self.theta_optimizer.zero_grad(set_to_none=True)
-            reg.backward()
-            self.theta_optimizer.step()
-            stats["reg"] = reg.detach()
-        # 2. one backward pass of the training loss for W (and theta)
-        if epoch >= t.adv_start:
+    def _regularizer(self, epoch: int) -> Tensor:
+        """``gamma * g(theta)`` at the current theta (a scalar to minimize; it pushes theta up)."""
+        return learn2perturb_regularizer(self.thetas(), self.tcfg.gamma, harmonic_tau(epoch, self.tcfg.noise_start))
+
+    def _loss_backward(self, x: Tensor, y: Tensor, epoch: int, stats: dict[str, Tensor]) -> Tensor:
+        """The training loss L at the current (W, theta) and its gradients (W's clipped if configured)."""
+        if epoch >= self.tcfg.adv_start:
             x_adv = self.adversarial(x, y)
             loss, logits = self.loss_call(self._mixed, x, x_adv, y)
             stats["adv_acc"] = (logits.detach().argmax(1) == y).float().mean()
@@ -99,15 +136,54 @@ class Learn2PerturbTrainer(AdversarialTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         self.theta_optimizer.zero_grad(set_to_none=True)
         self.backward(loss)  # averaged over ranks under torchrun
-        if t.optim.grad_clip:
+        if self.tcfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                           t.optim.grad_clip)
+                                           self.tcfg.optim.grad_clip)
+        return loss
+
+    def train_step(self, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]:
+        epoch = step // self.steps_per_epoch
+        noisy = epoch >= self.tcfg.noise_start
+        set_noise(self.model, noisy)
+        self._sync_theta_lr()
+        stats: dict[str, Tensor] = {}
+        if self.tcfg.variant == "reference":
+            self._reference_step(x, y, epoch, noisy, stats)
+        else:
+            self._paper_step(x, y, epoch, noisy, stats)
+        return stats
+
+    def _paper_step(self, x: Tensor, y: Tensor, epoch: int, noisy: bool, stats: dict[str, Tensor]) -> None:
+        """Algorithm 1: both updates from the gradients at (W^(t-1), theta^(t-1)), push at full size."""
+        push = None
+        if noisy and self.tcfg.gamma > 0:
+            # gamma * grad g at theta^(t-1), before any step moves theta
+            reg = self._regularizer(epoch)
+            push = torch.autograd.grad(reg, self.thetas())
+            stats["reg"] = reg.detach()
+        stats["loss"] = self._loss_backward(x, y, epoch, stats).detach()
+        self.optimizer.step()
+        if noisy:
+            self.theta_optimizer.step()
+            if push is not None:
+                with torch.no_grad():
+                    for theta, g in zip(self.thetas(), push):  # one per layer
+                        theta.sub_(g)
+            clamp_noise_scales(self.model)
+
+    def _reference_step(self, x: Tensor, y: Tensor, epoch: int, noisy: bool, stats: dict[str, Tensor]) -> None:
+        """The authors' script: a theta-only step on the regularizer, then the joint step on L."""
+        if noisy and self.tcfg.gamma > 0:
+            reg = self._regularizer(epoch)
+            self.theta_optimizer.zero_grad(set_to_none=True)
+            reg.backward()
+            self.theta_optimizer.step()
+            stats["reg"] = reg.detach()
+        stats["loss"] = self._loss_backward(x, y, epoch, stats).detach()
         self.optimizer.step()
         if noisy:
             self.theta_optimizer.step()
             clamp_noise_scales(self.model)
-        stats["loss"] = loss.detach()
-        return stats
 
     def validate(self) -> dict[str, float]:
         out = super().validate()

@@ -67,13 +67,27 @@ def smoothing(results: Path) -> str:
 def stochastic(results: Path) -> str:
     d = _load("stochastic_claims.json", results)
     s, c = d["summary"], d["checks"]
-    l2p = "reproduced" if c.get("learn2perturb pgd > pgd_at pgd") else "claim not reproduced"
-    return (f"boundary ASR: PGD-AT {s['pgd_at']['boundary_asr']['mean']:.2f}, Learn2Perturb "
-            f"{s['learn2perturb']['boundary_asr']['mean']:.3f}, ANIS2 {s['anis2']['boundary_asr']['mean']:.3f}; "
-            f"MNG-AC union {s['mng_ac']['multi.union']['mean']:.3f} vs L-inf PGD-AT {s['pgd_at']['multi.union']['mean']:.3f}; "
-            f"Learn2Perturb PGD {s['learn2perturb']['pgd']['mean']:.3f} vs PGD-AT {s['pgd_at']['pgd']['mean']:.3f} ({l2p}); "
-            f"noise scale over training: Learn2Perturb x{c['learn2perturb noise scale last/first-noise-epoch']:.2f}, "
-            f"PNI x{c['pni noise scale last/first-noise-epoch']:.2f}")
+
+    def m(method: str, key: str, digits: int = 3) -> str:
+        v = s.get(method, {}).get(key)
+        return f"{v['mean']:.{digits}f}" if v else "-"
+
+    bl2 = d["settings"]["bl2"]
+    l2p = "holds" if c.get("learn2perturb pgd > pgd_at pgd") else "does not hold"
+    grows = "grows (as in the paper)" if c.get("learn2perturb noise grows during training (paper Fig. 4)") else \
+        "shrinks: the paper's growing noise is not reproduced"
+    eot_ok = [k.split(":")[0] for k, v in c.items() if "eot_pgd <= pgd (every seed, expected" in k and v is True]
+    eot_bad = [k.split(":")[0] for k, v in c.items() if "eot_pgd <= pgd (every seed, expected" in k and v is False]
+    masked = [k.split(":")[0] for k, v in c.items() if "gradient masking" in k and v is False]
+    return (f"boundary ASR within L2 {bl2:g} (one draw / majority vote): PGD-AT {m('pgd_at', 'boundary.asr_l2_bound', 2)}, "
+            f"Learn2Perturb {m('learn2perturb', 'boundary.asr_l2_bound', 2)} / {m('learn2perturb', 'eot_boundary.asr_l2_bound', 2)}, "
+            f"ANIS2 {m('anis2', 'boundary.asr_l2_bound', 2)} / {m('anis2', 'eot_boundary.asr_l2_bound', 2)}; "
+            f"MNG-AC union {m('mng_ac', 'multi.union')} vs L-inf PGD-AT {m('pgd_at', 'multi.union')}; "
+            f"Learn2Perturb PGD {m('learn2perturb', 'pgd')} vs PGD-AT {m('pgd_at', 'pgd')} (claim {l2p}); "
+            f"Learn2Perturb noise x{c['learn2perturb noise scale last/first-noise-epoch']:.2f} over training ({grows}), "
+            f"PNI x{c['pni noise scale last/first-noise-epoch']:.2f}; EOT-PGD <= PGD (expected over draws): "
+            f"holds for {', '.join(eot_ok) or 'none'}{'; FAILS for ' + ', '.join(eot_bad) if eot_bad else ''}; "
+            f"Square beats PGD (masking) for {', '.join(masked) or 'no model'}")
 
 
 def budgets_equal_volume(results: Path) -> str:

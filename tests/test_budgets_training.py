@@ -148,7 +148,8 @@ def test_certify_budgets_reports_equal_volume_radii_and_consistent_records():
     assert uni["radius"]["effective_log_learned"] == pytest.approx(uni["radius"]["effective_log_uniform"])
 
 
-def test_cli_trains_and_verifies_a_budget_checkpoint_and_writes_pictures(tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["contextual", "fixed"])
+def test_cli_trains_and_verifies_a_budget_checkpoint_and_writes_pictures(tmp_path, capsys, kind):
     import yaml
 
     from robustsuite.cli import main
@@ -161,8 +162,10 @@ def test_cli_trains_and_verifies_a_budget_checkpoint_and_writes_pictures(tmp_pat
     rc = main(["train", str(path), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet",
                "--set", "train.epochs=2", "--set", "data.train_subset=128", "--set", "data.test_subset=16",
                "--set", "train.schedule.start_epoch=1", "--set", "train.schedule.ramp_epochs=1",
-               "--set", "model.options={width: 0.5, linear: 32}", "--set", "train.generator.width=8"])
+               "--set", "model.options={width: 0.5, linear: 32}", "--set", "train.generator.width=8",
+               "--set", f"train.generator.kind={kind}"])
     assert rc == 0
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["generator_spec"]["kind"] == kind
     out = tmp_path / "verify.json"
     rc = main(["verify", str(tmp_path / "run" / "best.pt"), "--subset", "16", "--method", "ibp",
                "--pgd-steps", "5", "--device", "cpu", "--out", str(out)])

@@ -404,6 +404,29 @@ def test_square_and_boundary_run_again_with_eot_on_a_stochastic_model(model, dig
     assert rep.metrics["det"].get("robust|square+eot|linf@0.1", {}).get("mean") is None  # not for a deterministic model
 
 
+def test_eot_runs_of_query_budgeted_attacks_make_as_many_decisions(model, digits, monkeypatch):
+    """Every EOT draw is a query: the EOT run's budget is the one-draw budget times the samples."""
+    from robustsuite.attacks import registry
+
+    seen = []
+    real = registry.make_attack
+
+    def spy(name, m, threat, **settings):
+        seen.append((name, settings.get("eot", 1), settings.get("n_queries"), settings.get("max_queries")))
+        return real(name, m, threat, **settings)
+
+    monkeypatch.setattr(registry, "make_attack", spy)
+    import robustsuite.attacks as atk_pkg
+    monkeypatch.setattr(atk_pkg, "make_attack", spy)
+    _, _, xt, yt = digits
+    suite = {"attacks": [{"name": "square", "eps": 0.1, "n_queries": 20},
+                         {"name": "boundary", "norm": "l2", "eps": 1.0}],
+             "eot": {"samples": 3}, "subset": {"first": 4}}
+    evaluate({"noisy": Noisy(model)}, (xt, yt), suite, device="cpu")
+    assert ("square", 1, 20, None) in seen and ("square", 3, 60, None) in seen
+    assert ("boundary", 1, None, None) in seen and ("boundary", 3, None, 3 * 5000) in seen
+
+
 def test_square_counts_as_gradient_free_in_the_masking_check():
     from robustsuite.eval.metrics import attack_strength_warnings
 

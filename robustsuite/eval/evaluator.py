@@ -360,10 +360,17 @@ def _evaluate_model(name: str, model: nn.Module, x: Tensor, y: Tensor, indices: 
                 stage = f"attack|{it['attack']}"
                 settings = dict(it["settings"])
                 from ..attacks import attack_settings
-                if "seed" in attack_settings(it["inner"] or it["name"]):
+                known = attack_settings(it["inner"] or it["name"])
+                if "seed" in known:
                     settings.setdefault("seed", seed + r)
                 if it["eot"]:
                     settings["eot"] = suite.eot.samples
+                    # query budgets count model evaluations, every EOT draw included: scale them so the
+                    # EOT run makes as many decisions (iterations) as the one-draw run, as gradient
+                    # attacks keep their steps under EOT
+                    for budget in ("max_queries", "n_queries"):
+                        if budget in known:
+                            settings[budget] = int(settings.get(budget, known[budget])) * suite.eot.samples
                 succ, dist = [], []
                 for i in range(0, n, bs):
                     xb, yb = x[i:i + bs].to(dev), y[i:i + bs].to(dev)

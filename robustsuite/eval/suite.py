@@ -10,6 +10,7 @@ A suite is written in Python (``Suite(certify=[...], attacks=[...])``) or YAML (
       - {name: cw, norm: l2, eps: [1.0], steps: 100}
       - {name: transfer, source: pgd-at, attack: pgd, norm: linf, eps: [0.1], steps: 20}  # crafted on model 'pgd-at'
     eot: {samples: 10}        # attacks with an eot setting (gradient, Square, boundary) run again with EOT on stochastic models
+                              # (query budgets are multiplied by the samples: the same number of decisions)
     repeats: 5                # stochastic models: every metric R times (mean +- std)
     smoothing: {sigmas: [0.25], n0: 100, n: 1000, alpha: 0.001, radii: [0, 0.25, 0.5]}
     subset: {first: 200}      # or {every: 3}, or both (every k-th, then the first N of those)

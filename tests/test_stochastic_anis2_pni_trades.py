@@ -134,9 +134,9 @@ def test_anis2_alpha_range():
 def test_anis2_gamma_staircase_is_what_the_noise_uses_inside_the_trainer(tmp_path, monkeypatch):
     """Every forward of the student (training and validation) must add noise of variance
     gamma * sigma^2 with the slides' staircase gamma for the current epoch; the trained student
-    holds gamma_max. The noise draw is replaced by ones, so the output is
-    ReLU(x + sqrt(gamma) * sigma) exactly."""
-    monkeypatch.setattr(noise_mod, "_draw", lambda x, shared: torch.ones_like(x))
+    holds gamma_max. The noise draw is replaced by the constant 2 (not 1: scale * d and scale / d
+    must differ), so the output is ReLU(x + 2 sqrt(gamma) * sigma) exactly."""
+    monkeypatch.setattr(noise_mod, "_draw", lambda x, shared: torch.full_like(x, 2.0))
     g0, g1, r, epochs = 0.1, 0.5, 2, 4
     k = r * (g1 - g0) / epochs  # the slides' step, T = the training epochs
     expected = {e: g0 + k * (e // r) for e in range(epochs + 1)}  # after e completed epochs
@@ -156,7 +156,7 @@ def test_anis2_gamma_staircase_is_what_the_noise_uses_inside_the_trainer(tmp_pat
             return
         e = trainer.epoch  # during epoch e; validation after it sees the next epoch's gamma
         scale = (expected[e] ** 0.5) * sigma.view(1, -1, 1, 1)
-        assert torch.allclose(out, torch.relu(x + scale), atol=1e-6), \
+        assert torch.allclose(out, torch.relu(x + 2.0 * scale), atol=1e-6), \
             f"epoch {e} ({'train' if mod.training else 'eval'}): noise not at gamma {expected[e]}"
         checked[(e, mod.training)] = checked.get((e, mod.training), 0) + 1
 

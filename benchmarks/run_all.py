@@ -2,8 +2,10 @@
 
     .venv/bin/python -m benchmarks.run_all [--only NAME ...] [--quick]
 
-Long: the claims benchmarks train many models (about an hour in all on 2 CPU cores). Finished
-trainings of ``bench_budgets`` and ``bench_stochastic`` are cached under ``runs/`` and reused.
+Long: the claims benchmarks train many models (several hours in all on 2 CPU cores; part d of
+``bench_budgets``, the context study, alone about 90 minutes on one core). ``bench_budgets`` resumes
+an interrupted sweep from ``runs/``; ``bench_stochastic`` trains every model from scratch and reuses
+only results of the same commit and settings.
 """
 from __future__ import annotations
 

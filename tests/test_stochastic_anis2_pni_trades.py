@@ -367,3 +367,24 @@ def test_trades_outer_loss_through_the_trainer(beta, tmp_path, monkeypatch):
     for name, p in before.named_parameters():
         want = sgd_first_step(p.detach(), p.grad, 0.05, 0.1)
         assert torch.allclose(after[name].detach(), want, rtol=1e-4, atol=1e-6), f"{name}: not the TRADES update"
+
+
+@pytest.mark.parametrize("w", [0.0, 0.3])
+def test_anis2_student_loss_mixes_clean_and_adversarial_with_one_ema_update(tmp_path, monkeypatch, w):
+    """With ``clean_weight`` w the student's loss is (1 - w) CE(f(x_adv)) + w CE(f(x)), and only the
+    adversarial forward updates sigma (the clean one runs with the EMA paused)."""
+    monkeypatch.setattr(noise_mod, "_draw", lambda x, shared: torch.full_like(x, 0.5))
+    trainer = make_trainer("anis2", tmp_path, clean_weight=w, teacher_epochs=1)
+    x, y = batch()
+    x_adv = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    ref = copy.deepcopy(trainer.model).train()
+    ce_adv = F.cross_entropy(ref(x_adv), y)                      # updates the reference's sigma once
+    sigmas = [m.sigma.clone() for _, m in S.noise_layers(ref)]
+    with S.ema_paused(ref):
+        ce_clean = F.cross_entropy(ref(x), y)
+    trainer.model.train()
+    loss, _ = trainer._student_loss(x, x_adv, y)
+    expected = (1 - w) * ce_adv + w * ce_clean if w > 0 else ce_adv
+    assert torch.allclose(loss, expected, atol=1e-6), (float(loss), float(expected))
+    for s, (_, m) in zip(sigmas, S.noise_layers(trainer.model)):
+        assert torch.equal(m.sigma, s), "the clean forward must not update sigma"

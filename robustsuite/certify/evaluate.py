@@ -8,7 +8,6 @@ counted in the result (``violations``: samples breaking either rule).
 """
 from __future__ import annotations
 
-import logging
 import time
 from typing import Sequence
 
@@ -17,9 +16,8 @@ from torch import Tensor, nn
 
 from ..threats import LinfBall
 from .bounds import canonical_method
+from .checks import soundness_violations
 from .verifier import Verifier
-
-log = logging.getLogger(__name__)
 
 
 def pgd_robust(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, *, batch: int = 256,
@@ -70,22 +68,9 @@ def certified_table(model: nn.Module, x: Tensor, y: Tensor, *, eps: Sequence[flo
                    "clean_acc": float(clean.float().mean()),
                    "certified_acc": float(res.certified.float().mean()),
                    "seconds": round(dt, 3)}
-            cert = res.certified.to(clean.device)
-            wrong = cert & ~clean  # certified, yet misclassified at the center of its own set
-            bad = wrong
-            row["violations_clean"] = int(wrong.sum())
-            if row["violations_clean"]:
-                log.error("SOUNDNESS VIOLATION: %d samples certified by %s at eps %g are misclassified without "
-                          "perturbation", row["violations_clean"], m, e)
             if robust is not None:
-                broken = cert & ~robust
-                bad = bad | broken
-                row.update(pgd_acc=float(robust.float().mean()), pgd_steps=int(pgd_steps),
-                           violations_pgd=int(broken.sum()))
-                if row["violations_pgd"]:
-                    log.error("SOUNDNESS VIOLATION: %d samples certified by %s at eps %g are broken by PGD",
-                              row["violations_pgd"], m, e)
-            row["violations"] = int(bad.sum())
+                row.update(pgd_acc=float(robust.float().mean()), pgd_steps=int(pgd_steps))
+            row.update(soundness_violations(clean, res.certified.to(clean.device), robust, what=f"{m} at eps {e:g}"))
             rows.append(row)
     return rows
 

@@ -102,11 +102,11 @@ def train(cfg: RunConfig, out_dir: str | Path, *, device: str | None = None, res
     ``history.json`` into ``out_dir``. Resumes from ``out_dir/last.pt`` when present (a finished run
     returns at once). Holds the lock of ``out_dir`` throughout (rank 0 under torchrun): a second run
     into the same folder raises :class:`~robustsuite.errors.OutputError` naming this one's PID."""
-    from ..files import output_lock
-    from .distributed import init_from_env, is_main
+    from ..files import output_lock, writes_outputs
+    from .distributed import init_from_env
 
     init_from_env()  # no-op unless launched by torchrun with WORLD_SIZE > 1
-    with output_lock(out_dir, enabled=is_main()):
+    with output_lock(out_dir, enabled=writes_outputs()):
         return _train(cfg, out_dir, device=device, resume=resume, quiet=quiet, stop_after=stop_after)
 
 

@@ -116,8 +116,10 @@ def _train(cfg: RunConfig, out_dir: str | Path, *, device: str | None, resume: b
     from .distributed import device_for_rank
 
     dev = device_for_rank(resolve_device(device or cfg.device))
+    train_set, val_set, _ = build_datasets(cfg)  # seeded by the config alone (no global RNG draws)
+    # Seeded after loading: importing a data set's library may draw from a global RNG (scikit-learn
+    # imports rich, whose import draws from Python's `random`), and that must not shift the run.
     seed_everything(cfg.seed)
-    train_set, val_set, _ = build_datasets(cfg)
     info = rdata.info(cfg.data.name, **cfg.data.options)
     x0, _ = train_set[0]
     model = build_model(cfg, tuple(x0.shape), info.num_classes).to(dev)

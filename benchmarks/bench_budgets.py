@@ -54,7 +54,7 @@ from robustsuite.budgets import (BudgetGenerator, BudgetModel, budget_ratio, bud
 from robustsuite.budgets.evaluate import certified_curve
 from robustsuite.budgets.plots import (plot_budget_context, plot_budget_grid, plot_certified_vs_eps,
                                        plot_log_budget_histogram)
-from robustsuite.config import validate
+from robustsuite.training.config import validate
 from robustsuite.files import atomic_write_json
 from robustsuite.training import load_checkpoint, model_from_checkpoint
 from robustsuite.training.run import train
@@ -351,7 +351,7 @@ def part_d(args, runs: Path, prefix: str) -> dict:
 
 # ------------------------------------------------------------------------------------------- (c)
 def _trainers(model: str, options: dict, batch: int):
-    from robustsuite.training.run import trainer_class
+    from robustsuite.training.registry import trainer_class
 
     base = _base("configs/digits_budgets.yaml")
     common = {"eps": 0.12, "eps_test": 0.1, "epochs": 10, "batch_size": batch, "beta_final": 0.0,

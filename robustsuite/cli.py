@@ -30,7 +30,7 @@ def _floats(text: str) -> list[float]:
 
 def _radii(text: str) -> list[float]:
     """``--eps`` of verify: L-inf radii, each in (0, 1] (the rule of the config's ``eps``)."""
-    from .config import check_linf_radii
+    from .settings import check_linf_radii
     try:
         return check_linf_radii(_floats(text), "--eps")
     except ConfigError as e:
@@ -65,7 +65,7 @@ def _setup_logging(quiet: bool) -> None:
 
 # ------------------------------------------------------------------------------------ commands
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .training.config import load_config
     from .training.run import train
 
     overrides = list(args.set or [])
@@ -118,7 +118,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     x, y = x.to(_device(args.device)), y.to(_device(args.device))
     settings = {}
     for item in args.option or []:
-        from .config import parse_override
+        from .settings import parse_override
         path, value = parse_override(item)
         settings[".".join(path)] = value
     if args.steps is not None:

@@ -50,7 +50,7 @@ def select_test_data(ckpt_data: dict | None, args: argparse.Namespace):
     from pydantic import ValidationError
 
     from . import data as rdata
-    from .config import DataConfig
+    from .training.config import DataConfig
     from .errors import CheckpointError
 
     options = _data_options(getattr(args, "data_option", None))

@@ -41,8 +41,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import Field, ValidationError
 
-from .config import (DataConfig, DeviceName, RunConfig, SafeName, Strict, _format_error, apply_overrides, load_yaml,
-                     validate)
+from .settings import DeviceName, SafeName, Strict, _format_error, apply_overrides, load_yaml
+from .training.config import DataConfig, RunConfig, validate
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)

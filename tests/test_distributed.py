@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = textwrap.dedent('''
     import json, sys
     import torch
-    from robustsuite.config import validate
+    from robustsuite.training.config import validate
     from robustsuite.training.run import train
     from robustsuite.training import distributed as D
 
@@ -212,9 +212,10 @@ def test_run_under_two_gloo_processes_reports_once_as_one_process(tmp_path):
 SYNC_WORKER = textwrap.dedent('''
     import sys
     import torch
-    from robustsuite.config import validate
+    from robustsuite.training.config import validate
     from robustsuite.training import distributed as D
-    from robustsuite.training.run import build_datasets, build_model, trainer_class
+    from robustsuite.training.registry import trainer_class
+    from robustsuite.training.run import build_datasets, build_model
 
     out, what = sys.argv[1], sys.argv[2]
     data = {"name": "digits", "train_subset": 61, "val_fraction": 0.0}   # batches 15, 15, 15, 15, 1

@@ -25,7 +25,7 @@ Example::
     bm = load_budget_model("runs/digits_budgets/best.pt")
     report = certify_budgets(bm, x, y, eps=0.1, rho=4, methods=["ibp", "crown-ibp"])
 """
-from .config import BudgetTrainConfig, GeneratorConfig  # registers train.method: budgets
+from .config import BudgetTrainConfig, GeneratorConfig
 from .evaluate import budget_ratio, budget_spread, certify_budgets, radius_summary
 from .generator import (GENERATORS, BudgetGenerator, BudgetModel, FixedBudgetGenerator, coordinate_channels,
                         generator_from_spec, mean_mask_generator)

@@ -27,6 +27,8 @@ from ..certify.training import CertifiedTrainer
 from ..errors import CheckpointError
 from ..threats import Box
 from ..training.loop import build_optimizer
+from ..training.registry import register_trainer
+from .config import BudgetTrainConfig
 from .generator import BudgetGenerator, BudgetModel, FixedBudgetGenerator, generator_from_spec
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 __all__ = ["BudgetTrainer", "load_budget_model", "budget_settings"]
 
 
+@register_trainer("budgets", config=BudgetTrainConfig)
 class BudgetTrainer(CertifiedTrainer):
     """CROWN-IBP training under the boxes of a jointly trained :class:`BudgetGenerator` (or, with
     ``generator.kind: fixed``, of one learned mask for all images, :class:`FixedBudgetGenerator`).

@@ -73,7 +73,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..training.distributed import all_reduce_grads, broadcast_object
+from ..training.registry import register_trainer
 from .adversarial import AdversarialTrainer, make_pgd, threat_of
+from .config import MNGACConfig
 from .evaluate import per_sample_robust
 from .generator import NoiseGenerator
 from .losses import js_divergence
@@ -121,6 +123,7 @@ def buffers_kept(model: nn.Module) -> Iterator[None]:
                 b.copy_(v)
 
 
+@register_trainer("mng_ac", config=MNGACConfig)
 class MNGACTrainer(AdversarialTrainer):
     """MNG-AC training (see the module docstring); ``self.generator`` is the meta noise generator."""
 

@@ -44,8 +44,8 @@ from torch import Tensor
 from robustsuite import data as rdata
 from robustsuite.budgets import budget_ratio, load_budget_model
 from robustsuite.budgets.config import BudgetTrainConfig
-from robustsuite.budgets.training import BudgetTrainer
-from robustsuite.certify.training import robust_ce_from_margins
+from robustsuite.budgets.trainer import BudgetTrainer
+from robustsuite.certify.trainer import robust_ce_from_margins
 from robustsuite.certify.verifier import Verifier
 from robustsuite.data.synthetic import distractor_mask
 from robustsuite.files import atomic_save_figure, atomic_write_json

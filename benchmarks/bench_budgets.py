@@ -51,7 +51,7 @@ import yaml
 from robustsuite import data as rdata
 from robustsuite.budgets import (BudgetGenerator, BudgetModel, budget_ratio, budget_spread, certify_budgets,
                                  load_budget_model, mean_mask_generator)
-from robustsuite.budgets.evaluate import certified_curve
+from robustsuite.budgets.certification import certified_curve
 from robustsuite.budgets.plots import (plot_budget_context, plot_budget_grid, plot_certified_vs_eps,
                                        plot_log_budget_histogram)
 from robustsuite.training.config import validate

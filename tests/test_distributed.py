@@ -129,7 +129,7 @@ def test_two_gloo_processes_train_and_evaluate_as_one(tmp_path, what):
     assert sorted(p.name for p in (two / "run").iterdir()) == sorted(p.name for p in (one / "run").iterdir())
 
     if what == "budgets":  # the learned boxes are the same
-        from robustsuite.budgets.training import load_budget_model
+        from robustsuite.budgets.trainer import load_budget_model
         x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
         ca, cb = (load_checkpoint(d / "run" / "last.pt") for d in (one, two))
         with torch.no_grad():

@@ -12,7 +12,7 @@ Example (YAML)::
                   optim: {name: adam, lr: 0.003, grad_clip: 10}}
 
 ``generator.kind: fixed`` trains the input-independent baseline instead: one learned mask for every
-image (:class:`~robustsuite.budgets.generator.FixedBudgetGenerator`), same projection, loss, schedule
+image (:class:`~robustsuite.budgets.budget_generator.FixedBudgetGenerator`), same projection, loss, schedule
 and optimizer; ``width``, ``depth`` and ``coordinates`` then do not apply.
 
 :class:`~robustsuite.budgets.trainer.BudgetTrainer` registers ``method: budgets`` with this config

@@ -9,7 +9,7 @@ applies the torch-2 compatibility patches of :mod:`robustsuite.certify.lirpa_com
 from .bounds import METHODS, canonical_method, margins, spec_matrix
 from .checks import check_boundable, is_stochastic
 from .config import CertifiedTrainConfig, ScheduleConfig
-from .training import CertifiedTrainer
+from .trainer import CertifiedTrainer
 from .verifier import VerificationResult, Verifier
 
 __all__ = ["Verifier", "VerificationResult", "METHODS", "canonical_method", "spec_matrix", "margins",

@@ -22,8 +22,8 @@ from .anis2 import ANIS2Trainer
 from .builders import KINDS, add_noise, base_spec, build_from_spec, build_stochastic, is_stochastic_spec
 from .config import (ANIS2Config, AttackSettings, Learn2PerturbConfig, MNGACConfig, PGDATConfig,
                      PNIConfig, TradesConfig)
-from .evaluate import expected_accuracy, multi_norm_accuracy, per_sample_robust
-from .generator import NoiseGenerator
+from .robust_accuracy import expected_accuracy, multi_norm_accuracy, per_sample_robust
+from .noise_generator import NoiseGenerator
 from .learn2perturb import Learn2PerturbTrainer
 from .losses import harmonic_tau, js_divergence, learn2perturb_regularizer, trades_kl
 from .noise import (NoiseLayer, PerturbationInjection, ScalarNoise, StocReLUEMA, clamp_noise_scales,

@@ -146,7 +146,7 @@ class ANIS2Config(StochasticTrainBase):
 
 
 class GeneratorSettings(Strict):
-    """MNG-AC's meta noise generator and its optimizer (:mod:`robustsuite.stochastic.generator`).
+    """MNG-AC's meta noise generator and its optimizer (:mod:`robustsuite.stochastic.noise_generator`).
 
     ``input`` and ``projection`` left unset follow ``train.variant``; the rest is the authors'
     code (the slides are silent): 20 hidden channels, SGD with momentum 0.9 and weight decay 5e-4 on

@@ -44,7 +44,9 @@ _TRAINERS: dict[str, TrainerEntry] = {}
 
 def register_trainer(*methods: str, config: "type[TrainBase]") -> Callable[[T], T]:
     """Class decorator: ``train.method: <m>`` (for each of ``methods``) validates its ``train`` section
-    with ``config`` and trains with the decorated class.
+    with ``config`` and trains with the decorated class. A class that names no checkpoint ``kind`` of
+    its own (neither it nor a base other than :class:`~robustsuite.training.loop.Trainer`) gets the
+    first method as its ``kind``.
 
     Raises:
         ValueError: no method given, ``config`` is not a class, or a method is already registered to
@@ -67,6 +69,8 @@ def register_trainer(*methods: str, config: "type[TrainBase]") -> Callable[[T], 
                 raise ValueError(f"train.method {m!r} is already registered to {old.trainer.__qualname__} "
                                  f"({old.config.__qualname__}); choose another name")
             _TRAINERS[m] = TrainerEntry(m, config, cls)
+        if getattr(cls, "kind", "base") == "base":  # a checkpoint records its trainer's kind: by default its method
+            cls.kind = methods[0]
         return cls
 
     return decorate

@@ -174,3 +174,25 @@ def test_noise_kinds_and_spec_builders_refuse_bad_input():
         models.register_spec_builder("options", lambda spec: None)
     with pytest.raises(ValueError, match="already rebuilt by"):
         models.register_spec_builder("stochastic", lambda spec: None)
+
+
+def test_every_module_that_registers_is_imported_by_import_robustsuite():
+    """A registration runs when its module is imported: a trainer, noise layer or spec builder in a
+    module that ``import robustsuite`` does not reach would be missing from its table (no error, just
+    'unknown train.method'). Every such module must be imported by its part's ``__init__``."""
+    import ast
+    import subprocess
+    import sys
+
+    registering = []
+    for path in sorted((ROOT / "robustsuite").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", "")
+                 for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        if names & {"register_trainer", "register_noise", "register_spec_builder"} and path.stem != "registry":
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            registering.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    assert len(registering) >= 8, registering  # the trainers' modules, noise.py, builders.py
+    code = f"import sys, robustsuite; print([m for m in {registering!r} if m not in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

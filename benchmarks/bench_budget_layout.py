@@ -44,15 +44,16 @@ from torch import Tensor
 from robustsuite import data as rdata
 from robustsuite.budgets import budget_ratio, load_budget_model
 from robustsuite.budgets.config import BudgetTrainConfig
-from robustsuite.budgets.training import BudgetTrainer
-from robustsuite.certify.training import robust_ce_from_margins
+from robustsuite.budgets.trainer import BudgetTrainer
+from robustsuite.certify.trainer import robust_ce_from_margins
 from robustsuite.certify.verifier import Verifier
-from robustsuite.config import register_train_config, validate
 from robustsuite.data.synthetic import distractor_mask
 from robustsuite.files import atomic_save_figure, atomic_write_json
 from robustsuite.threats import Box
 from robustsuite.training import load_checkpoint, model_from_checkpoint
-from robustsuite.training.run import register_trainer, train
+from robustsuite.training.config import validate
+from robustsuite.training.registry import register_trainer
+from robustsuite.training.run import train
 
 from .bench_budgets import RESULTS, _base, _meta, _ms, run_config
 
@@ -93,6 +94,7 @@ class FixedLayoutConfig(BudgetTrainConfig):
     method: Literal["budgets_fixed_layout"] = "budgets_fixed_layout"
 
 
+@register_trainer("budgets_fixed_layout", config=FixedLayoutConfig)
 class FixedLayoutTrainer(BudgetTrainer):
     """The budget trainer with the generator replaced by the fixed mask-aligned layout."""
 
@@ -111,8 +113,6 @@ class FixedLayoutTrainer(BudgetTrainer):
         return Box(*self.box(x, self.tcfg.eps_test))
 
 
-register_train_config("budgets_fixed_layout", FixedLayoutConfig)
-register_trainer("budgets_fixed_layout", "benchmarks.bench_budget_layout:FixedLayoutTrainer")
 
 
 # ------------------------------------------------------------------------------------------- runs

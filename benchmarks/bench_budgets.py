@@ -51,10 +51,10 @@ import yaml
 from robustsuite import data as rdata
 from robustsuite.budgets import (BudgetGenerator, BudgetModel, budget_ratio, budget_spread, certify_budgets,
                                  load_budget_model, mean_mask_generator)
-from robustsuite.budgets.evaluate import certified_curve
+from robustsuite.budgets.certification import certified_curve
 from robustsuite.budgets.plots import (plot_budget_context, plot_budget_grid, plot_certified_vs_eps,
                                        plot_log_budget_histogram)
-from robustsuite.config import validate
+from robustsuite.training.config import validate
 from robustsuite.files import atomic_write_json
 from robustsuite.training import load_checkpoint, model_from_checkpoint
 from robustsuite.training.run import train
@@ -351,7 +351,7 @@ def part_d(args, runs: Path, prefix: str) -> dict:
 
 # ------------------------------------------------------------------------------------------- (c)
 def _trainers(model: str, options: dict, batch: int):
-    from robustsuite.training.run import trainer_class
+    from robustsuite.training.registry import trainer_class
 
     base = _base("configs/digits_budgets.yaml")
     common = {"eps": 0.12, "eps_test": 0.1, "epochs": 10, "batch_size": batch, "beta_final": 0.0,

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from robustsuite import data
-from robustsuite.certify.evaluate import certified_table, format_table
-from robustsuite.config import load_config
+from robustsuite.certify.accuracy import certified_table, format_table
+from robustsuite.training.config import load_config
 from robustsuite.files import atomic_write_json
 from robustsuite.training import model_from_checkpoint
 from robustsuite.training.run import train

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from robustsuite.certify.bounds import spec_matrix
 from robustsuite.certify.lirpa import BoundedModule, BoundedTensor, PerturbationLpNorm
-from robustsuite.certify.training import CertifiedTrainer, robust_ce_from_margins
-from robustsuite.config import validate
+from robustsuite.certify.trainer import CertifiedTrainer, robust_ce_from_margins
+from robustsuite.training.config import validate
 from robustsuite.data import as_tensors, load
 from robustsuite.models import build
 

@@ -23,7 +23,7 @@ import torch
 
 from robustsuite import data as rdata
 from robustsuite.eval import evaluate, load_suite
-from robustsuite.eval.commands import load_models
+from robustsuite.eval.loading import load_models
 from robustsuite.files import atomic_write_json
 
 GOAL_S = 300.0

@@ -46,7 +46,7 @@ import torch
 import robustsuite.stochastic as S
 from robustsuite import data
 from robustsuite.attacks import PGD, BoundaryAttack, Square, TransferAttack
-from robustsuite.config import load_config
+from robustsuite.training.config import load_config
 from robustsuite.files import atomic_write_json
 from robustsuite.threats import L1Ball, L2Ball, LinfBall
 from robustsuite.training.checkpoint import load_checkpoint

@@ -16,6 +16,12 @@ def run(study, **kwargs):
     from .study import run as _run
     return _run(study, **kwargs)
 
+
+# The parts that define trainers, noise layers and checkpoint model builders register them where they
+# are defined; importing them here fills those registries before any use (``import robustsuite.x``
+# runs this file first), so the lower layers that read the registries never import the parts.
+from . import budgets, certify, stochastic, training  # noqa: E402,F401
+
 __all__ = [
     "Box", "L1Ball", "L2Ball", "LinfBall", "ThreatModel", "threat_from_name",
     "resolve_device", "seed_everything", "run",

@@ -25,11 +25,15 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .errors import ConfigError, OutputError
+from .errors import OutputError
+from .runtime import is_distributed, is_main
+# the name rules live with the settings (SafeName validates config fields with them); here they are
+# part of the file API
+from .settings import MAX_NAME, name_problem, safe_name
 
 __all__ = ["atomic_write_text", "atomic_write_json", "atomic_torch_save", "atomic_save_figure", "output_error",
            "ensure_dir", "output_lock", "clean_stale_temps", "replace_folder", "safe_name", "name_problem",
-           "LOCK_NAME", "writes_outputs", "recover_folder"]
+           "MAX_NAME", "LOCK_NAME", "writes_outputs", "recover_folder"]
 
 #: the lock file every locked output folder holds (see :func:`output_lock`)
 LOCK_NAME = ".robustsuite.lock"
@@ -199,7 +203,6 @@ def clean_stale_temps(folder: str | os.PathLike) -> list[Path]:
 def writes_outputs() -> bool:
     """Whether this process writes the outputs: rank 0 under torchrun (also before the process group
     is joined: ``RANK`` is in the environment then), else True."""
-    from .training.distributed import is_distributed, is_main
     return is_main() if is_distributed() else os.environ.get("RANK", "0") == "0"
 
 
@@ -326,37 +329,3 @@ def replace_folder(folder: str | os.PathLike, fill: Callable[[Path], None]) -> P
         raise
     shutil.rmtree(old, ignore_errors=True)
     return folder
-
-
-# ---------------------------------------------------------------------------------------- names
-_NAME = re.compile(r"^\w(?:[\w.+ -]*[\w+-])?$")
-MAX_NAME = 100
-
-
-def name_problem(name: Any) -> str | None:
-    """Why ``name`` cannot name a file or folder, or None when it can.
-
-    A name is 1..100 characters: letters, digits and ``_`` (any script), then also ``.``, ``+``,
-    ``-`` and spaces inside; it starts with a letter, digit or ``_`` and does not end with ``.`` or a
-    space. So no ``/``, ``\\``, NUL, ``..``, hidden names, ``|`` (a record-key separator) or ``,``
-    (the CLI's list separator).
-    """
-    if not isinstance(name, str):
-        return f"expected a text name, got {type(name).__name__}"
-    if not name:
-        return "must not be empty"
-    if len(name) > MAX_NAME:
-        return f"is {len(name)} characters long; use at most {MAX_NAME}"
-    if not _NAME.match(name):
-        return ("use letters, digits, '_', and inside also '.', '+', '-' or spaces; it becomes a file or folder "
-                "name, so no '/', '\\', '..', '|', ',' or leading '.'")
-    return None
-
-
-def safe_name(name: Any, field: str) -> str:
-    """``name`` if it may become part of a path (see :func:`name_problem`), else a
-    :class:`ConfigError` naming ``field``."""
-    problem = name_problem(name)
-    if problem:
-        raise ConfigError(f"{field}: name {name!r} is not allowed: {problem}")
-    return name

@@ -1,4 +1,8 @@
-"""Devices and seeds: the two things every entry point takes."""
+"""Devices, seeds and the process's rank: what every entry point takes or asks.
+
+The rank queries (:func:`is_distributed`, :func:`rank`, :func:`world`, :func:`is_main`) read
+``torch.distributed``'s process group and are no-ops with one process; joining the group and the
+collectives live in :mod:`robustsuite.training.distributed`."""
 from __future__ import annotations
 
 import os
@@ -9,6 +13,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .errors import ConfigError
 
@@ -110,3 +115,26 @@ def isolated_rng(seed: int) -> Iterator[None]:
         finally:
             random.setstate(py)
             np.random.set_state(npy)
+
+
+# ---------------------------------------------------------------------------------------- ranks
+def is_distributed() -> bool:
+    """Whether this process is one of several in an initialized ``torch.distributed`` process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    """Whether this process writes files and logs (rank 0, or the only process)."""
+    return rank() == 0

@@ -31,7 +31,6 @@ a finished one is skipped, an interrupted one resumes from its ``last.pt``) and 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from dataclasses import dataclass, field
@@ -41,14 +40,13 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import Field, ValidationError
 
-from .config import (DataConfig, DeviceName, RunConfig, SafeName, Strict, _format_error, apply_overrides, load_yaml,
-                     validate)
+from .settings import DeviceName, SafeName, Strict, _format_error, apply_overrides, load_yaml
+from .training.config import DataConfig, RunConfig, validate
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelEntry", "StudyConfig", "StudyResult", "load_study", "study_from_dict", "run", "add_run_parser",
-           "cmd_run"]
+__all__ = ["ModelEntry", "StudyConfig", "StudyResult", "load_study", "study_from_dict", "run"]
 
 
 class ModelEntry(Strict):
@@ -243,7 +241,7 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
 
 
 def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None) -> StudyResult:
-    from .eval.commands import load_models
+    from .eval.loading import load_models
     from .eval.evaluator import evaluate
     from .files import atomic_write_text, writes_outputs
     from .training.run import train
@@ -293,42 +291,3 @@ def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None
     # under torchrun every rank holds the same report; rank 0 writes it
     result.report_dir = report.save(rs.out / "report") if writes_outputs() else rs.out / "report"
     return result
-
-
-# ------------------------------------------------------------------------------------- CLI
-def cmd_run(args: argparse.Namespace) -> int:
-    from .eval.commands import finish_report
-    from .training.distributed import is_main
-
-    t0 = time.perf_counter()
-    res = run(args.config, resume=not args.no_resume, quiet=args.quiet, overrides=list(args.set or []),
-              stop_after=args.stop_after)
-    if is_main():  # under torchrun only rank 0 reports
-        for label, st in res.status.items():
-            print(f"{label}: {st} -> {res.checkpoints[label]}")
-        if res.report is None:
-            print(f"stopped after {len(res.status)} model(s); run again to finish ({res.out})")
-    if res.report is None:
-        return 0
-    return finish_report(res.report, res.report_dir, f" in {time.perf_counter() - t0:.0f} s")
-
-
-def add_run_parser(sub) -> None:
-    """Register ``run`` on the CLI's subparsers."""
-    r = sub.add_parser("run", help="a whole study: train every model of a study config, then one report",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train each model listed in a study config (skipping those with a finished "
-                                   "checkpoint, resuming interrupted ones), then evaluate them together with the "
-                                   "study's suite. Writes <out>/study.yaml, <out>/models/<label>/ and "
-                                   "<out>/report/ (report.md, report.json, records.csv, plots/) and prints the "
-                                   "table. Exit status 3 on a soundness violation.",
-                       epilog="example:\n  robustsuite run configs/digits_study.yaml\n"
-                              "  robustsuite run configs/digits_study.yaml --set out=runs/s2 --set suite_set=[subset.first=50]")
-    r.add_argument("config", help="study YAML (see configs/digits_study.yaml)")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a study key, e.g. --set out=runs/x or --set models.pgd_at.set=[train.epochs=2]")
-    r.add_argument("--no-resume", action="store_true", help="retrain every model from scratch")
-    r.add_argument("--stop-after", type=int, metavar="N", help="train the first N models only, no evaluation")
-    from .cli import add_quiet_argument
-    add_quiet_argument(r)
-    r.set_defaults(func=cmd_run)

@@ -205,7 +205,7 @@ def test_budget_model_box_has_the_volume_and_is_clipped_to_the_unit_interval():
 
 def test_gradient_reaches_the_generator_through_box_bounds_and_loss():
     from robustsuite.certify.lirpa import BoundedModule
-    from robustsuite.certify.training import margin_lower_bounds, robust_ce_from_margins
+    from robustsuite.certify.trainer import margin_lower_bounds, robust_ce_from_margins
 
     bm = _pair(head_std=0.0)  # as at the start of training: zero head, uniform budgets
     x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))

@@ -10,7 +10,7 @@ from robustsuite import ConfigError
 from robustsuite.budgets import (BudgetGenerator, BudgetModel, FixedBudgetGenerator, budget_spread,
                                  certify_budgets, generator_from_spec, load_budget_model, mean_mask_generator)
 from robustsuite.budgets.plots import plot_budget_context
-from robustsuite.config import validate
+from robustsuite.training.config import validate
 from robustsuite.errors import InputError
 from robustsuite.models import build
 from robustsuite.training import load_checkpoint

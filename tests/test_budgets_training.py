@@ -12,7 +12,7 @@ from robustsuite.budgets import (BudgetGenerator, BudgetModel, budget_settings, 
                                  load_budget_model)
 from robustsuite.certify import Verifier
 from robustsuite.certify.bounds import margins
-from robustsuite.config import validate
+from robustsuite.training.config import validate
 from robustsuite.models import build
 from robustsuite.training import load_checkpoint
 from robustsuite.training.run import train

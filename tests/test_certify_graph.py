@@ -237,7 +237,7 @@ def test_every_allowlist_entry_names_an_existing_test():
 
 
 def test_certified_trainer_refuses_a_graph_the_verifier_refuses():
-    from robustsuite.certify.training import CertifiedTrainer
+    from robustsuite.certify.trainer import CertifiedTrainer
 
     model = REFUSED["functional_avgpool_k2_s1"][0]()
     for fusion in (False, True):

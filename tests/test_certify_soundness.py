@@ -123,7 +123,7 @@ def test_logit_bounds_contain_sampled_logits(method):
 
 
 def test_certified_never_exceeds_pgd_robust_accuracy():
-    from robustsuite.certify.evaluate import pgd_robust
+    from robustsuite.certify.accuracy import pgd_robust
 
     model = _model("cnn_small")
     torch.manual_seed(4)

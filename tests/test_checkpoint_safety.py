@@ -14,7 +14,7 @@ import torch
 
 from robustsuite.budgets import load_budget_model
 from robustsuite.cli import main
-from robustsuite.config import validate
+from robustsuite.training.config import validate
 from robustsuite.errors import CheckpointError, DataNotFoundError
 from robustsuite.training import load_checkpoint, model_from_checkpoint
 from robustsuite.training.run import train

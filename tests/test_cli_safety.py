@@ -79,7 +79,7 @@ def test_eval_without_attacks_flags_a_certified_sample_that_is_misclassified(ckp
 def test_budget_certification_flags_a_certified_sample_that_is_misclassified(lying_verifier):
     from robustsuite import data as rdata
     from robustsuite.budgets import BudgetGenerator, BudgetModel
-    from robustsuite.budgets.evaluate import certify_budgets
+    from robustsuite.budgets.certification import certify_budgets
 
     torch.manual_seed(0)
     x, y = rdata.as_tensors(rdata.subset(rdata.load("digits", "test"), n=16))
@@ -189,10 +189,10 @@ def test_a_boolean_where_a_number_belongs_is_refused(capsys, tmp_path):
 
 
 def test_any_os_error_reaching_the_command_line_is_one_paragraph(capsys, monkeypatch):
-    import robustsuite.cli as cli
+    import robustsuite.cli.attack as cli_attack
 
     def denied(args):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/data/x.npz")
 
-    monkeypatch.setattr(cli, "cmd_attack", denied)
+    monkeypatch.setattr(cli_attack, "cmd_attack", denied)
     _error(capsys, main(["attack", "c.pt", "--eps", "0.1"]), "'/data/x.npz': permission denied", "fix:")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from robustsuite.config import apply_overrides, dump_yaml, load_config, parse_override, validate
+from robustsuite.settings import apply_overrides, parse_override
+from robustsuite.training.config import dump_yaml, load_config, validate
 from robustsuite.errors import ConfigError
 
 BASE = {"train": {"method": "crown-ibp", "eps": 0.1}}

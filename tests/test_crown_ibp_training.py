@@ -8,8 +8,8 @@ import torch
 
 from robustsuite import LinfBall
 from robustsuite.certify import Verifier
-from robustsuite.certify.training import margin_lower_bounds, robust_ce_from_margins
-from robustsuite.config import validate
+from robustsuite.certify.trainer import margin_lower_bounds, robust_ce_from_margins
+from robustsuite.training.config import validate
 from robustsuite.training import eps_at, load_checkpoint, mix_factor, model_from_checkpoint
 from robustsuite.training.run import train
 

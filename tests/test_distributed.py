@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = textwrap.dedent('''
     import json, sys
     import torch
-    from robustsuite.config import validate
+    from robustsuite.training.config import validate
     from robustsuite.training.run import train
     from robustsuite.training import distributed as D
 
@@ -129,7 +129,7 @@ def test_two_gloo_processes_train_and_evaluate_as_one(tmp_path, what):
     assert sorted(p.name for p in (two / "run").iterdir()) == sorted(p.name for p in (one / "run").iterdir())
 
     if what == "budgets":  # the learned boxes are the same
-        from robustsuite.budgets.training import load_budget_model
+        from robustsuite.budgets.trainer import load_budget_model
         x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
         ca, cb = (load_checkpoint(d / "run" / "last.pt") for d in (one, two))
         with torch.no_grad():
@@ -212,9 +212,10 @@ def test_run_under_two_gloo_processes_reports_once_as_one_process(tmp_path):
 SYNC_WORKER = textwrap.dedent('''
     import sys
     import torch
-    from robustsuite.config import validate
+    from robustsuite.training.config import validate
     from robustsuite.training import distributed as D
-    from robustsuite.training.run import build_datasets, build_model, trainer_class
+    from robustsuite.training.registry import trainer_class
+    from robustsuite.training.run import build_datasets, build_model
 
     out, what = sys.argv[1], sys.argv[2]
     data = {"name": "digits", "train_subset": 61, "val_fraction": 0.0}   # batches 15, 15, 15, 15, 1

@@ -285,7 +285,8 @@ def test_learned_budgets_not_applicable_without_generator(model, digits):
 def test_cli_eval_and_compare(model, tmp_path, capsys):
     import argparse
 
-    from robustsuite.eval.commands import add_eval_parsers, cmd_eval
+    from robustsuite.cli import compare as compare_command
+    from robustsuite.cli import eval as eval_command
     from robustsuite.training.checkpoint import save_checkpoint
 
     ck = tmp_path / "cnn" / "best.pt"
@@ -295,7 +296,9 @@ def test_cli_eval_and_compare(model, tmp_path, capsys):
     suite.write_text("certify: [{method: ibp, eps: 0.05}]\nattacks: [{name: pgd, eps: 0.05, steps: 3}]\n"
                      "subset: {first: 20}\n")
     p = argparse.ArgumentParser()
-    add_eval_parsers(p.add_subparsers(dest="command"))
+    sub = p.add_subparsers(dest="command")
+    eval_command.add_parser(sub)
+    compare_command.add_parser(sub)
     run = lambda argv: p.parse_args(argv).func(p.parse_args(argv))  # noqa: E731
     assert run(["eval", str(ck), "--suite", str(suite), "--out", str(tmp_path / "a"), "--device", "cpu"]) == 0
     assert run(["eval", str(ck), "--suite", str(suite), "--out", str(tmp_path / "b"), "--device", "cpu",
@@ -323,7 +326,7 @@ def test_cli_eval_and_compare(model, tmp_path, capsys):
         args = p.parse_args(["eval", str(ck), "--suite", str(suite), "--out", str(tmp_path / "c"), "--device", "cpu",
                              "--set", "certify=[{method: ibp, eps: 0.4}]",
                              "--set", "attacks=[{name: pgd, eps: 0.4, steps: 10}]"])
-        assert cmd_eval(args) == 3
+        assert eval_command.cmd_eval(args) == 3
     finally:
         Verifier.verify = real
     assert "SOUNDNESS VIOLATION" in (tmp_path / "c" / "report.md").read_text()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustsuite.config import validate
+from robustsuite.training.config import validate
 from robustsuite.training import load_checkpoint
 from robustsuite.training.run import train
 

@@ -10,7 +10,7 @@ from scipy.stats import beta, binom, binomtest, norm
 from torch import nn
 
 import robustsuite.training.gaussian  # noqa: F401  (registers train.method "gaussian")
-from robustsuite.config import validate
+from robustsuite.training.config import validate
 from robustsuite.errors import ConfigError, InputError, InputTypeError
 from robustsuite.eval import (ABSTAIN, Certificate, Smooth, certified_radius, clopper_pearson_lower,
                               smoothing_summary, two_sided_binomial_pvalue)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import robustsuite.stochastic as S
 from robustsuite import models
 from robustsuite.certify.checks import is_stochastic
-from robustsuite.config import load_config, validate
+from robustsuite.training.config import load_config, validate
 from robustsuite.errors import ConfigError, RobustSuiteError, UnknownNameError
 from robustsuite.threats import L2Ball, LinfBall
 from robustsuite.training.checkpoint import load_checkpoint

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import robustsuite.stochastic as S
 import robustsuite.stochastic.noise as noise_mod
 import robustsuite.stochastic.trades as trades_mod
-from robustsuite.config import validate
+from robustsuite.training.config import validate
 from robustsuite.errors import ConfigError
 from robustsuite.stochastic.adversarial import PNITrainer
 from robustsuite.stochastic.anis2 import ANIS2Trainer

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import robustsuite.stochastic.learn2perturb as l2p_mod
-from robustsuite.config import validate
+from robustsuite.training.config import validate
 from robustsuite.errors import ConfigError
 from robustsuite.stochastic import PerturbationInjection, set_noise
 from robustsuite.stochastic.learn2perturb import Learn2PerturbTrainer

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import robustsuite.stochastic.mng_ac as mng
-from robustsuite.config import validate
+from robustsuite.training.config import validate
 from robustsuite.stochastic.config import MNGACConfig
 from robustsuite.stochastic.losses import js_divergence as S_js
-from robustsuite.stochastic.generator import NoiseGenerator, fit_perturbation, rescale_l2
+from robustsuite.stochastic.noise_generator import NoiseGenerator, fit_perturbation, rescale_l2
 from robustsuite.threats import L1Ball, L2Ball, LinfBall
 from robustsuite.training.run import build_datasets, build_model
 

@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from robustsuite.errors import ConfigError
-from robustsuite.study import add_run_parser, load_study, run, study_from_dict
+from robustsuite.cli.run import add_parser as add_run_parser
+from robustsuite.study import load_study, run, study_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.train_subset=128", "data.test_subset=40", "data.val_fraction=0.25"]

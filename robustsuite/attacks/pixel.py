@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import differential_evolution
 from torch import Tensor
 
 from ..threats import ThreatModel
@@ -132,6 +131,10 @@ class PixelAttack(Attack):
 
         def stop(intermediate_result) -> bool:
             return "x" in hit
+
+        # imported here: scipy.optimize costs about a second and adds global warning filters, and every
+        # `import robustsuite` imports the attacks (the stochastic trainers use PGD)
+        from scipy.optimize import differential_evolution
 
         init = rng.uniform(low, high, size=(self.population, len(bounds)))
         res = differential_evolution(objective, bounds, maxiter=self.iterations, init=init,

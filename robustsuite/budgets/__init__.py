@@ -25,12 +25,12 @@ Example::
     bm = load_budget_model("runs/digits_budgets/best.pt")
     report = certify_budgets(bm, x, y, eps=0.1, rho=4, methods=["ibp", "crown-ibp"])
 """
-from .config import BudgetTrainConfig, GeneratorConfig  # registers train.method: budgets
-from .evaluate import budget_ratio, budget_spread, certify_budgets, radius_summary
-from .generator import (GENERATORS, BudgetGenerator, BudgetModel, FixedBudgetGenerator, coordinate_channels,
+from .config import BudgetTrainConfig, GeneratorConfig
+from .certification import budget_ratio, budget_spread, certify_budgets, radius_summary
+from .budget_generator import (GENERATORS, BudgetGenerator, BudgetModel, FixedBudgetGenerator, coordinate_channels,
                         generator_from_spec, mean_mask_generator)
 from .projection import log_budget_range, project_log_budgets
-from .training import BudgetTrainer, budget_settings, load_budget_model
+from .trainer import BudgetTrainer, budget_settings, load_budget_model
 
 __all__ = [
     "project_log_budgets", "log_budget_range",

@@ -12,11 +12,12 @@ Example (YAML)::
                   optim: {name: adam, lr: 0.003, grad_clip: 10}}
 
 ``generator.kind: fixed`` trains the input-independent baseline instead: one learned mask for every
-image (:class:`~robustsuite.budgets.generator.FixedBudgetGenerator`), same projection, loss, schedule
+image (:class:`~robustsuite.budgets.budget_generator.FixedBudgetGenerator`), same projection, loss, schedule
 and optimizer; ``width``, ``depth`` and ``coordinates`` then do not apply.
 
-``method: budgets`` is named in the registries of :mod:`robustsuite.config` and
-:mod:`robustsuite.training.run`, so a config that validates also trains, without importing this first.
+:class:`~robustsuite.budgets.trainer.BudgetTrainer` registers ``method: budgets`` with this config
+(:mod:`robustsuite.training.registry`); ``import robustsuite`` imports this part, so a config that
+validates also trains, without importing this first.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from ..config import CertifiedTrainConfig, OptimConfig, Strict
+from ..certify.config import CertifiedTrainConfig
+from ..settings import Strict
+from ..training.config import OptimConfig
 
 __all__ = ["BudgetTrainConfig", "GeneratorConfig"]
 

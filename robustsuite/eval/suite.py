@@ -25,7 +25,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import Strict, _format_error, apply_overrides, load_yaml
+from ..settings import Strict, _format_error, apply_overrides, load_yaml
 from ..errors import ConfigError
 
 __all__ = ["CertifyItem", "AttackItem", "EOTConfig", "SmoothingConfig", "SubsetConfig", "Suite",
@@ -162,7 +162,7 @@ def _check_settings(attack: str, kind: str, eps: float, settings: dict[str, Any]
     import torch
 
     from ..attacks import make_attack
-    from ..config import SubkeyError
+    from ..settings import SubkeyError
     from ..errors import RobustSuiteError
     from ..threats import Box, threat_from_name
 

@@ -20,13 +20,13 @@ from .mlp import MLP
 from .normalize import Normalize
 from .preact import PreActBlock, PreActResNet18
 from .registry import (ModelInfo, available, build, build_from_spec, check_in_shape,
-                       check_num_classes, count_parameters, info)
+                       check_num_classes, count_parameters, info, register_spec_builder)
 from .resnet import BasicBlock, PadShortcut, ResNetSmall, ResNetV1
 from .sites import ResidualBlock, Site, block_activations, noise_sites, replace_module
 from .wideresnet import WideResNet
 
 __all__ = [
-    "build", "build_from_spec", "available", "info", "is_certifiable", "unsupported_layers",
+    "build", "build_from_spec", "register_spec_builder", "available", "info", "is_certifiable", "unsupported_layers",
     "count_parameters",
     "check_in_shape", "check_num_classes", "ModelInfo",
     "Normalize", "MLP", "CNNSmall", "CNN7", "ResNetV1", "ResNetSmall", "PreActResNet18",

@@ -6,7 +6,10 @@
     twin = build_from_spec(model.spec)   # same architecture; load_state_dict gives the same model
 
 ``model.spec`` holds every option resolved (defaults filled in), as plain JSON/YAML types, so a
-checkpoint rebuilds the same architecture even if a default changes later.
+checkpoint rebuilds the same architecture even if a default changes later. A part that extends zoo
+models records its changes under a key of its own in the spec (the stochastic part: ``"stochastic"``)
+and registers how to rebuild such specs with :func:`register_spec_builder`; :func:`build_from_spec`
+dispatches on that key, so code that loads checkpoints never imports the part.
 
 ``info(name).certifiable`` says whether the model is in the layer family auto_LiRPA 0.3 bounds
 soundly (Conv2d, Linear, ReLU, BatchNorm2d, residual add, nn.Flatten, AdaptiveAvgPool2d(1), and the
@@ -34,6 +37,9 @@ from .resnet import ResNetSmall, ResNetV1
 from .wideresnet import WideResNet
 
 SPEC_KEYS = ("name", "in_shape", "num_classes", "options")
+
+#: spec key -> the function that rebuilds a spec holding that key (see :func:`register_spec_builder`)
+_SPEC_BUILDERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {}
 
 
 @dataclass(frozen=True)
@@ -160,14 +166,33 @@ def build(name: str, in_shape: Sequence[int], num_classes: int, **options: Any) 
     return model
 
 
+def register_spec_builder(key: str, builder: Callable[[Mapping[str, Any]], nn.Module]) -> None:
+    """Make :func:`build_from_spec` rebuild every spec that holds ``key`` with ``builder(spec)`` (e.g. the
+    stochastic part: a zoo model with noise layers inserted, recorded under ``"stochastic"``).
+
+    Raises:
+        ValueError: ``key`` is one of the zoo's own keys, or already has another builder.
+    """
+    if key in SPEC_KEYS:
+        raise ValueError(f"register_spec_builder: {key!r} is a key of every zoo spec; choose another")
+    old = _SPEC_BUILDERS.get(key)
+    if old is not None and (old.__module__, old.__qualname__) != (builder.__module__, builder.__qualname__):
+        raise ValueError(f"register_spec_builder: {key!r} is already rebuilt by {old.__module__}.{old.__qualname__}")
+    _SPEC_BUILDERS[key] = builder
+
+
 def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
-    """Rebuild a model from ``model.spec`` (e.g. read back from a checkpoint).
+    """Rebuild a model from ``model.spec`` (e.g. read back from a checkpoint): a zoo spec, or one with
+    the key of a registered extension (:func:`register_spec_builder`), rebuilt by that extension.
 
     The result has freshly initialized weights: load the checkpoint's ``state_dict`` into it.
     """
     if not isinstance(spec, Mapping):
         raise ConfigError(f"spec: expected a mapping with keys {', '.join(SPEC_KEYS)}, "
                           f"got {type(spec).__name__}")
+    for key, builder in _SPEC_BUILDERS.items():
+        if key in spec:
+            return builder(spec)
     extra = sorted(set(spec) - set(SPEC_KEYS))
     missing = [k for k in SPEC_KEYS[:3] if k not in spec]
     if extra or missing:

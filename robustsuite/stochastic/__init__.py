@@ -9,21 +9,21 @@ off only with :func:`set_noise` / :func:`noise_disabled`):
 Trainers (``train.method``): ``pgd_at`` (:class:`PGDATTrainer`), ``pni`` (:class:`PNITrainer`),
 ``learn2perturb`` (:class:`Learn2PerturbTrainer`), ``trades`` (:class:`TradesTrainer`), ``anis2``
 (:class:`ANIS2Trainer`), ``mng_ac`` (:class:`MNGACTrainer`), all on the shared loop (checkpoints,
-resume). Their configs validate and train without importing this package first::
+resume). Each registers itself with its config class (:mod:`robustsuite.training.registry`);
+``import robustsuite`` imports this package, so a config validates and trains without importing it::
 
-    from robustsuite.config import load_config
+    from robustsuite.training.config import load_config
     from robustsuite.training.run import train
     train(load_config("configs/digits_learn2perturb.yaml"), "runs/l2p")
 """
-from ..config import train_config_class
-from ..training.run import trainer_class
+from ..training.registry import entries
 from .adversarial import AdversarialTrainer, PGDATTrainer, PNITrainer
 from .anis2 import ANIS2Trainer
 from .builders import KINDS, add_noise, base_spec, build_from_spec, build_stochastic, is_stochastic_spec
 from .config import (ANIS2Config, AttackSettings, Learn2PerturbConfig, MNGACConfig, PGDATConfig,
                      PNIConfig, TradesConfig)
-from .evaluate import expected_accuracy, multi_norm_accuracy, per_sample_robust
-from .generator import NoiseGenerator
+from .robust_accuracy import expected_accuracy, multi_norm_accuracy, per_sample_robust
+from .noise_generator import NoiseGenerator
 from .learn2perturb import Learn2PerturbTrainer
 from .losses import harmonic_tau, js_divergence, learn2perturb_regularizer, trades_kl
 from .noise import (NoiseLayer, PerturbationInjection, ScalarNoise, StocReLUEMA, clamp_noise_scales,
@@ -32,11 +32,12 @@ from .mng_ac import MNGACTrainer, meta_generator_step
 from .schedules import cyclic_lr, gamma_staircase
 from .trades import TradesTrainer, trades_adversary
 
-#: The stochastic train.methods, and their config and trainer classes as the central registries
-#: (:mod:`robustsuite.config`, :mod:`robustsuite.training.run`) resolve them.
-METHODS = ("pgd_at", "pni", "learn2perturb", "trades", "anis2", "mng_ac")
-TRAIN_CONFIGS = {m: train_config_class(m) for m in METHODS}
-TRAINER_CLASSES = {m: trainer_class(m) for m in METHODS}
+#: The train.methods whose trainers this package defines, and their config and trainer classes, read
+#: from the trainer registry (each trainer registers itself where it is defined, so no list to keep).
+_OWN = {m: e for m, e in entries().items() if e.trainer.__module__.startswith(__name__ + ".")}
+METHODS = tuple(_OWN)
+TRAIN_CONFIGS = {m: e.config for m, e in _OWN.items()}
+TRAINER_CLASSES = {m: e.trainer for m, e in _OWN.items()}
 
 __all__ = [
     "NoiseLayer", "PerturbationInjection", "ScalarNoise", "StocReLUEMA", "set_noise", "noise_disabled",

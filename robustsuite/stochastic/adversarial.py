@@ -30,7 +30,9 @@ from ..attacks import PGD
 from ..runtime import derived_seed, isolated_rng
 from ..threats import L1Ball, L2Ball, LinfBall
 from ..training.loop import Trainer
+from ..training.registry import register_trainer
 from .builders import add_noise
+from .config import PGDATConfig, PNIConfig
 from .noise import NoiseLayer, mean_noise_scale
 
 __all__ = ["AdversarialTrainer", "PGDATTrainer", "PNITrainer", "make_pgd", "threat_of"]
@@ -150,12 +152,14 @@ class AdversarialTrainer(Trainer):
         return out
 
 
+@register_trainer("pgd_at", config=PGDATConfig)
 class PGDATTrainer(AdversarialTrainer):
     """PGD adversarial training (Madry et al. 2018): CE on PGD examples (optionally mixed with clean)."""
 
     kind = "pgd_at"
 
 
+@register_trainer("pni", config=PNIConfig)
 class PNITrainer(AdversarialTrainer):
     """Parametric noise injection (He, Rakin, Fan 2019), activation variant: a learnable scalar
     ``alpha`` per insertion point (after the stem and every residual block), ``x + alpha * std(x)

@@ -47,9 +47,10 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..training.checkpoint import load_checkpoint, load_weights
+from ..training.registry import register_trainer
 from .adversarial import AdversarialTrainer, PGDATTrainer
 from .builders import add_noise, base_spec
-from .config import PGDATConfig
+from .config import ANIS2Config, PGDATConfig
 from .noise import StocReLUEMA, ema_paused, set_gamma
 from .schedules import gamma_staircase
 
@@ -73,6 +74,7 @@ class StandardTrainer(AdversarialTrainer):
         return {"loss": loss.detach(), "acc": (logits.detach().argmax(1) == y).float().mean()}
 
 
+@register_trainer("anis2", config=ANIS2Config)
 class ANIS2Trainer(AdversarialTrainer):
     """ANIS2 student training from a teacher (see the module docstring); ``self.teacher`` holds the
     deterministic teacher (eval mode), the transfer-attack source."""

@@ -26,17 +26,10 @@ import torch
 from torch import nn
 
 from .. import models
-from ..errors import ConfigError, unknown
-from .noise import PerturbationInjection, ScalarNoise, StocReLUEMA
+from ..errors import ConfigError
+from .noise import KINDS, noise_kind
 
 __all__ = ["KINDS", "add_noise", "build_stochastic", "build_from_spec", "base_spec", "is_stochastic_spec"]
-
-#: kind -> the options it takes, with defaults.
-KINDS: dict[str, dict[str, Any]] = {
-    "learn2perturb": {"init": 0.25, "theta_min": 0.01, "shared": False},
-    "pni": {"init": 0.25, "shared": False},
-    "anis2": {"alpha": 0.5, "gamma": 0.0, "shared": False},
-}
 
 
 def _input_shapes(model: nn.Module, names: list[str]) -> dict[str, tuple[int, ...]]:
@@ -64,13 +57,12 @@ def _input_shapes(model: nn.Module, names: list[str]) -> dict[str, tuple[int, ..
 
 
 def _options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    if kind not in KINDS:
-        raise unknown("stochastic.kind", kind, KINDS)
-    extra = sorted(set(options) - set(KINDS[kind]))
+    defaults = noise_kind(kind).defaults
+    extra = sorted(set(options) - set(defaults))
     if extra:
         raise ConfigError(f"stochastic options: {kind!r} has no option(s) {', '.join(map(repr, extra))}; "
-                          f"allowed: {', '.join(sorted(KINDS[kind]))}")
-    return {**KINDS[kind], **options}
+                          f"allowed: {', '.join(sorted(defaults))}")
+    return {**defaults, **options}
 
 
 def add_noise(model: nn.Module, kind: str, **options: Any) -> nn.Module:
@@ -90,22 +82,16 @@ def add_noise(model: nn.Module, kind: str, **options: Any) -> nn.Module:
     if "stochastic" in spec:
         raise ConfigError(f"model: already has {spec['stochastic'].get('kind')!r} noise layers")
     name = spec.get("name")
-    if kind == "anis2":
-        names = models.block_activations(model)
-    else:
-        names = models.noise_sites(model)
+    entry = noise_kind(kind)
+    names = models.block_activations(model) if entry.sites == "block_activations" else models.noise_sites(model)
     if not names:
-        raise ConfigError(f"model: {name!r} has no {'residual block activations' if kind == 'anis2' else 'noise sites'} "
-                          f"for {kind!r}; use a residual model: resnet_v1, resnet_small, preact_resnet18, wideresnet")
+        what = "residual block activations" if entry.sites == "block_activations" else "noise sites"
+        raise ConfigError(f"model: {name!r} has no {what} for {kind!r}; use a residual model: resnet_v1, "
+                          "resnet_small, preact_resnet18, wideresnet")
     shapes = _input_shapes(model, names)
     p = next(iter(model.parameters()))
     for n in names:
-        if kind == "learn2perturb":
-            layer: nn.Module = PerturbationInjection(shapes[n], opts["init"], opts["theta_min"], opts["shared"])
-        elif kind == "pni":
-            layer = ScalarNoise(opts["init"], opts["shared"])
-        else:
-            layer = StocReLUEMA(int(shapes[n][0]), opts["alpha"], opts["gamma"], opts["shared"])
+        layer = entry.layer.at_site(shapes[n], **opts)
         models.replace_module(model, n, layer.to(device=p.device))
     model.spec = {**copy.deepcopy(dict(spec)), "stochastic": {"kind": kind, **opts}}
     return model
@@ -127,10 +113,21 @@ def build_stochastic(kind: str, spec: Mapping[str, Any], **options: Any) -> nn.M
     return add_noise(models.build_from_spec(base_spec(spec)), kind, **options)
 
 
-def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
-    """Rebuild any model spec: a stochastic one (with a ``"stochastic"`` entry) or a plain zoo one."""
-    if not is_stochastic_spec(spec):
-        return models.build_from_spec(spec)
-    entry = dict(spec["stochastic"])
+def _rebuild_stochastic(spec: Mapping[str, Any]) -> nn.Module:
+    """A spec with a ``"stochastic"`` entry: its zoo model with those noise layers (fresh weights)."""
+    entry = spec["stochastic"]
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"spec.stochastic: expected a mapping with a 'kind' key, got {type(entry).__name__}")
+    entry = dict(entry)
     kind = entry.pop("kind", None)
     return build_stochastic(kind, spec, **entry)
+
+
+# checkpoints of stochastic models are rebuilt through the zoo's build_from_spec, which does not
+# import this part: it dispatches on the spec's "stochastic" key
+models.register_spec_builder("stochastic", _rebuild_stochastic)
+
+
+def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+    """Rebuild any model spec: a stochastic one (with a ``"stochastic"`` entry) or a plain zoo one."""
+    return models.build_from_spec(spec)

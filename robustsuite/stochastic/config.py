@@ -1,7 +1,7 @@
 """Typed ``train`` sections of the stochastic defenses and their adversarial-training baselines.
 
 ``method`` picks the class: ``pgd_at``, ``pni``, ``learn2perturb``, ``trades``, ``anis2``,
-``mng_ac``. Every section has the shared settings of :class:`~robustsuite.config.TrainBase`, an
+``mng_ac``. Every section has the shared settings of :class:`~robustsuite.training.config.TrainBase`, an
 ``attack`` (the PGD used for training and for model selection), and validation settings.
 """
 from __future__ import annotations
@@ -10,11 +10,12 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from ..config import OptimConfig, Strict, TrainBase
+from ..settings import Strict
+from ..training.config import OptimConfig, TrainBase
 
 __all__ = ["AttackSettings", "StochasticTrainBase", "PGDATConfig", "PNIConfig", "Learn2PerturbConfig",
            "TradesConfig", "ANIS2Config", "MNGACConfig", "GeneratorSettings", "L2PNoiseSettings",
-           "PNINoiseSettings", "CONFIGS"]
+           "PNINoiseSettings"]
 
 
 class AttackSettings(Strict):
@@ -145,7 +146,7 @@ class ANIS2Config(StochasticTrainBase):
 
 
 class GeneratorSettings(Strict):
-    """MNG-AC's meta noise generator and its optimizer (:mod:`robustsuite.stochastic.generator`).
+    """MNG-AC's meta noise generator and its optimizer (:mod:`robustsuite.stochastic.noise_generator`).
 
     ``input`` and ``projection`` left unset follow ``train.variant``; the rest is the authors'
     code (the slides are silent): 20 hidden channels, SGD with momentum 0.9 and weight decay 5e-4 on
@@ -214,7 +215,3 @@ class MNGACConfig(StochasticTrainBase):
                 object.__setattr__(self.generator, key, value)
                 self.generator.model_fields_set.add(key)
         return self
-
-
-CONFIGS = {"pgd_at": PGDATConfig, "pni": PNIConfig, "learn2perturb": Learn2PerturbConfig,
-           "trades": TradesConfig, "anis2": ANIS2Config, "mng_ac": MNGACConfig}

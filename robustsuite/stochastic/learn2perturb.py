@@ -62,14 +62,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..training.registry import register_trainer
 from .adversarial import AdversarialTrainer, build_grouped_optimizer
 from .builders import add_noise
+from .config import Learn2PerturbConfig
 from .losses import harmonic_tau, learn2perturb_regularizer
 from .noise import PerturbationInjection, clamp_noise_scales, mean_noise_scale, set_noise
 
 __all__ = ["Learn2PerturbTrainer"]
 
 
+@register_trainer("learn2perturb", config=Learn2PerturbConfig)
 class Learn2PerturbTrainer(AdversarialTrainer):
     """Learn2Perturb training (see the module docstring for the two variants)."""
 

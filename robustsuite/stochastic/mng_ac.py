@@ -39,7 +39,7 @@ generator output fit       projection onto ball and [0, 1]    L2 rescaled to exa
 
 The same in both (the slides are silent; the code's choice): the generator's architecture
 (1x1 / 3x3 / 1x1 / 1x1 convolutions, 20 channels, leaky ReLU, noise residual; see
-:mod:`.generator`); its optimizer, SGD with momentum 0.9 and weight decay 5e-4 on the classifier's
+:mod:`.noise_generator`); its optimizer, SGD with momentum 0.9 and weight decay 5e-4 on the classifier's
 cyclic learning rate; the look-ahead's learning rate, the classifier's current one; JS weight 12;
 the three forward passes; the training L1 attack's top 1 % of coordinates; the training PGD of
 the CIFAR defaults (10 / 20 / 10 steps of 1/255, 1.0, 30/255). ``best.pt`` is selected on the
@@ -73,9 +73,11 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..training.distributed import all_reduce_grads, broadcast_object
+from ..training.registry import register_trainer
 from .adversarial import AdversarialTrainer, make_pgd, threat_of
-from .evaluate import per_sample_robust
-from .generator import NoiseGenerator
+from .config import MNGACConfig
+from .robust_accuracy import per_sample_robust
+from .noise_generator import NoiseGenerator
 from .losses import js_divergence
 from .schedules import cyclic_lr
 
@@ -121,6 +123,7 @@ def buffers_kept(model: nn.Module) -> Iterator[None]:
                 b.copy_(v)
 
 
+@register_trainer("mng_ac", config=MNGACConfig)
 class MNGACTrainer(AdversarialTrainer):
     """MNG-AC training (see the module docstring); ``self.generator`` is the meta noise generator."""
 

@@ -11,23 +11,30 @@ the same switches:
   of one noise tensor for the whole batch (a known weakness: the samples of a batch then share
   their randomness).
 * Noise comes from torch's global RNG, whose state every resumable checkpoint saves.
+
+Each layer class registers its ``stochastic.kind`` where it is defined (:func:`register_noise`): the
+kind's name, where it goes in a zoo model (``sites``) and its options with their defaults, read from
+the class's ``__init__`` signature. :data:`KINDS` (kind -> option defaults) and :func:`noise_kind`
+read that table; :mod:`robustsuite.stochastic.builders` inserts any registered kind.
 """
 from __future__ import annotations
 
 import abc
-
 import contextlib
+import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, unknown
 
 __all__ = ["NoiseLayer", "PerturbationInjection", "ScalarNoise", "StocReLUEMA", "set_noise",
            "noise_disabled", "noise_layers", "set_gamma", "ema_paused", "clamp_noise_scales",
-           "mean_noise_scale"]
+           "mean_noise_scale", "NoiseKind", "register_noise", "noise_kind", "KINDS"]
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
@@ -61,7 +68,57 @@ class NoiseLayer(nn.Module, abc.ABC):
     def noise_scale(self) -> Tensor:
         """The mean learned noise scale of this layer (for logging and plots)."""
 
+    @classmethod
+    def at_site(cls, shape: tuple[int, ...], **options: Any) -> "NoiseLayer":
+        """The layer for a site whose input has the per-sample shape ``shape`` (e.g. (C, H, W))."""
+        return cls(**options)
 
+
+# ------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class NoiseKind:
+    """One ``stochastic.kind``: its layer class, where the layers go in a zoo model (``noise_sites``:
+    after the stem and at every residual block's output; ``block_activations``: every block ReLU,
+    replaced) and its options with their defaults (the class's ``__init__`` keywords)."""
+
+    name: str
+    layer: type[NoiseLayer]
+    sites: Literal["noise_sites", "block_activations"]
+    defaults: dict[str, Any]
+
+
+_KINDS: dict[str, NoiseKind] = {}
+#: kind -> the options it takes, with defaults (filled by :func:`register_noise`).
+KINDS: dict[str, dict[str, Any]] = {}
+
+L = TypeVar("L", bound=type)
+
+
+def register_noise(kind: str, *, sites: Literal["noise_sites", "block_activations"]) -> Callable[[L], L]:
+    """Class decorator: make ``stochastic.kind: <kind>`` insert the decorated :class:`NoiseLayer` at
+    ``sites``, built by its :meth:`~NoiseLayer.at_site`; its options are the keyword parameters of its
+    ``__init__`` that have defaults."""
+    if sites not in ("noise_sites", "block_activations"):
+        raise ValueError(f"register_noise({kind!r}): sites must be 'noise_sites' or 'block_activations', got {sites!r}")
+
+    def decorate(cls: L) -> L:
+        params = inspect.signature(cls.__init__).parameters.values()
+        defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        _KINDS[kind] = NoiseKind(kind, cls, sites, defaults)
+        KINDS[kind] = dict(defaults)
+        return cls
+
+    return decorate
+
+
+def noise_kind(kind: str) -> NoiseKind:
+    """The registry entry of ``kind``, or :class:`~robustsuite.errors.UnknownNameError` listing the kinds."""
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise unknown("stochastic.kind", kind, _KINDS)
+    return _KINDS[kind]
+
+
+@register_noise("learn2perturb", sites="noise_sites")
 class PerturbationInjection(NoiseLayer):
     """Learn2Perturb's perturbation-injection module: ``P = x + theta * N(0, 1)``.
 
@@ -86,6 +143,10 @@ class PerturbationInjection(NoiseLayer):
             return x
         return x + self.theta * _draw(x, self.shared)
 
+    @classmethod
+    def at_site(cls, shape: tuple[int, ...], **options: Any) -> "PerturbationInjection":
+        return cls(shape, **options)  # theta has the feature map's shape
+
     @torch.no_grad()
     def clamp_(self) -> None:
         """Project ``theta`` onto ``[theta_min, inf)`` (in place)."""
@@ -98,6 +159,7 @@ class PerturbationInjection(NoiseLayer):
         return f"shape={tuple(self.theta.shape)}, theta_min={self.theta_min}, shared={self.shared}"
 
 
+@register_noise("pni", sites="noise_sites")
 class ScalarNoise(NoiseLayer):
     """PNI's parametric noise injection on activations: ``x + alpha * std(x) * N(0, 1)``.
 
@@ -128,6 +190,7 @@ class ScalarNoise(NoiseLayer):
         return f"shared={self.shared}"
 
 
+@register_noise("anis2", sites="block_activations")
 class StocReLUEMA(NoiseLayer):
     """ANIS2's stochastic ReLU: ``ReLU(x + d)``, ``d ~ N(0, gamma * sigma_c^2)`` per channel c.
 
@@ -161,6 +224,10 @@ class StocReLUEMA(NoiseLayer):
         self.register_buffer("gamma_t", torch.tensor(_positive("gamma", gamma, allow_zero=True)))
         self.register_buffer("sigma", torch.zeros(channels))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def at_site(cls, shape: tuple[int, ...], **options: Any) -> "StocReLUEMA":
+        return cls(int(shape[0]), **options)  # one sigma per channel
 
     def forward(self, x: Tensor) -> Tensor:
         out = x

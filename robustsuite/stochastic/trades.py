@@ -38,7 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..training.registry import register_trainer
 from .adversarial import AdversarialTrainer, threat_of
+from .config import TradesConfig
 from .losses import trades_kl
 
 __all__ = ["TradesTrainer", "trades_adversary"]
@@ -67,6 +69,7 @@ def trades_adversary(model, x: Tensor, settings) -> Tensor:
     return x_adv.detach()
 
 
+@register_trainer("trades", config=TradesConfig)
 class TradesTrainer(AdversarialTrainer):
     """TRADES training (see the module docstring); ``clean_weight`` is not used."""
 

@@ -138,7 +138,8 @@ def load_weights(module: nn.Module, state: Mapping[str, Any], what: str) -> None
 
 
 def model_from_checkpoint(ckpt: dict | str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model of a checkpoint (from the zoo) and load its weights; returns it in eval mode."""
+    """Rebuild the model of a checkpoint (from the zoo, or by the part that extended it: see
+    :func:`robustsuite.models.register_spec_builder`) and load its weights; returns it in eval mode."""
     from ..models import build_from_spec
 
     if not isinstance(ckpt, dict):
@@ -147,10 +148,6 @@ def model_from_checkpoint(ckpt: dict | str | Path, device: str | torch.device = 
     if not isinstance(spec, dict):  # e.g. a model trained outside the zoo: nothing to rebuild it from
         raise CheckpointError(f"checkpoint: 'model_spec' is {type(spec).__name__}, not a zoo model spec; only "
                               "models of the zoo (robustsuite.models) can be rebuilt from a checkpoint")
-    if "stochastic" in spec:  # a zoo model with noise layers inserted
-        from ..stochastic.builders import build_from_spec as build_stochastic_from_spec
-        model = build_stochastic_from_spec(spec)
-    else:
-        model = build_from_spec(spec)
+    model = build_from_spec(spec)  # a stochastic spec is rebuilt by the builder that part registered
     load_weights(model, ckpt["model_state"], f"checkpoint weights of model {spec.get('name')!r}")
     return model.to(device).eval()

@@ -36,6 +36,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+# the rank queries live in the bottom layer (files decides who writes with them); re-exported here
+from ..runtime import is_distributed, is_main, local_rank, rank, world
+
 __all__ = ["init_from_env", "is_distributed", "is_main", "world", "rank", "local_rank", "barrier", "cleanup",
            "all_gather_objects", "gather_objects", "broadcast_object", "all_reduce_sum", "all_reduce_grads",
            "broadcast_module", "ShardedBatchSampler", "device_for_rank", "loss_weight", "rank_seed"]
@@ -63,27 +66,6 @@ def init_from_env(timeout_s: float = 1800.0) -> bool:
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     _OWNED = True
     return dist.get_world_size() > 1
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def world() -> int:
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def is_main() -> bool:
-    """Whether this process writes files and logs (rank 0, or the only process)."""
-    return rank() == 0
 
 
 def rank_seed(seed: int, epoch: int, rank: int) -> int:

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ..config import TrainBase
+from .config import TrainBase
 from .loop import Trainer
+from .registry import register_trainer
 
 __all__ = ["GaussianTrainConfig", "GaussianTrainer", "add_gaussian_noise"]
 
@@ -47,6 +48,7 @@ def add_gaussian_noise(x: Tensor, sigma: float, generator: torch.Generator | Non
     return x + sigma * noise
 
 
+@register_trainer("gaussian", config=GaussianTrainConfig)
 class GaussianTrainer(Trainer):
     """Cross-entropy on Gaussian-noise-augmented images (one fresh draw per image and step)."""
 

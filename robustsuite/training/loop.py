@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
-from ..config import RunConfig
+from .config import RunConfig
 from ..errors import CheckpointError, ConfigError, RobustSuiteError
 from ..files import atomic_write_json, atomic_write_text
 from ..runtime import derived_seed, isolated_rng, rng_state, set_rng_state
@@ -100,7 +100,7 @@ def check_same_run(saved: dict, new: dict, path: str | Path) -> None:
 
 
 def build_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
-    """Adam or SGD (momentum, Nesterov off) from an :class:`~robustsuite.config.OptimConfig`."""
+    """Adam or SGD (momentum, Nesterov off) from an :class:`~robustsuite.training.config.OptimConfig`."""
     params = [p for p in params if p.requires_grad]
     if optim_cfg.name == "adam":
         return torch.optim.Adam(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)

@@ -1,12 +1,11 @@
 """From a validated config to a trained checkpoint: data, model, the trainer of ``train.method``.
 
-``train(cfg, out_dir)`` is what ``robustsuite train CONFIG`` calls. Trainers are found by method
-name in :data:`TRAINERS` (``module:Class`` strings, imported on use, so this shared part does not
-import the parts that build on it); a new trainer adds a line with :func:`register_trainer`.
+``train(cfg, out_dir)`` is what ``robustsuite train CONFIG`` calls. The trainer of ``train.method``
+comes from the trainer registry (:mod:`robustsuite.training.registry`), which each trainer fills where
+it is defined, so this shared part does not import the parts that build on it.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,36 +14,12 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..config import RunConfig
-from ..errors import ConfigError, unknown
+from ..errors import ConfigError
 from ..runtime import resolve_device, seed_everything
+from .config import RunConfig
+from .registry import trainer_class
 
 log = logging.getLogger(__name__)
-
-TRAINERS: dict[str, str] = {
-    "crown-ibp": "robustsuite.certify.training:CertifiedTrainer",
-    "ibp": "robustsuite.certify.training:CertifiedTrainer",
-    "gaussian": "robustsuite.training.gaussian:GaussianTrainer",
-    "budgets": "robustsuite.budgets.training:BudgetTrainer",
-    "pgd_at": "robustsuite.stochastic.adversarial:PGDATTrainer",
-    "pni": "robustsuite.stochastic.adversarial:PNITrainer",
-    "learn2perturb": "robustsuite.stochastic.learn2perturb:Learn2PerturbTrainer",
-    "trades": "robustsuite.stochastic.trades:TradesTrainer",
-    "anis2": "robustsuite.stochastic.anis2:ANIS2Trainer",
-    "mng_ac": "robustsuite.stochastic.mng_ac:MNGACTrainer",
-}
-
-
-def register_trainer(method: str, target: str) -> None:
-    """Make ``train.method: <method>`` use the trainer class at ``"package.module:Class"``."""
-    TRAINERS[method] = target
-
-
-def trainer_class(method: str):
-    if method not in TRAINERS:
-        raise unknown("train.method", method, TRAINERS)
-    mod, _, cls = TRAINERS[method].partition(":")
-    return getattr(importlib.import_module(mod), cls)
 
 
 @dataclass

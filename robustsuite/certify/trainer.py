@@ -29,8 +29,10 @@ from torch import Tensor, nn
 
 from ..training import distributed as dist_utils
 from ..training.loop import Trainer
+from ..training.registry import register_trainer
 from ..training.schedules import eps_at, mix_factor
 from .bounds import spec_matrix
+from .config import CertifiedTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,7 @@ class CertifiedLoss(nn.Module):
         return loss, natural, robust, stats
 
 
+@register_trainer("crown-ibp", "ibp", config=CertifiedTrainConfig)
 class CertifiedTrainer(Trainer):
     """CROWN-IBP (or IBP) certified training of ``model`` under uniform L-inf balls clipped to [0, 1]."""
 

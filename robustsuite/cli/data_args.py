@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-__all__ = ["add_data_arguments", "select_test_data", "model_spec_of", "check_data_fits"]
+__all__ = ["add_data_arguments", "select_test_data", "model_spec_of", "check_data_fits", "load_test_tensors"]
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,9 +49,9 @@ def select_test_data(ckpt_data: dict | None, args: argparse.Namespace):
     """
     from pydantic import ValidationError
 
-    from . import data as rdata
-    from .config import DataConfig
-    from .errors import CheckpointError
+    from .. import data as rdata
+    from ..errors import CheckpointError
+    from ..training.config import DataConfig
 
     options = _data_options(getattr(args, "data_option", None))
     if getattr(args, "data", None):
@@ -81,7 +81,7 @@ def check_data_fits(dataset, specs: dict[str, dict | None]) -> None:
     """Raise InputError when the images of ``dataset`` are not the input shape of every model
     (``specs``: label -> model spec with ``in_shape`` (C, H, W) and ``num_classes``), or a label is
     not one of a model's classes. A mismatch would otherwise fail deep inside the first layer."""
-    from .errors import InputError
+    from ..errors import InputError
 
     info = getattr(dataset, "info", None)
     shape = tuple(info.shape) if info is not None else tuple(dataset[0][0].shape)
@@ -108,3 +108,16 @@ def _shape_hint(name: str, want: tuple[int, ...]) -> str:
     if name == "npz":
         return f" (for npz: store x as (N, {', '.join(map(str, want))}))"
     return ""
+
+
+def load_test_tensors(ckpt: dict, args: argparse.Namespace):
+    """(x float32 (N, C, H, W) in [0, 1], y int64 (N,)): the test split a checkpoint command runs on
+    (the checkpoint's data set unless --data/--data-option say otherwise, the first --subset samples),
+    checked against the model."""
+    from .. import data as rdata
+
+    test, _ = select_test_data((ckpt.get("config") or {}).get("data"), args)
+    check_data_fits(test, {str(args.checkpoint): ckpt.get("model_spec")})
+    if args.subset:
+        test = rdata.subset(test, n=args.subset)
+    return rdata.as_tensors(test)

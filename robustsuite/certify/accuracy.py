@@ -48,7 +48,7 @@ def certified_table(model: nn.Module, x: Tensor, y: Tensor, *, eps: Sequence[flo
         methods: bound methods (``ibp``, ``crown-ibp``, ``crown``, ``alpha-crown``).
         pgd_steps: PGD steps of the empirical check (0 turns it off).
     """
-    from ..config import check_linf_radii
+    from ..settings import check_linf_radii
     eps = check_linf_radii(list(eps), "eps")
     methods = [canonical_method(m) for m in methods]
     model.eval()

@@ -27,12 +27,12 @@ from ..certify.checks import soundness_violations
 from ..certify.verifier import Verifier
 from ..errors import InputError
 from ..threats import Box, LinfBall, check_images
-from .generator import BudgetModel
+from .budget_generator import BudgetModel
 from .projection import check_rho
 
 
 __all__ = ["certify_budgets", "radius_summary", "budget_ratio", "budget_spread", "pgd_in_box", "certified_curve",
-           "format_budget_table", "verify_command"]
+           "format_budget_table", "eval_budgets"]
 
 #: relative tolerance for "at the upper range limit"
 AT_LIMIT_RTOL = 1e-4
@@ -69,7 +69,9 @@ def pgd_in_box(model: torch.nn.Module, x: Tensor, y: Tensor, box: Box, *, steps:
 
 
 @torch.no_grad()
-def _budgets(model: BudgetModel, x: Tensor, eps: float, rho: float, batch: int = 1024) -> Tensor:
+def eval_budgets(model: BudgetModel, x: Tensor, eps: float, rho: float, batch: int = 1024) -> Tensor:
+    """The per-pixel budgets (shape of ``x``) of ``model``'s generator in eval mode at radius ``eps`` and
+    range ``rho``, in batches of ``batch``; the model's mode is restored."""
     was = model.training
     model.eval()
     try:
@@ -114,7 +116,7 @@ def certify_budgets(model: BudgetModel, x: Tensor, y: Tensor, *, eps: float, rho
     with torch.no_grad():
         pred = model(x).argmax(1)
     clean = pred == y
-    b = _budgets(model, x, eps, rho)
+    b = eval_budgets(model, x, eps, rho)
     box = Box((x - b).clamp(0, 1), (x + b).clamp(0, 1))
     uniform = LinfBall(eps)
     r_learned = radius_summary(x, b)
@@ -248,7 +250,7 @@ def certified_curve(model: torch.nn.Module, x: Tensor, y: Tensor, eps_list: Sequ
     for e in eps_list:
         if rho is not None and isinstance(model, BudgetModel):
             model.to(v.device)
-            b = _budgets(model, x, float(e), rho)
+            b = eval_budgets(model, x, float(e), rho)
             threat = Box((x - b).clamp(0, 1), (x + b).clamp(0, 1))
         else:
             threat = LinfBall(float(e))
@@ -274,47 +276,3 @@ def format_budget_table(reports: Sequence[dict]) -> str:
                 line += f"  !! {row['violations']} SOUNDNESS VIOLATIONS"
             lines.append(line)
     return "\n".join(lines)
-
-
-def verify_command(ckpt: dict, args, x: Tensor, y: Tensor) -> int:
-    """``robustsuite verify`` on a budget checkpoint: the table of :func:`certify_budgets` at each
-    ``--eps`` (default the checkpoint's test radius) with the checkpoint's rho; with ``--out``, the
-    JSON report and, beside it, the budget heatmaps and the log-budget histogram (PNG)."""
-    from pathlib import Path
-
-    from ..files import atomic_write_json
-    from ..runtime import resolve_device
-    from .plots import plot_budget_grid, plot_log_budget_histogram
-    from .training import budget_settings, load_budget_model
-
-    settings = budget_settings(ckpt)
-    dev = resolve_device(args.device)
-    model = load_budget_model(ckpt, device=dev)
-    eps_list = args.eps or [settings["eps"]]
-    rho = settings["rho"]
-    reports = [certify_budgets(model, x, y, eps=float(e), rho=rho, methods=args.method, pgd_steps=args.pgd_steps,
-                               device=dev, seed=args.seed) for e in eps_list]
-    print(f"{args.checkpoint}: {x.shape[0]} test samples of {ckpt['config']['data']['name']}, learned budgets "
-          f"(rho {rho:g}) vs the uniform ball of equal volume; radii are geometric means")
-    print(format_budget_table(reports))
-    if args.out:
-        out = Path(args.out)
-        atomic_write_json(out, {"checkpoint": str(args.checkpoint), "kind": "budgets", "reports": reports})
-        e0 = float(eps_list[0])
-        b = _budgets(model, x.to(dev), e0, rho).cpu()
-        mask = _mask_of(ckpt, args)
-        grid = plot_budget_grid(x, b, eps=e0, rho=rho, path=out.with_name(out.stem + "_heatmaps.png"),
-                                labels=y, mask=mask)
-        hist = plot_log_budget_histogram(b, eps=e0, rho=rho, mask=mask,
-                                         path=out.with_name(out.stem + "_log_budgets.png"))
-        print(f"wrote {out}, {grid}, {hist}")
-    return 3 if any(row.get("violations") for rep in reports for row in rep["rows"]) else 0
-
-
-def _mask_of(ckpt: dict, args) -> Tensor | None:
-    from .. import data as rdata
-
-    d = ckpt["config"]["data"]
-    ds = rdata.load(d["name"], "test", root=getattr(args, "data_root", None) or d.get("root"),
-                    download=bool(d.get("download", False)), **(d.get("options") or {}))
-    return getattr(ds, "irrelevant_mask", None)

@@ -2,7 +2,7 @@
 
 Per batch at the current target radius e (the CROWN-IBP eps schedule, per batch):
 budgets ``eps_i = exp(projection(g(x)))`` (volume e^d, range [e / rho, rho e]); box
-``[x - eps_i, x + eps_i]`` clipped to [0, 1]; the CROWN-IBP loss of :mod:`robustsuite.certify.training`
+``[x - eps_i, x + eps_i]`` clipped to [0, 1]; the CROWN-IBP loss of :mod:`robustsuite.certify.trainer`
 over that box; one backward pass, then a step of the classifier's optimizer and of the generator's
 own optimizer. With e ~ 0 the step is natural training and the generator is not involved; during
 ``generator.warmup_epochs`` (and always at rho = 1) the generator is frozen, so the box is the
@@ -23,17 +23,20 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..certify.training import CertifiedTrainer
+from ..certify.trainer import CertifiedTrainer
 from ..errors import CheckpointError
 from ..threats import Box
 from ..training.loop import build_optimizer
-from .generator import BudgetGenerator, BudgetModel, FixedBudgetGenerator, generator_from_spec
+from ..training.registry import register_trainer
+from .config import BudgetTrainConfig
+from .budget_generator import BudgetGenerator, BudgetModel, FixedBudgetGenerator, generator_from_spec
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BudgetTrainer", "load_budget_model", "budget_settings"]
 
 
+@register_trainer("budgets", config=BudgetTrainConfig)
 class BudgetTrainer(CertifiedTrainer):
     """CROWN-IBP training under the boxes of a jointly trained :class:`BudgetGenerator` (or, with
     ``generator.kind: fixed``, of one learned mask for all images, :class:`FixedBudgetGenerator`).

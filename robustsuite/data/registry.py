@@ -129,7 +129,11 @@ _REGISTRY: dict[str, DatasetEntry] = {}
 
 
 def _where(fn: Callable[..., Any]) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+    """``module.qualname (line N)`` of a loader: what an error names, and what tells a re-registration of
+    the same definition (a module imported again) from a clash (two lambdas share a qualname, not a line)."""
+    code = getattr(fn, "__code__", None)
+    line = f" (line {code.co_firstlineno})" if code is not None else ""
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}{line}"
 
 
 def _stats(name: str, field: str, value: Any) -> tuple[float, ...]:

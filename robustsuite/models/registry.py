@@ -80,9 +80,11 @@ F = TypeVar("F", bound=Callable[..., nn.Module])
 
 
 def _where(factory: Callable[..., Any]) -> str:
-    """``module.qualname`` of a factory: what an error names, and what tells a re-registration of the
-    same definition (a module imported again) from a clash."""
-    return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}"
+    """``module.qualname`` of a factory (and its line, for a function): what an error names, and what
+    tells a re-registration of the same definition (a module imported again) from a clash."""
+    code = getattr(factory, "__code__", None)
+    line = f" (line {code.co_firstlineno})" if code is not None else ""
+    return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}{line}"
 
 
 def register_model(name: str, *, certifiable: bool, summary: str, note: str = "") -> Callable[[F], F]:

@@ -229,6 +229,12 @@ def test_bad_download_and_root_types_are_config_errors():
         data.load("mnist", "train", root=3)
 
 
+def test_available_lists_the_sets_in_registration_order_digits_first():
+    """Each set registers in its own module; data/__init__ imports them so the order stays as documented."""
+    assert data.available() == ["digits", "mnist", "cifar10", "cifar100", "svhn", "digits_distractor",
+                                "digits_border", "mnist_distractor", "mnist_border", "npz"]
+
+
 def test_available_names_all_have_info():
     names = data.available()
     assert names[0] == "digits"

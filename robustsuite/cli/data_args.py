@@ -16,9 +16,12 @@ __all__ = ["add_data_arguments", "select_test_data", "model_spec_of", "check_dat
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """--data, --data-option and --data-root: which test data a checkpoint command runs on."""
+    from .. import data  # the names come from the data set registry
+
     parser.add_argument("--data", metavar="NAME",
                         help="run on this data set instead of the checkpoint's (e.g. npz with --data-option "
-                             "path=FILE.npz, or digits, mnist, ...); it must have the model's input shape")
+                             "path=FILE.npz; one of: " + ", ".join(data.available()) + "); it must have the "
+                             "model's input shape")
     parser.add_argument("--data-option", action="append", metavar="KEY=VALUE",
                         help="an option of the data set (repeatable), e.g. path=mine.npz or size=16; without "
                              "--data it changes one of the checkpoint's data options")

@@ -28,6 +28,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names_epilog() -> str:
+    """The model and data set names a config may use, read from their registries when the parser is built
+    (so a model or data set registered by the user's own code is listed too)."""
+    import textwrap
+
+    from .. import data, models
+
+    lines = [("model.name", models.available()), ("data.name", data.available())]
+    return "\n\nnames a config may use:" + "".join(
+        "\n" + textwrap.fill(", ".join(names), 100, initial_indent=f"  {key}: ", subsequent_indent="    ")
+        for key, names in lines)
+
+
 def add_parser(sub) -> None:
     """Register ``train`` on the CLI's subparsers."""
     t = sub.add_parser("train", help="train a model from a YAML config",
@@ -35,7 +48,8 @@ def add_parser(sub) -> None:
                        description="Train the model of a config with its trainer (train.method). Writes best.pt "
                                    "(best validation score), last.pt (resumable), config.yaml (resolved) and "
                                    "history.json into --out; an interrupted run resumes from last.pt.",
-                       epilog="example:\n  robustsuite train configs/digits_crown_ibp.yaml --set train.epochs=5 --out runs/quick")
+                       epilog="example:\n  robustsuite train configs/digits_crown_ibp.yaml --set train.epochs=5 --out runs/quick"
+                              + _names_epilog())
     t.add_argument("config", help="YAML config (see configs/)")
     t.add_argument("--out", help="output folder (default runs/<config name>)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",

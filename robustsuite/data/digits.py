@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .registry import positive_int, register_dataset
 from .tensor_dataset import ImageTensorDataset
 
 NUM_IMAGES = 1797
@@ -65,3 +66,12 @@ def load_digits_split(split: str, size: int | None = None) -> ImageTensorDataset
     dataset = ImageTensorDataset(x, labels[idx], name="digits", split=split)
     dataset.source_index = idx.clone()
     return dataset
+
+
+def _side(opts: dict) -> int:
+    return opts.get("size") or 8
+
+
+register_dataset("digits", options={"size": positive_int}, num_classes=10, mean=DIGITS_MEAN, std=DIGITS_STD,
+                 shape=lambda opts: (1, _side(opts), _side(opts)),
+                 build=lambda split, root, download, opts: load_digits_split(split, opts.get("size")))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataNotFoundError, InputError
+from .registry import positive_int, register_dataset
 from .tensor_dataset import ImageTensorDataset
 
 SAVE_HINT = "write the file with np.savez(path, x=images, y=labels)"
@@ -201,3 +202,10 @@ def check_path(value) -> Path:
     if not isinstance(value, (str, os.PathLike)):
         raise ConfigError(f"npz: option 'path' must be a file path, got {value!r}")
     return Path(value)
+
+
+register_dataset(
+    "npz", options={"path": lambda name, option, value: str(check_path(value)), "num_classes": positive_int},
+    shape=lambda opts: tuple(read_npz(opts["path"]).splits["test"][0].shape[1:]),
+    describe=lambda opts: (npz_num_classes(opts["path"], opts.get("num_classes")), *npz_stats(opts["path"])),
+    build=lambda split, root, download, opts: load_npz(opts["path"], split, opts.get("num_classes")))

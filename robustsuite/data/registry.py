@@ -1,43 +1,35 @@
-"""The data set names: what each one is (:class:`DatasetInfo`), which options it takes, how it loads.
+"""The data set registry: what each set is (:class:`DatasetInfo`), which options it takes, how it loads.
 
-``load(name, split, root=None, download=False, **options)`` validates everything at this edge and then
-calls the module that holds the data set. Options by name (all optional, None means the default):
+Each data set registers itself in the module that loads it, with :func:`register_dataset` (its
+options and their checks, classes, image shape, normalization statistics and loader);
+``robustsuite/data/__init__.py`` imports those modules (``digits``, ``torchvision_sets``,
+``synthetic``, ``npz``, in that order, which is the order of :func:`available`), and this module
+imports none of them::
 
-=====================  =========================================================================
-name                   options
-=====================  =========================================================================
-digits                 size (int > 0: resize the 8x8 images to size x size, bilinear)
-mnist                  backend ("auto", "torchvision", "builtin")
-cifar10, cifar100      augment (bool; default: on for train, off for test), backend
-svhn                   augment (crop only), backend
-digits_distractor      seed (int >= 0, default 0), size, right ("other_class": the right cell shows a
-                       digit of another class, as the spec's set; "any": any digit, independent of
-                       the label, so the right cell carries no information about it at all)
-digits_border          seed, size, border (frame width in pixels, default H // 2)
-mnist_distractor       seed, backend, right
-mnist_border           seed, border, backend
-npz                    path (required: your own .npz file with x and y, see ``data/npz.py``),
-                       num_classes (int > 0, default 1 + the largest label)
-=====================  =========================================================================
+    register_dataset("digits", options={"size": positive_int}, num_classes=10,
+                     shape=lambda opts: (1, opts["size"] or 8, opts["size"] or 8),
+                     mean=DIGITS_MEAN, std=DIGITS_STD,
+                     build=lambda split, root, download, opts: load_digits_split(split, opts["size"]))
 
-``root`` and ``download`` concern the data sets on disk (MNIST, CIFAR, SVHN and the MNIST synthetic
-sets); the embedded digits and ``npz`` (its ``path`` is the file) ignore them.
+``load(name, split, root=None, download=False, **options)`` validates everything at this edge (name,
+split, root, download, every option through its check) and then calls the set's loader. The options
+of the built-in sets are listed in the package docstring (:mod:`robustsuite.data`).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Union
 
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, unknown
-from .digits import DIGITS_MEAN, DIGITS_STD, load_digits_split
-from .npz import check_path, load_npz, npz_num_classes, npz_stats, read_npz
-from .synthetic import load_synthetic
-from .torchvision_sets import BACKENDS, load_torchvision_set
 
 SPLITS = ("train", "test")
+
+__all__ = ["DatasetInfo", "DatasetEntry", "register_dataset", "unregister_dataset", "available", "info", "load",
+           "positive_int", "seed", "boolean", "choice", "SPLITS"]
 
 
 @dataclass(frozen=True)
@@ -60,27 +52,25 @@ class DatasetInfo:
     std: tuple[float, ...]
 
 
-_STATS = {
-    "digits": (DIGITS_MEAN, DIGITS_STD),
-    "mnist": ((0.1307,), (0.3081,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "svhn": ((0.4377, 0.4438, 0.4728), (0.198, 0.201, 0.197)),
-}
+# -- option checks: ``check(data set name, option, value) -> normalized value``, or ConfigError naming
+# the option; None is "not given" and each check says what it becomes --------------------------------
+#: the type of an option check
+OptionCheck = Callable[[str, str, Any], Any]
 
 
-# -- option checks: each returns the normalized value or raises ConfigError naming the option --------
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _positive_int(name: str, option: str, value: Any) -> Any:
+def positive_int(name: str, option: str, value: Any) -> Any:
+    """An integer > 0, or None."""
     if value is not None and (not _is_int(value) or value <= 0):
         raise ConfigError(f"{name}: option {option!r} must be an integer > 0, got {value!r}")
     return value
 
 
-def _seed(name: str, option: str, value: Any) -> Any:
+def seed(name: str, option: str, value: Any) -> Any:
+    """An integer >= 0; None means 0."""
     if value is None:
         return 0
     if not _is_int(value) or value < 0:
@@ -88,13 +78,14 @@ def _seed(name: str, option: str, value: Any) -> Any:
     return value
 
 
-def _bool(name: str, option: str, value: Any) -> Any:
+def boolean(name: str, option: str, value: Any) -> Any:
+    """True, False or None."""
     if value is not None and not isinstance(value, bool):
         raise ConfigError(f"{name}: option {option!r} must be true or false, got {value!r}")
     return value
 
 
-def _choice(choices: tuple[str, ...]) -> Callable[[str, str, Any], Any]:
+def choice(choices: tuple[str, ...]) -> OptionCheck:
     """A check for an option with a fixed set of values; None means the first."""
     def check(name: str, option: str, value: Any) -> Any:
         if value is None:
@@ -106,116 +97,138 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str, str, Any], Any]:
     return check
 
 
-#: what a distractor set's right cell shows (see ``synthetic.make_distractor``); the first is the default
-RIGHT_CELLS = ("other_class", "any")
-
-
-def _path(name: str, option: str, value: Any) -> Any:
-    return str(check_path(value))
-
-
-_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
-    "size": _positive_int, "border": _positive_int, "seed": _seed, "augment": _bool, "backend": _choice(BACKENDS),
-    "path": _path, "num_classes": _positive_int, "right": _choice(RIGHT_CELLS),
-}
+Shape = tuple[int, int, int]
+#: ``build(split, root, download, opts) -> Dataset``: opts holds every declared option, checked
+Loader = Callable[[str, Any, bool, dict], Dataset]
+#: ``describe(opts) -> (num_classes, mean, std)`` for sets whose classes and statistics come from the data
+Describe = Callable[[dict], tuple[int, tuple[float, ...], tuple[float, ...]]]
 
 
 @dataclass(frozen=True)
-class _Entry:
-    options: tuple[str, ...]
-    num_classes: int
-    stats: str
-    shape: Callable[[dict], tuple[int, int, int]]
-    build: Callable[[str, Any, bool, dict], Dataset]
-    # For sets whose classes and statistics come from the data itself (npz): opts -> (num_classes,
-    # mean, std); None means the fixed num_classes and _STATS[stats].
-    describe: Callable[[dict], tuple[int, tuple[float, ...], tuple[float, ...]]] | None = None
+class DatasetEntry:
+    """One registered data set (see :func:`register_dataset` for the fields)."""
+
+    name: str
+    options: Mapping[str, OptionCheck]
+    shape: Callable[[dict], Shape]
+    build: Loader
+    num_classes: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    describe: Describe | None = None
+
+    def describe_classes(self, opts: dict) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+        """(num_classes, mean, std) for the checked options ``opts``."""
+        if self.describe is not None:
+            return self.describe(opts)
+        return self.num_classes, self.mean, self.std  # type: ignore[return-value]
 
 
-def _digits_side(opts: dict) -> int:
-    return opts.get("size") or 8
+#: name -> entry, in registration order: the order of :func:`available` (the embedded digits first)
+_REGISTRY: dict[str, DatasetEntry] = {}
 
 
-def _border(opts: dict, side: int) -> int:
-    return opts["border"] if opts.get("border") is not None else side // 2
+def _where(fn: Callable[..., Any]) -> str:
+    """``module.qualname (line N)`` of a loader: what an error names, and what tells a re-registration of
+    the same definition (a module imported again) from a clash (two lambdas share a qualname, not a line)."""
+    code = getattr(fn, "__code__", None)
+    line = f" (line {code.co_firstlineno})" if code is not None else ""
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}{line}"
 
 
-def _torchvision_entry(name: str, shape: tuple[int, int, int], num_classes: int, augment: bool) -> _Entry:
-    options = ("augment", "backend") if augment else ("backend",)
-    return _Entry(options, num_classes, name, lambda opts: shape,
-                  lambda split, root, download, opts: load_torchvision_set(
-                      name, split, root, download, augment=opts.get("augment"),
-                      backend=opts["backend"]))
+def _stats(name: str, field: str, value: Any) -> tuple[float, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not value \
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"register_dataset({name!r}): {field} must be a tuple of numbers, one per channel, "
+                         f"got {value!r}")
+    return tuple(float(v) for v in value)
 
 
-def _synthetic_entry(kind: str, base: str) -> _Entry:
-    options = ("seed",) + (("size",) if base == "digits" else ("backend",)) + \
-        (("border",) if kind == "border" else ("right",))
+def register_dataset(name: str, *, options: Mapping[str, OptionCheck] | None = None,
+                     shape: Union[Shape, Callable[[dict], Shape]], build: Loader,
+                     num_classes: int | None = None, mean: tuple[float, ...] | None = None,
+                     std: tuple[float, ...] | None = None, describe: Describe | None = None) -> DatasetEntry:
+    """Make ``name`` a data set :func:`load` and :func:`info` accept.
 
-    def side(opts: dict) -> int:
-        return _digits_side(opts) if base == "digits" else 28
+    Args:
+        name: lower-case registry name (``data.name`` in a config; lookups are case-insensitive).
+        options: option name -> check (:func:`positive_int`, :func:`seed`, :func:`boolean`,
+            :func:`choice` or your own ``check(name, option, value) -> value``); the only keyword
+            options :func:`load` accepts, each passed to ``build`` checked (None when not given and
+            the check keeps None).
+        shape: (C, H, W) of one image, or ``shape(opts) -> (C, H, W)`` when options change it.
+        build: ``build(split, root, download, opts) -> Dataset`` of (image float32 (C, H, W) in [0, 1],
+            label int) pairs, e.g. an :class:`~robustsuite.data.ImageTensorDataset`.
+        num_classes, mean, std: the number of labels and the per-channel pixel statistics for the
+            model's Normalize layer; or instead
+        describe: ``describe(opts) -> (num_classes, mean, std)`` for sets whose classes and statistics
+            come from the data itself (``npz``).
+    Returns:
+        The entry.
+    Raises:
+        ValueError: a bad name, check or description, or ``name`` already registered with another
+            loader (both are named); the same loader registered again (a module imported a second
+            time) replaces its old entry.
+    """
+    if not isinstance(name, str) or not name or name != name.lower() or not name.replace("_", "").isalnum():
+        raise ValueError(f"register_dataset: name must be lower-case letters, digits and '_', got {name!r}")
+    options = dict(options or {})
+    for option, check in options.items():
+        if not isinstance(option, str) or not option.isidentifier() or not callable(check):
+            raise ValueError(f"register_dataset({name!r}): options must map option names to checks "
+                             f"check(name, option, value), got {option!r}: {check!r}")
+    if not callable(build):
+        raise ValueError(f"register_dataset({name!r}): build must be callable, got {build!r}")
+    if describe is None:
+        if not _is_int(num_classes) or num_classes < 2:
+            raise ValueError(f"register_dataset({name!r}): num_classes must be an integer >= 2 (or give "
+                             f"describe), got {num_classes!r}")
+        mean, std = _stats(name, "mean", mean), _stats(name, "std", std)
+        if len(mean) != len(std):
+            raise ValueError(f"register_dataset({name!r}): mean and std need one value per channel each, got "
+                             f"{len(mean)} and {len(std)}")
+    elif not callable(describe) or num_classes is not None or mean is not None or std is not None:
+        raise ValueError(f"register_dataset({name!r}): give either num_classes, mean and std, or describe "
+                         "(a callable), not both")
+    shape_of = shape if callable(shape) else (lambda opts, _fixed=tuple(shape): _fixed)
+    old = _REGISTRY.get(name)
+    if old is not None and _where(old.build) != _where(build):
+        raise ValueError(f"register_dataset: data set {name!r} is already registered to {_where(old.build)}; "
+                         f"cannot register {_where(build)} under the same name; choose another name")
+    entry = DatasetEntry(name, options, shape_of, build, num_classes, mean, std, describe)
+    _REGISTRY[name] = entry
+    return entry
 
-    def shape(opts: dict) -> tuple[int, int, int]:
-        s = side(opts)
-        if kind == "distractor":
-            return (1, s, 2 * s)
-        b = _border(opts, s)
-        return (1, s + 2 * b, s + 2 * b)
 
-    def build(split: str, root: Any, download: bool, opts: dict) -> Dataset:
-        return load_synthetic(kind, base, split, seed=opts["seed"], size=opts.get("size"),
-                              border=opts.get("border"), right=opts.get("right", "other_class"),
-                              root=root, download=download,
-                              backend=opts.get("backend", "auto"))
+def unregister_dataset(name: str) -> DatasetEntry:
+    """Remove ``name`` and return its entry (for tests and notebooks that register a set of their own).
 
-    return _Entry(options, 10, base, shape, build)
-
-
-def _npz_entry() -> _Entry:
-    def shape(opts: dict) -> tuple[int, int, int]:
-        return tuple(read_npz(opts["path"]).splits["test"][0].shape[1:])
-
-    def describe(opts: dict) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-        return (npz_num_classes(opts["path"], opts.get("num_classes")), *npz_stats(opts["path"]))
-
-    return _Entry(("path", "num_classes"), 0, "", shape,
-                  lambda split, root, download, opts: load_npz(opts["path"], split, opts.get("num_classes")),
-                  describe)
-
-
-_REGISTRY: dict[str, _Entry] = {
-    "digits": _Entry(("size",), 10, "digits", lambda opts: (1, _digits_side(opts), _digits_side(opts)),
-                     lambda split, root, download, opts: load_digits_split(split, opts.get("size"))),
-    "mnist": _torchvision_entry("mnist", (1, 28, 28), 10, augment=False),
-    "cifar10": _torchvision_entry("cifar10", (3, 32, 32), 10, augment=True),
-    "cifar100": _torchvision_entry("cifar100", (3, 32, 32), 100, augment=True),
-    "svhn": _torchvision_entry("svhn", (3, 32, 32), 10, augment=True),
-    "digits_distractor": _synthetic_entry("distractor", "digits"),
-    "digits_border": _synthetic_entry("border", "digits"),
-    "mnist_distractor": _synthetic_entry("distractor", "mnist"),
-    "mnist_border": _synthetic_entry("border", "mnist"),
-    "npz": _npz_entry(),
-}
+    Raises:
+        UnknownNameError: ``name`` is not registered (the message lists the names).
+    """
+    key, entry = _entry(name)
+    del _REGISTRY[key]
+    return entry
 
 
 def available() -> list[str]:
-    """The data set names :func:`load` accepts, the embedded default ``digits`` first."""
+    """The data set names :func:`load` accepts, in registration order: the embedded ``digits`` first."""
     return list(_REGISTRY)
 
 
-def _entry(name: Any) -> tuple[str, _Entry]:
+def _entry(name: Any) -> tuple[str, DatasetEntry]:
     key = name.lower() if isinstance(name, str) else name
     if key not in _REGISTRY:
         raise unknown("data set", name, _REGISTRY)
     return key, _REGISTRY[key]
 
 
-def _check_options(name: str, entry: _Entry, options: dict) -> dict:
+def _check_options(name: str, entry: DatasetEntry, options: dict) -> dict:
     for option in options:
         if option not in entry.options:
             allowed = ", ".join(entry.options) if entry.options else "none"
             raise ConfigError(f"{name}: unknown option {option!r}; allowed options: {allowed}")
-    return {option: _CHECKS[option](name, option, options.get(option)) for option in entry.options}
+    return {option: check(name, option, options.get(option)) for option, check in entry.options.items()}
 
 
 def info(name: str, **options: Any) -> DatasetInfo:
@@ -226,11 +239,8 @@ def info(name: str, **options: Any) -> DatasetInfo:
     """
     key, entry = _entry(name)
     opts = _check_options(key, entry, options)
-    if entry.describe is not None:
-        num_classes, mean, std = entry.describe(opts)
-    else:
-        num_classes, (mean, std) = entry.num_classes, _STATS[entry.stats]
-    return DatasetInfo(key, entry.shape(opts), num_classes, mean, std)
+    num_classes, mean, std = entry.describe_classes(opts)
+    return DatasetInfo(key, tuple(entry.shape(opts)), num_classes, mean, std)
 
 
 def load(name: str, split: str, root: str | os.PathLike | None = None, download: bool = False,
@@ -242,7 +252,7 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, download:
         split: "train" or "test".
         root: folder holding the on-disk data sets; default ``$ROBUSTSUITE_DATA``, else ``./data``.
         download: let torchvision fetch a missing data set (needs internet access).
-        options: per data set, see the module docstring (e.g. ``size``, ``augment``, ``seed``).
+        options: per data set, see the package docstring (e.g. ``size``, ``augment``, ``seed``).
     Returns:
         An :class:`~robustsuite.data.ImageTensorDataset`: ``dataset[i]`` is (image float32 (C, H, W)
         in [0, 1], label int); a DataLoader batch is NCHW. ``dataset.info`` is its

@@ -22,13 +22,16 @@ import os
 import torch
 
 from ..errors import ConfigError, InputError
-from .digits import load_digits_split
+from .digits import DIGITS_MEAN, DIGITS_STD, load_digits_split
+from .registry import choice, positive_int, register_dataset, seed as seed_check
 from .tensor_dataset import ImageTensorDataset
-from .torchvision_sets import load_torchvision_set
+from .torchvision_sets import BACKENDS, DESCRIPTIONS, load_torchvision_set
 
 logger = logging.getLogger(__name__)
 KINDS = ("distractor", "border")
 BASES = ("digits", "mnist")
+#: what a distractor set's right cell shows (see :func:`make_distractor`); the first is the default
+RIGHT_CELLS = ("other_class", "any")
 
 SPLIT_STREAM = {"train": 0, "test": 1}
 
@@ -148,3 +151,31 @@ def load_synthetic(kind: str, base: str, split: str, *, seed: int = 0, size: int
     logger.info("built %s %s: %d images %s, seed %d", dataset.name, split, len(dataset),
                 tuple(canvas.shape[1:]), seed)
     return dataset
+
+
+def _register(kind: str, base: str) -> None:
+    """Register ``<base>_<kind>``: options seed, size (digits) or backend (mnist), border or right;
+    the base's classes and statistics."""
+    options = {"seed": seed_check, **({"size": positive_int} if base == "digits" else {"backend": choice(BACKENDS)}),
+               **({"border": positive_int} if kind == "border" else {"right": choice(RIGHT_CELLS)})}
+    mean, std = (DIGITS_MEAN, DIGITS_STD) if base == "digits" else DESCRIPTIONS[base][2:]
+
+    def shape(opts: dict) -> tuple[int, int, int]:
+        side = (opts.get("size") or 8) if base == "digits" else 28
+        if kind == "distractor":
+            return (1, side, 2 * side)
+        frame = opts["border"] if opts.get("border") is not None else side // 2
+        return (1, side + 2 * frame, side + 2 * frame)
+
+    def build(split: str, root, download: bool, opts: dict) -> ImageTensorDataset:
+        return load_synthetic(kind, base, split, seed=opts["seed"], size=opts.get("size"),
+                              border=opts.get("border"), right=opts.get("right", "other_class"),
+                              root=root, download=download, backend=opts.get("backend", "auto"))
+
+    register_dataset(f"{base}_{kind}", options=options, shape=shape, num_classes=10, mean=mean, std=std,
+                     build=build)
+
+
+for _base in BASES:  # digits_distractor, digits_border, mnist_distractor, mnist_border
+    for _kind in KINDS:
+        _register(_kind, _base)

@@ -24,6 +24,7 @@ import torch
 from ..errors import ConfigError, DataNotFoundError
 from . import formats
 from .augment import RandomCropFlip
+from .registry import boolean, choice, register_dataset
 from .tensor_dataset import ImageTensorDataset
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,13 @@ logger = logging.getLogger(__name__)
 DATA_ENV = "ROBUSTSUITE_DATA"
 BACKENDS = ("auto", "torchvision", "builtin")
 NAMES = ("mnist", "cifar10", "cifar100", "svhn")
+#: per set: (image shape (C, H, W), number of classes, per-channel mean, std: the usual published values)
+DESCRIPTIONS = {
+    "mnist": ((1, 28, 28), 10, (0.1307,), (0.3081,)),
+    "cifar10": ((3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": ((3, 32, 32), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((3, 32, 32), 10, (0.4377, 0.4438, 0.4728), (0.198, 0.201, 0.197)),
+}
 
 # The papers' train-time augmentation: crop with padding 4 and flip for CIFAR; crop only for SVHN
 # (flipping a house number changes the digit); none for MNIST.
@@ -157,3 +165,20 @@ def load_torchvision_set(name: str, split: str, root: str | os.PathLike | None =
     dataset = ImageTensorDataset(images, labels, transform=transform, name=name, split=split)
     dataset.root = resolved
     return dataset
+
+
+def _register(name: str) -> None:
+    shape, num_classes, mean, std = DESCRIPTIONS[name]
+
+    def build(split: str, root, download: bool, opts: dict) -> ImageTensorDataset:
+        return load_torchvision_set(name, split, root, download, augment=opts.get("augment"),
+                                    backend=opts["backend"])
+
+    # MNIST has no train augmentation to switch, so no ``augment`` option
+    options = {"augment": boolean} if _AUGMENTATION[name] is not None else {}
+    register_dataset(name, options={**options, "backend": choice(BACKENDS)}, shape=shape,
+                     num_classes=num_classes, mean=mean, std=std, build=build)
+
+
+for _name in NAMES:
+    _register(_name)

@@ -13,6 +13,10 @@ to logits (B, K), and carries its :class:`Normalize` layer inside. Build by name
 later makes it uncertifiable, and the names say where). Residual models mark where noise layers go
 (:func:`noise_sites`) and name their block activations (:func:`block_activations`);
 :func:`replace_module` swaps a submodule.
+
+Each model registers itself where it is defined (``@register_model(name, certifiable=..., summary=...)``
+on its class, see :mod:`.registry` and ``docs/extending.md``); importing the model modules below is
+what fills the registry, so a new model is its file plus one import line here.
 """
 from .cnn import CNN7, CNNSmall
 from .family import is_certifiable, unsupported_layers
@@ -20,13 +24,14 @@ from .mlp import MLP
 from .normalize import Normalize
 from .preact import PreActBlock, PreActResNet18
 from .registry import (ModelInfo, available, build, build_from_spec, check_in_shape,
-                       check_num_classes, count_parameters, info, register_spec_builder)
+                       check_num_classes, count_parameters, info, register_model, register_spec_builder,
+                       unregister_model)
 from .resnet import BasicBlock, PadShortcut, ResNetSmall, ResNetV1
 from .sites import ResidualBlock, Site, block_activations, noise_sites, replace_module
 from .wideresnet import WideResNet
 
 __all__ = [
-    "build", "build_from_spec", "register_spec_builder", "available", "info", "is_certifiable", "unsupported_layers",
+    "build", "build_from_spec", "register_model", "unregister_model", "register_spec_builder", "available", "info", "is_certifiable", "unsupported_layers",
     "count_parameters",
     "check_in_shape", "check_num_classes", "ModelInfo",
     "Normalize", "MLP", "CNNSmall", "CNN7", "ResNetV1", "ResNetSmall", "PreActResNet18",

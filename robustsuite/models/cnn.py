@@ -13,8 +13,11 @@ from torch import nn
 from ._checks import (boolean, check_spatial, conv_output_size, positive_float, positive_int,
                       scaled)
 from .normalize import Normalize
+from .registry import register_model
 
 
+@register_model("cnn_small", certifiable=True,
+                summary="2 conv (k4 s2) + 2 linear, the CROWN-IBP small CNN; needs H, W >= 4")
 class CNNSmall(nn.Sequential):
     """The small CNN of CROWN-IBP / auto_LiRPA's MNIST examples.
 
@@ -59,6 +62,9 @@ class CNNSmall(nn.Sequential):
         ]))
 
 
+@register_model("cnn7", certifiable=True,
+                summary="CNN-7: 64-64-128/2-128-128-FC512-FC(K), optional BatchNorm",
+                note="full CROWN at 3x32x32 needs ~30 GiB per image; use IBP/CROWN-IBP for training")
 class CNN7(nn.Sequential):
     """CNN-7 of CROWN-IBP and "Fast certified robust training" (Shi et al. 2021).
 

@@ -8,8 +8,10 @@ from torch import nn
 
 from ._checks import int_tuple
 from .normalize import Normalize
+from .registry import register_model
 
 
+@register_model("mlp", certifiable=True, summary="fully connected ReLU network; options hidden=(256, 256)")
 class MLP(nn.Sequential):
     """Normalize -> Flatten -> [Linear -> ReLU] * len(hidden) -> Linear.
 

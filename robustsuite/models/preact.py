@@ -15,6 +15,7 @@ from torch import nn
 
 from ._checks import positive_float, scaled
 from .normalize import Normalize
+from .registry import register_model
 from .resnet import init_residual_weights
 from .sites import ResidualBlock, Site
 
@@ -55,6 +56,9 @@ def preact_stage(in_channels: int, out_channels: int, blocks: int, stride: int) 
                                        stride if i == 0 else 1) for i in range(blocks)])
 
 
+@register_model("preact_resnet18", certifiable=True,
+                summary="PreAct ResNet-18 ('ResNet-V2 18'), stages [2, 2, 2, 2] of 64-128-256-512",
+                note="parses and bounds, but far too large for CROWN; IBP bounds are loose")
 class PreActResNet18(nn.Module):
     """PreAct ResNet-18: stem conv3x3 64w, stages [2, 2, 2, 2] of 64w/128w/256w/512w channels
     (strides 1, 2, 2, 2), final BN-ReLU, AdaptiveAvgPool2d(1), Flatten, Linear K.

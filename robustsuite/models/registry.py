@@ -11,6 +11,14 @@ models records its changes under a key of its own in the spec (the stochastic pa
 and registers how to rebuild such specs with :func:`register_spec_builder`; :func:`build_from_spec`
 dispatches on that key, so code that loads checkpoints never imports the part.
 
+Each model registers itself where it is defined, with :func:`register_model` on its class (or
+factory); ``robustsuite/models/__init__.py`` imports every model module, so the table is full whenever
+``robustsuite.models`` is imported (this module imports none of them)::
+
+    @register_model("cnn7", certifiable=True, summary="CNN-7: ...", note="full CROWN at 3x32x32 ...")
+    class CNN7(nn.Sequential):
+        def __init__(self, in_shape, num_classes, width=1.0, bn=False, mean=None, std=None): ...
+
 ``info(name).certifiable`` says whether the model is in the layer family auto_LiRPA 0.3 bounds
 soundly (Conv2d, Linear, ReLU, BatchNorm2d, residual add, nn.Flatten, AdaptiveAvgPool2d(1), and the
 fixed 1x1 convolutions of Normalize and the option-A shortcut; see :mod:`.family`). Every
@@ -21,22 +29,20 @@ from __future__ import annotations
 import copy
 import inspect
 import numbers
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, unknown
 from ._checks import is_int
-from .cnn import CNN7, CNNSmall
-from .mlp import MLP
-from .preact import PreActResNet18
-from .resnet import ResNetSmall, ResNetV1
-from .wideresnet import WideResNet
+from .normalize import Normalize
 
 SPEC_KEYS = ("name", "in_shape", "num_classes", "options")
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 #: spec key -> the function that rebuilds a spec holding that key (see :func:`register_spec_builder`)
 _SPEC_BUILDERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {}
@@ -67,25 +73,91 @@ class ModelInfo:
         return {k: p.default for k, p in params.items() if k not in ("in_shape", "num_classes")}
 
 
-_REGISTRY: dict[str, ModelInfo] = {info.name: info for info in (
-    ModelInfo("mlp", MLP, True, "fully connected ReLU network; options hidden=(256, 256)"),
-    ModelInfo("cnn_small", CNNSmall, True,
-              "2 conv (k4 s2) + 2 linear, the CROWN-IBP small CNN; needs H, W >= 4"),
-    ModelInfo("cnn7", CNN7, True, "CNN-7: 64-64-128/2-128-128-FC512-FC(K), optional BatchNorm",
-              "full CROWN at 3x32x32 needs ~30 GiB per image; use IBP/CROWN-IBP for training"),
-    ModelInfo("resnet_small", ResNetSmall, True,
-              "tiny residual model: stem + 2 basic blocks (1x1 conv shortcut), optional BN",
-              "cheap enough for full CROWN on 1x8x8 on a CPU"),
-    ModelInfo("resnet_v1", ResNetV1, True,
-              "CIFAR ResNet-V1, depth 6n+2 (20/32/44/56), shortcut 'pad' (option A) or 'conv'",
-              "the 'pad' shortcut is a fixed 1x1 convolution because 0.3 cannot parse strided "
-              "slicing; deep models are expensive under CROWN"),
-    ModelInfo("preact_resnet18", PreActResNet18, True,
-              "PreAct ResNet-18 ('ResNet-V2 18'), stages [2, 2, 2, 2] of 64-128-256-512",
-              "parses and bounds, but far too large for CROWN; IBP bounds are loose"),
-    ModelInfo("wideresnet", WideResNet, True, "WideResNet WRN-depth-width, pre-activation, dropout 0",
-              "parses and bounds, but far too large for CROWN at the usual sizes"),
-)}
+#: name -> entry, in registration order (filled by :func:`register_model` where each model is defined)
+_REGISTRY: dict[str, ModelInfo] = {}
+
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+
+def _where(factory: Callable[..., Any]) -> str:
+    """``module.qualname`` of a factory (and its line, for a function): what an error names, and what
+    tells a re-registration of the same definition (a module imported again) from a clash."""
+    code = getattr(factory, "__code__", None)
+    line = f" (line {code.co_firstlineno})" if code is not None else ""
+    return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}{line}"
+
+
+def register_model(name: str, *, certifiable: bool, summary: str, note: str = "") -> Callable[[F], F]:
+    """Class (or function) decorator: make the decorated factory the zoo model ``name``.
+
+    The factory is called as ``factory(in_shape, num_classes, **options)`` and must return a module
+    mapping (B, C, H, W) pixels in [0, 1] to (B, num_classes) logits, with its Normalize layer as
+    ``model.normalize``; its keyword parameters (with defaults) are the model's options
+    (:meth:`ModelInfo.defaults`), so a spec records them all.
+
+    Args:
+        name: the registry name (lower-case letters, digits, ``_``; starts with a letter): what
+            ``model.name`` in a config and ``spec["name"]`` in a checkpoint say.
+        certifiable: True only when every layer is one auto_LiRPA 0.3 bounds soundly (see
+            :mod:`.family`); the verifier still checks the traced graph of every model it bounds.
+        summary: one line for listings.
+        note: cost or caveats worth knowing before bounding it.
+    Raises:
+        ValueError: a bad name or flag, a factory that is not callable or whose signature is not
+            ``(in_shape, num_classes, <options with defaults, mean and std among them>)``, or ``name`` already registered to another factory (both
+            are named); the same factory registered again (a module imported a second time) replaces
+            its old entry.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"register_model: name must be lower-case letters, digits and '_', starting with a "
+                         f"letter, got {name!r}")
+    if not isinstance(certifiable, bool):
+        raise ValueError(f"register_model({name!r}): certifiable must be True or False, got {certifiable!r}")
+    if not isinstance(summary, str) or not summary.strip() or not isinstance(note, str):
+        raise ValueError(f"register_model({name!r}): summary must be a non-empty string (and note a string)")
+
+    def decorate(factory: F) -> F:
+        if not callable(factory):
+            raise ValueError(f"register_model({name!r}): expected a class or function, got {factory!r}")
+        _check_signature(name, factory)
+        old = _REGISTRY.get(name)
+        if old is not None and _where(old.factory) != _where(factory):
+            raise ValueError(f"register_model: model {name!r} is already registered to {_where(old.factory)}; "
+                             f"cannot register {_where(factory)} under the same name; choose another name")
+        _REGISTRY[name] = ModelInfo(name, factory, certifiable, summary, note)
+        return factory
+
+    return decorate
+
+
+def _check_signature(name: str, factory: Callable[..., Any]) -> None:
+    """``factory(in_shape, num_classes, <options with defaults>)``, the options including ``mean`` and
+    ``std``: what :func:`build` calls and what a spec records (every option resolved)."""
+    params = inspect.signature(factory).parameters
+    names = list(params)
+    problem = None
+    if names[:2] != ["in_shape", "num_classes"]:
+        problem = f"its first parameters must be (in_shape, num_classes), got ({', '.join(names)})"
+    elif any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) for p in params.values()):
+        problem = "*args, **kwargs and positional-only parameters cannot be recorded in a spec"
+    elif missing := [n for n in names[2:] if params[n].default is inspect.Parameter.empty]:
+        problem = f"option(s) {', '.join(missing)} need a default value"
+    elif not {"mean", "std"} <= set(names[2:]):
+        problem = "it must take the options mean and std (for its Normalize layer, model.normalize)"
+    if problem:
+        raise ValueError(f"register_model({name!r}): {_where(factory)}: {problem}; see docs/extending.md")
+
+
+def unregister_model(name: str) -> ModelInfo:
+    """Remove ``name`` from the registry and return its entry (for tests and notebooks that register a
+    model of their own; the zoo's models stay registered in normal use).
+
+    Raises:
+        UnknownNameError: ``name`` is not registered (the message lists the names).
+    """
+    entry = info(name)
+    del _REGISTRY[name]
+    return entry
 
 
 def available() -> list[str]:
@@ -158,6 +230,9 @@ def build(name: str, in_shape: Sequence[int], num_classes: int, **options: Any) 
         raise ConfigError(f"options: model {name!r} has no option(s) {', '.join(map(repr, extra))}; "
                           f"allowed: {', '.join(sorted(defaults))}")
     model = entry.factory(in_shape, num_classes, **options)
+    if not isinstance(getattr(model, "normalize", None), Normalize):
+        raise TypeError(f"model {name!r} ({_where(entry.factory)}) has no Normalize layer as model.normalize; "
+                        "a zoo model carries its normalization (see docs/extending.md)")
     resolved = {**defaults, **options}
     # Store the resolved statistics, so the spec never depends on the default of mean/std.
     resolved["mean"], resolved["std"] = list(model.normalize.mean), list(model.normalize.std)

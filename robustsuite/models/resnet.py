@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import ConfigError
 from ._checks import boolean, positive_float, positive_int, scaled
 from .normalize import Normalize
+from .registry import register_model
 from .sites import ResidualBlock, Site
 
 SHORTCUTS = ("pad", "conv")
@@ -109,6 +110,10 @@ def init_residual_weights(model: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight)
 
 
+@register_model("resnet_v1", certifiable=True,
+                summary="CIFAR ResNet-V1, depth 6n+2 (20/32/44/56), shortcut 'pad' (option A) or 'conv'",
+                note="the 'pad' shortcut is a fixed 1x1 convolution because 0.3 cannot parse strided "
+                     "slicing; deep models are expensive under CROWN")
 class ResNetV1(nn.Module):
     """CIFAR ResNet-V1 of depth 6n+2 (20, 32, 44, 56, 110, ...): 3 stages of n basic blocks.
 
@@ -169,6 +174,9 @@ class ResNetV1(nn.Module):
         return self.linear(self.flatten(self.pool(out)))
 
 
+@register_model("resnet_small", certifiable=True,
+                summary="tiny residual model: stem + 2 basic blocks (1x1 conv shortcut), optional BN",
+                note="cheap enough for full CROWN on 1x8x8 on a CPU")
 class ResNetSmall(nn.Module):
     """A tiny residual network, cheap enough for full CROWN on 8x8 inputs on a CPU.
 

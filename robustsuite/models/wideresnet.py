@@ -15,10 +15,13 @@ from ..errors import ConfigError
 from ._checks import positive_int
 from .normalize import Normalize
 from .preact import preact_stage
+from .registry import register_model
 from .resnet import init_residual_weights
 from .sites import Site
 
 
+@register_model("wideresnet", certifiable=True, summary="WideResNet WRN-depth-width, pre-activation, dropout 0",
+                note="parses and bounds, but far too large for CROWN at the usual sizes")
 class WideResNet(nn.Module):
     """WRN-d-k: stem conv3x3 16, three stages of n = (d - 4) / 6 pre-activation blocks with
     16k, 32k, 64k channels (strides 1, 2, 2), final BN-ReLU, AdaptiveAvgPool2d(1), Flatten, Linear K.

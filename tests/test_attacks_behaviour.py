@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from robustsuite.attacks import (APGD, ATTACKS, BIM, CW, FGSM, MIM, PGD, AttackResult, GradientAttack,
-                                 TransferAttack, attack_names, attack_settings, make_attack, register_attack,
-                                 robust_accuracy)
+                                 RestartAttack, TransferAttack, attack_names, attack_settings, make_attack,
+                                 register_attack, robust_accuracy)
 from robustsuite.attacks.apgd import apgd_checkpoints
 from robustsuite.attacks.losses import margin_gap
 from robustsuite.errors import InputError, InputTypeError
@@ -123,6 +123,23 @@ def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_steps(threat):
     apgd = APGD(model, threat, steps=20).run(x, y)
     assert int(apgd.success.sum()) >= int(pgd.success.sum())
     assert apgd.steps == 20 and int(apgd.queries[0]) == 21
+
+
+def test_keep_worst_case_keeps_the_first_success_else_the_highest_loss():
+    """The one restart rule (RestartAttack, used by the PGD family and APGD): a sample keeps the
+    first restart that succeeded, later successes never replace it; until then the highest loss."""
+    x = [torch.full((3, 1, 1, 1), float(r)) for r in range(3)]         # restart r's points are all r
+    ok = [torch.tensor([False, True, False]), torch.tensor([False, True, True]), torch.tensor([True, False, False])]
+    loss = [torch.tensor([1.0, 1.0, 5.0]), torch.tensor([2.0, 0.0, 0.0]), torch.tensor([0.0, 9.0, 9.0])]
+    best_x, best_ok, best_loss = RestartAttack.keep_worst_case(zip(x, ok, loss))
+    # sample 0: higher loss in restart 1, success in restart 2; sample 1: success in restart 0;
+    # sample 2: success in restart 1, restart 2's higher loss does not replace it
+    assert best_x.flatten().tolist() == [2.0, 0.0, 1.0]
+    assert best_ok.tolist() == [True, True, True] and best_loss.tolist() == [0.0, 1.0, 0.0]
+    # one run: returned as it is (its success and loss need not be computed)
+    assert RestartAttack.keep_worst_case(iter([(x[1], None, None)]))[0] is x[1]
+    for cls in (FGSM, BIM, PGD, MIM, APGD):
+        assert issubclass(cls, RestartAttack) and "keep_worst_case" not in vars(cls)
 
 
 def test_make_attack_builds_every_registered_attack():

@@ -147,6 +147,18 @@ def test_the_toy_attack_from_the_command_line(toy_attack, model_and_data, tmp_pa
     assert "Traceback" not in err
 
 
+def test_the_walk_through_shows_the_toy_attack_of_these_tests(toy_attack):
+    """docs/extending.md's toy attack is this file's, line for line (so the page cannot rot)."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    source = inspect.cleandoc(inspect.getsource(toy_attack)) + "\n"
+    assert any(source in b for b in blocks), "update the toy attack in docs/extending.md (or here)"
+
+
 def test_the_toy_attack_leaves_no_trace(model_and_data):
     """Run after the others (file order): the fixture unregistered the toy."""
     assert "toy" not in ATTACKS and "toy" not in attack_names(by_name=False)

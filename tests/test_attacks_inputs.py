@@ -118,6 +118,11 @@ def test_unknown_loss_is_rejected_with_the_known_ones():
         PGD(trained_cnn(), LinfBall(0.1), loss="kl", targeted=True)
     with pytest.raises(UnknownNameError, match="loss.*ce, dlr, margin"):
         APGD(trained_cnn(), LinfBall(0.1), loss="kl")
+    # its gradient vanishes at x: only PGD, and only from a random start
+    with pytest.raises(InputError, match="'kl' needs random_start=True"):
+        PGD(trained_cnn(), LinfBall(0.1), loss="kl", random_start=False)
+    with pytest.raises(UnknownNameError, match="loss.*ce, margin"):
+        FGSM(trained_cnn(), LinfBall(0.1), loss="kl")
     # targeted DLR (APGD-T) needs 4 classes: a 3-class model gets a clear error, not a crash
     three = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
     x = torch.rand(4, 1, 8, 8)

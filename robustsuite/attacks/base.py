@@ -296,8 +296,8 @@ class GradientAttack(Attack):
 
     Settings shared by every gradient attack:
         loss (str): ``"ce"`` (default), ``"margin"`` (C&W margin) or what the class's ``losses``
-            adds (``"dlr"``: APGD; ``"kl"``: FGSM/BIM/PGD/MIM, TRADES' KL from the clean
-            prediction); see ``attacks.losses``.
+            adds (``"dlr"``: APGD; ``"kl"``: PGD, TRADES' KL from the clean prediction); see
+            ``attacks.losses``.
         targeted (bool): ``y`` are target labels. (Default: False)
         eot (int): draws of a stochastic model's randomness averaged per gradient, >= 1.
             (Default: 1)

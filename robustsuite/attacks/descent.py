@@ -30,8 +30,6 @@ __all__ = ["IterativeAttack"]
 class IterativeAttack(RestartAttack):
     """Base of FGSM/BIM/PGD/MIM; see :class:`robustsuite.attacks.PGD` for the settings."""
 
-    losses = ("ce", "margin", "kl")
-
     def __init__(self, model, threat, *, steps: int, step_size: float | None, random_start: bool,
                  restarts: int = 1, loss: str = "ce", targeted: bool = False, eot: int = 1,
                  max_batch: int | None = None, l1_fraction: float = 0.01, start_sigma: float | None = None,

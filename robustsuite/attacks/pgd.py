@@ -1,6 +1,7 @@
 """PGD: projected gradient descent with random start and restarts (L-inf, L2, L1, Box)."""
 from __future__ import annotations
 
+from ..errors import InputError
 from ..threats import ThreatModel
 from .descent import IterativeAttack
 from .registry import register_attack
@@ -52,7 +53,10 @@ class PGD(IterativeAttack):
         >>> atk = PGD(model, LinfBall(8/255), steps=20, step_size=2/255, random_start=True)
         >>> x_adv = atk(x, y)
         >>> res = atk.run(x, y)   # res.x_adv, res.success, res.distance, res.queries, res.steps
+        >>> trades = PGD(model, LinfBall(0.031), steps=10, step_size=0.007, loss="kl", start_sigma=0.001)
     """
+
+    losses = ("ce", "margin", "kl")  # 'kl' needs a start off x: only PGD has one
 
     def __init__(self, model, threat: ThreatModel, *, steps: int = 10, step_size: float | None = None,
                  random_start: bool = True, restarts: int = 1, loss: str = "ce", targeted: bool = False,
@@ -61,3 +65,6 @@ class PGD(IterativeAttack):
         super().__init__(model, threat, steps=steps, step_size=step_size, random_start=random_start,
                          restarts=restarts, loss=loss, targeted=targeted, eot=eot, max_batch=max_batch,
                          l1_fraction=l1_fraction, start_sigma=start_sigma, seed=seed)
+        if self.loss == "kl" and not self.random_start:
+            raise InputError("loss: 'kl' needs random_start=True: the KL from the clean prediction has a zero "
+                             "gradient at x itself (TRADES starts at x + 0.001 * N(0, 1): start_sigma=0.001)")

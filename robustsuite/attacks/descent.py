@@ -70,10 +70,9 @@ class IterativeAttack(RestartAttack):
             return geo.gaussian_start(self.start_sigma, generator)
         return geo.random_start(generator)
 
-    def _descend(self, geo: Geometry, y: Tensor, y_loss: Tensor, loss_fn, generator, check_labels: bool
-                 ) -> Tensor:
-        """One restart: ``steps`` steepest-ascent steps of the loss from the start, each projected
-        onto the set and [0, 1]; returns the last iterate (B, C, H, W)."""
+    def _descend(self, geo: Geometry, y_loss: Tensor, loss_fn, generator, check_labels: bool) -> Tensor:
+        """One restart: ``steps`` steepest-ascent steps of ``loss_fn(logits, y_loss)`` from the
+        start, each projected onto the set and [0, 1]; returns the last iterate (B, C, H, W)."""
         x_adv = self._start(geo, generator)
         state = self._init_state(geo.x)
         size = self.resolved_step_size()
@@ -91,7 +90,7 @@ class IterativeAttack(RestartAttack):
 
         def runs():
             for r in range(self.restarts):
-                x_adv = self._descend(geo, y, y_loss, loss_fn, generator, check_labels=check and r == 0)
+                x_adv = self._descend(geo, y_loss, loss_fn, generator, check_labels=check and r == 0)
                 if self.restarts == 1:  # nothing to compare: no extra forward pass
                     yield x_adv, None, None
                     return

@@ -59,6 +59,10 @@ def trades_adversary(model, x: Tensor, settings, y: Tensor | None = None) -> Ten
     global RNG), then one forward and backward per step. The model's mode is left as it is. The
     step is ``settings.step_size`` or ``2.5 * eps / steps``. ``y`` (B,) is not used by the loss
     (only a restart comparison would use it; TRADES has one run); None passes placeholders.
+
+    Against the package's own loop before issue 16: L-inf bit for bit (so L-inf TRADES trains to
+    the same numbers); L2 equal up to float rounding per step (PGD sums per-sample KLs where the
+    loop averaged them, and re-projects its output once more), which training can amplify.
     """
     step = settings.step_size or 2.5 * settings.eps / settings.steps
     atk = PGD(model, threat_of(settings), steps=settings.steps, step_size=step, random_start=True,

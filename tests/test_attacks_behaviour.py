@@ -6,16 +6,18 @@ import copy
 import pytest
 import torch
 
-from robustsuite.attacks import (APGD, ATTACKS, BIM, CW, FGSM, MIM, PGD, AttackResult, attack_settings,
-                                 make_attack, robust_accuracy)
+from robustsuite.attacks import (APGD, ATTACKS, BIM, CW, FGSM, MIM, PGD, AttackResult, GradientAttack,
+                                 RestartAttack, TransferAttack, attack_names, attack_settings, make_attack,
+                                 register_attack, robust_accuracy)
 from robustsuite.attacks.apgd import apgd_checkpoints
 from robustsuite.attacks.losses import margin_gap
+from robustsuite.errors import InputError, InputTypeError
 from robustsuite.threats import Box, L1Ball, L2Ball, LinfBall
 
 try:
-    from test_attacks_support import held_out, trained_cnn, one_thread  # noqa: F401
+    from test_attacks_support import QUICK_SETTINGS, held_out, trained_cnn, one_thread  # noqa: F401
 except ImportError:
-    from tests.test_attacks_support import held_out, trained_cnn, one_thread  # noqa: F401
+    from tests.test_attacks_support import QUICK_SETTINGS, held_out, trained_cnn, one_thread  # noqa: F401
 
 
 def test_seeded_attacks_are_reproducible_and_the_seed_matters():
@@ -123,14 +125,67 @@ def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_steps(threat):
     assert apgd.steps == 20 and int(apgd.queries[0]) == 21
 
 
+def test_keep_worst_case_keeps_the_first_success_else_the_highest_loss():
+    """The one restart rule (RestartAttack, used by the PGD family and APGD): a sample keeps the
+    first restart that succeeded, later successes never replace it; until then the highest loss."""
+    x = [torch.full((3, 1, 1, 1), float(r)) for r in range(3)]         # restart r's points are all r
+    ok = [torch.tensor([False, True, False]), torch.tensor([False, True, True]), torch.tensor([True, False, False])]
+    loss = [torch.tensor([1.0, 1.0, 5.0]), torch.tensor([2.0, 0.0, 0.0]), torch.tensor([0.0, 9.0, 9.0])]
+    best_x, best_ok, best_loss = RestartAttack.keep_worst_case(zip(x, ok, loss))
+    # sample 0: higher loss in restart 1, success in restart 2; sample 1: success in restart 0;
+    # sample 2: success in restart 1, restart 2's higher loss does not replace it
+    assert best_x.flatten().tolist() == [2.0, 0.0, 1.0]
+    assert best_ok.tolist() == [True, True, True] and best_loss.tolist() == [0.0, 1.0, 0.0]
+    # one run: returned as it is (its success and loss need not be computed)
+    assert RestartAttack.keep_worst_case(iter([(x[1], None, None)]))[0] is x[1]
+    for cls in (FGSM, BIM, PGD, MIM, APGD):
+        assert issubclass(cls, RestartAttack) and "keep_worst_case" not in vars(cls)
+
+
 def test_make_attack_builds_every_registered_attack():
     model = trained_cnn()
-    for name, cls in ATTACKS.items():
-        threat = None if name in ("cw", "boundary", "pixel") else LinfBall(0.1)
-        atk = make_attack(name, model, threat)
-        assert type(atk) is cls
+    for name in attack_names():
+        cls = ATTACKS[name]
+        threat = None if "none" in cls.threats else LinfBall(0.1)
+        atk = make_attack(name, model, threat, **QUICK_SETTINGS[name])
+        assert type(atk) is cls and cls.name == name
         assert "targeted" in attack_settings(name)
     assert make_attack("PGD", model, LinfBall(0.1), steps=3, restarts=2).restarts == 2
+    # an attack built around another one is registered (the suite and the masking check read it)
+    # but not built by name: the error says how to build it
+    assert ATTACKS["transfer"] is TransferAttack and "transfer" not in attack_names()
+    with pytest.raises(InputError, match="built around another attack"):
+        make_attack("transfer", model, LinfBall(0.1))
+
+
+def test_every_registered_attack_has_a_quick_entry():
+    """The test tables read the registry; the one line an attack adds to them is its QUICK_SETTINGS."""
+    missing = sorted(set(attack_names()) - set(QUICK_SETTINGS))
+    assert not missing, f"add the attack(s) {missing} to QUICK_SETTINGS in tests/test_attacks_support.py"
+    assert set(QUICK_SETTINGS) <= set(attack_names()), "QUICK_SETTINGS names an attack that is not registered"
+
+
+def test_the_registry_declares_what_other_parts_read():
+    """What EOT, the masking check and the suite need, read from the classes (the tables they replaced)."""
+    assert attack_names(gradient=True) == ["apgd", "bim", "cw", "fgsm", "mim", "pgd"]
+    assert attack_names(gradient=False, by_name=False) == ["boundary", "pixel", "square", "transfer"]
+    assert {n: ATTACKS[n].eot_kind() for n in attack_names(eot=True, gradient=False)} == {
+        "boundary": "vote", "square": "vote"}
+    assert attack_names(eot=False, by_name=False) == ["pixel", "transfer"]
+    assert ATTACKS["square"].query_budgets == ("n_queries",) and ATTACKS["boundary"].query_budgets == ("max_queries",)
+    for name in attack_names(gradient=True):
+        assert issubclass(ATTACKS[name], GradientAttack) and ATTACKS[name].eot_kind() == "gradient"
+    assert ATTACKS["pgd"].default_settings()["steps"] == 10
+
+
+def test_register_attack_rejects_bad_names_and_taken_names():
+    with pytest.raises(InputError, match="lowercase"):
+        register_attack("My-Attack")
+    with pytest.raises(InputError, match="taken by"):
+        register_attack("pgd")(type("OtherPGD", (PGD,), {}))
+    with pytest.raises(InputTypeError, match="subclass"):
+        register_attack("notanattack")(int)
+    assert register_attack("pgd")(PGD) is PGD and ATTACKS["pgd"] is PGD  # the same class again: a no-op
 
 
 def test_robust_accuracy_reports_consistent_numbers_and_records():

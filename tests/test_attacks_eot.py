@@ -5,16 +5,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from robustsuite.attacks import APGD, CW, EOT, FGSM, PGD, BoundaryAttack
+from robustsuite.attacks import APGD, CW, EOT, FGSM, PGD, BoundaryAttack, attack_class, attack_names, make_attack
 from robustsuite.attacks.gradients import loss_and_grad
 from robustsuite.attacks.losses import ce_loss
 from robustsuite.errors import InputTypeError
 from robustsuite.threats import L2Ball, LinfBall
 
 try:
-    from test_attacks_support import NoisyInput, held_out, trained_cnn, one_thread  # noqa: F401
+    from test_attacks_support import QUICK_SETTINGS, NoisyInput, held_out, trained_cnn, one_thread  # noqa: F401
 except ImportError:
-    from tests.test_attacks_support import NoisyInput, held_out, trained_cnn, one_thread  # noqa: F401
+    from tests.test_attacks_support import QUICK_SETTINGS, NoisyInput, held_out, trained_cnn, one_thread  # noqa: F401
 
 
 def _gradient_variance(model, x, y, n: int, trials: int) -> float:
@@ -84,13 +84,26 @@ class _DropoutNet(nn.Module):
         return self.body[6:](self.drop(self.body[:6](x)))
 
 
-@pytest.mark.parametrize("make", [
-    lambda m: EOT(PGD(m, LinfBall(0.1), steps=2), n=3),
-    lambda m: APGD(m, L2Ball(0.5), steps=3, eot=2),
-    lambda m: FGSM(m, LinfBall(0.1), eot=2, max_batch=5),
-    lambda m: CW(m, steps=3, search_steps=1, eot=2),
-    lambda m: BoundaryAttack(m, max_queries=60),
-], ids=["eot_pgd", "apgd", "fgsm", "cw", "boundary"])
+def _registered(name):
+    """A registered attack with its quick settings, on a set it supports, with EOT where it takes it."""
+    cls = attack_class(name)
+    threat = next(t for t in (LinfBall(0.1), L2Ball(0.5), None)
+                  if (t.norm if t is not None else "none") in cls.threats)
+    extra = {"eot": 2} if cls.eot_kind() else {}
+    return lambda m: make_attack(name, m, threat, **{**QUICK_SETTINGS[name], **extra})
+
+
+MODE_CASES = {
+    "eot_pgd": lambda m: EOT(PGD(m, LinfBall(0.1), steps=2), n=3),
+    "apgd_l2": lambda m: APGD(m, L2Ball(0.5), steps=3, eot=2),
+    "fgsm_chunked": lambda m: FGSM(m, LinfBall(0.1), eot=2, max_batch=5),
+    "cw": lambda m: CW(m, steps=3, search_steps=1, eot=2),
+    "boundary": lambda m: BoundaryAttack(m, max_queries=60),
+    **{f"registered_{n}": _registered(n) for n in attack_names()},  # every registered attack
+}
+
+
+@pytest.mark.parametrize("make", list(MODE_CASES.values()), ids=list(MODE_CASES))
 def test_attacks_never_switch_the_model_mode_nor_leave_gradients(make):
     model = _DropoutNet().train()
     flags = [p.requires_grad for p in model.parameters()]

@@ -103,6 +103,7 @@ def test_unsupported_threat_sets_are_rejected(make, match):
 @pytest.mark.parametrize("kwargs,match", [
     ({"steps": -1}, "steps"), ({"step_size": -0.1}, "step_size"), ({"restarts": 0}, "restarts"),
     ({"eot": 0}, "eot"), ({"l1_fraction": 0.0}, "l1_fraction"), ({"step_size": float("nan")}, "step_size"),
+    ({"start_sigma": 0.0}, "start_sigma"), ({"start_sigma": float("inf")}, "start_sigma"),
 ])
 def test_bad_settings_are_rejected(kwargs, match):
     with pytest.raises(InputError, match=match):
@@ -110,8 +111,18 @@ def test_bad_settings_are_rejected(kwargs, match):
 
 
 def test_unknown_loss_is_rejected_with_the_known_ones():
-    with pytest.raises(UnknownNameError, match="loss.*ce, margin"):
+    with pytest.raises(UnknownNameError, match="loss.*ce, kl, margin"):
         PGD(trained_cnn(), LinfBall(0.1), loss="hinge")
+    # the KL loss (TRADES' adversary) moves away from the clean prediction: untargeted only
+    with pytest.raises(InputError, match="'kl' is untargeted only"):
+        PGD(trained_cnn(), LinfBall(0.1), loss="kl", targeted=True)
+    with pytest.raises(UnknownNameError, match="loss.*ce, dlr, margin"):
+        APGD(trained_cnn(), LinfBall(0.1), loss="kl")
+    # its gradient vanishes at x: only PGD, and only from a random start
+    with pytest.raises(InputError, match="'kl' needs random_start=True"):
+        PGD(trained_cnn(), LinfBall(0.1), loss="kl", random_start=False)
+    with pytest.raises(UnknownNameError, match="loss.*ce, margin"):
+        FGSM(trained_cnn(), LinfBall(0.1), loss="kl")
     # targeted DLR (APGD-T) needs 4 classes: a 3-class model gets a clear error, not a crash
     three = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
     x = torch.rand(4, 1, 8, 8)

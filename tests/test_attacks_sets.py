@@ -4,14 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustsuite.attacks import (APGD, BIM, CW, EOT, FGSM, MIM, PGD, BoundaryAttack, PixelAttack,
-                                 TransferAttack)
+from robustsuite.attacks import APGD, EOT, FGSM, PGD, TransferAttack, attack_class, attack_names, make_attack
 from robustsuite.threats import Box, L1Ball, L2Ball, LinfBall
 
 try:
-    from test_attacks_support import NoisyInput, digits_cnn, held_out, trained_cnn, one_thread  # noqa: F401
+    from test_attacks_support import (QUICK_SETTINGS, NoisyInput, digits_cnn, held_out, one_thread,  # noqa: F401
+                                      trained_cnn)
 except ImportError:  # tests/ imported as a package
-    from tests.test_attacks_support import NoisyInput, digits_cnn, held_out, trained_cnn, one_thread  # noqa: F401
+    from tests.test_attacks_support import (QUICK_SETTINGS, NoisyInput, digits_cnn, held_out,  # noqa: F401
+                                            one_thread, trained_cnn)
 
 N = 32
 
@@ -31,37 +32,33 @@ def _threat(kind: str, x: torch.Tensor):
     raise AssertionError(kind)
 
 
+#: variants beyond each registered attack with its QUICK_SETTINGS: name -> (builder, threat kinds)
+VARIANTS = {
+    "pgd_margin_restarts": (lambda m, t: PGD(m, t, steps=3, restarts=2, loss="margin"), ("linf", "l2", "l1", "box")),
+    "eot_pgd": (lambda m, t: EOT(PGD(NoisyInput(m, 0.05), t, steps=3), n=3, max_batch=40), ("linf", "l2", "l1", "box")),
+    "transfer": (lambda m, t: TransferAttack(PGD(trained_cnn(seed=1), t, steps=3), target_model=m),
+                 ("linf", "l2", "l1", "box")),
+}
+
+
 def _attack(name: str, threat):
     model = trained_cnn()
-    if name == "fgsm":
-        return FGSM(model, threat)
-    if name == "bim":
-        return BIM(model, threat, steps=5)
-    if name == "pgd":
-        return PGD(model, threat, steps=5)
-    if name == "pgd_margin_restarts":
-        return PGD(model, threat, steps=3, restarts=2, loss="margin")
-    if name == "mim":
-        return MIM(model, threat, steps=5)
-    if name == "apgd":
-        return APGD(model, threat, steps=8)
-    if name == "eot_pgd":
-        return EOT(PGD(NoisyInput(model, 0.05), threat, steps=3), n=3, max_batch=40)
-    if name == "cw":
-        return CW(model, threat, steps=20, search_steps=2, c=1.0)
-    if name == "boundary":
-        return BoundaryAttack(model, threat, max_queries=200)
-    if name == "pixel":
-        return PixelAttack(model, threat, pixels=2, population=20, iterations=3)
-    if name == "transfer":
-        return TransferAttack(PGD(trained_cnn(seed=1), threat, steps=3), target_model=model)
-    raise AssertionError(name)
+    if name in VARIANTS:
+        return VARIANTS[name][0](model, threat)
+    return make_attack(name, model, threat, **QUICK_SETTINGS[name])
 
 
-CASES = [(a, t) for a in ("fgsm", "bim", "pgd", "pgd_margin_restarts", "mim", "eot_pgd", "transfer")
-         for t in ("linf", "l2", "l1", "box", "box_shared")]
-CASES += [("apgd", t) for t in ("linf", "l2", "box", "box_shared")]
-CASES += [("cw", "l2"), ("boundary", "l2"), ("pixel", "linf"), ("pixel", "box")]
+def _kinds(threats) -> list[str]:
+    """The test threat sets for an attack's supported kinds (a box both per-sample and shared)."""
+    out = []
+    for kind in threats:
+        out += {"box": ["box", "box_shared"], "none": []}.get(kind, [kind])
+    return out
+
+
+# every registered attack on every threat set it declares, read from the registry
+CASES = [(a, t) for a in attack_names() for t in _kinds(attack_class(a).threats)]
+CASES += [(a, t) for a, (_, kinds) in VARIANTS.items() for t in _kinds(kinds)]
 
 
 @pytest.mark.parametrize("attack_name,threat_kind", CASES, ids=[f"{a}-{t}" for a, t in CASES])

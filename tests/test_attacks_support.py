@@ -23,6 +23,22 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+#: Small settings per registered attack, for the tests that run every attack (the threat-set
+#: cases of test_attacks_sets.py, make_attack in test_attacks_behaviour.py). Adding an attack to
+#: the package = one line here; test_every_registered_attack_has_a_quick_entry fails until it is added.
+QUICK_SETTINGS: dict[str, dict] = {
+    "fgsm": {},
+    "bim": {"steps": 5},
+    "pgd": {"steps": 5},
+    "mim": {"steps": 5},
+    "apgd": {"steps": 8},
+    "cw": {"steps": 20, "search_steps": 2, "c": 1.0},
+    "boundary": {"max_queries": 200},
+    "pixel": {"pixels": 2, "population": 20, "iterations": 3},
+    "square": {"n_queries": 50},
+}
+
+
 def digits_cnn() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),

@@ -326,6 +326,65 @@ def reference_ascent(model, x, norm, eps, step, steps, start):
     return xa.detach()
 
 
+def trades_loop_before_issue16(model, x, settings):
+    """TRADES' adversary as the package wrote it before issue 16 (its own PGD loop), kept verbatim
+    as the reference the PGD-with-KL-loss replacement must reproduce bit for bit."""
+    from robustsuite.stochastic.adversarial import threat_of
+    from robustsuite.stochastic.losses import trades_kl
+    threat = threat_of(settings)
+    step = settings.step_size or 2.5 * settings.eps / settings.steps
+    with torch.no_grad():
+        p_clean_logits = model(x)
+    x_adv = threat.project(x, x + 0.001 * torch.randn_like(x)).detach()
+    for _ in range(settings.steps):
+        x_adv.requires_grad_(True)
+        loss = trades_kl(model(x_adv), p_clean_logits)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        with torch.no_grad():
+            if settings.norm == "linf":
+                x_adv = x_adv + step * grad.sign()
+            else:
+                norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+                x_adv = x_adv + step * grad / norm
+            x_adv = threat.project(x, x_adv)
+    return x_adv.detach()
+
+
+@pytest.mark.parametrize("norm,eps,step_size,n", [("linf", 0.1, 0.03, 16), ("linf", 0.5, 0.01, 13),
+                                                  ("l2", 1.0, None, 13), ("l2", 5.0, 0.05, 16)])
+def test_trades_adversary_is_pgd_with_the_kl_loss_bit_for_bit(norm, eps, step_size, n):
+    """trades_adversary (PGD, loss='kl', start x + 0.001 N(0, 1)) returns the old loop's points,
+    draws the same random numbers in the same order (a dropout model: a forward draws too) and
+    moves BatchNorm's statistics the same, so TRADES trains to the same numbers.
+
+    L-inf (both shipped TRADES configs): bit for bit (sign steps and clamp projections are exact).
+    L2: equal up to float rounding (<= 1e-6): PGD's one L2 step sums per-sample KLs where the old
+    loop averaged them (gradients scaled by B), writes the step as ``x + size * (g / ||g||)`` and
+    re-projects its output once more (``Attack.run``'s guarantee), each a last-bit difference."""
+    from types import SimpleNamespace
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                   torch.nn.Dropout(0.2), torch.nn.Flatten(), torch.nn.Linear(8 * 64, 10)).train()
+
+    settings = SimpleNamespace(norm=norm, eps=eps, steps=5, step_size=step_size)
+    x = batch(n, seed=n)[0] * 0.5 + 0.25  # inside [0, 1] with room: steps are not all clipped
+    out = {}
+    for name, fn in (("old", trades_loop_before_issue16), ("new", trades_mod.trades_adversary)):
+        model = net()
+        torch.manual_seed(5)
+        x_adv = fn(model, x, settings)
+        out[name] = (x_adv, torch.get_rng_state(), model.state_dict(), model.training)
+    (a, rng_a, state_a, train_a), (b, rng_b, state_b, train_b) = out["old"], out["new"]
+    same = torch.equal if norm == "linf" else (lambda u, v: torch.allclose(u.float(), v.float(), rtol=0, atol=1e-6))
+    assert same(a, b), f"x_adv differs from the old loop by {float((a - b).abs().max())}"
+    assert float((a - x).abs().max()) > 0
+    assert torch.equal(rng_a, rng_b), "not the same random draws"
+    assert all(same(state_a[k], state_b[k]) for k in state_a), "BatchNorm moved differently"
+    assert train_a and train_b, "the model's mode is left as it is"
+
+
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
 def test_trades_inner_maximization_raises_the_kl(norm, eps, tmp_path, monkeypatch):
     seen = spy_adversary(monkeypatch)

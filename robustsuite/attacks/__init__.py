@@ -16,30 +16,37 @@ Any of them averages gradients over a stochastic model's randomness with ``eot=n
 :class:`PixelAttack` (few-pixel, differential evolution), :class:`TransferAttack` (crafted on a
 source model). By name: :data:`ATTACKS`, :func:`make_attack`; evaluation: :func:`robust_accuracy`.
 
+Adding an attack: subclass :class:`Attack` (or :class:`GradientAttack`), decorate it with
+``@register_attack("name")`` in its own module and import that module here; everything else (the
+suite, EOT eligibility, the masking check, the CLI's choices) reads the class (see
+``attacks.registry`` and ``docs/extending.md``).
+
 Shared guarantees: outputs are projected onto the threat set intersected with [0, 1] in one place
 (``Attack.run``); success and distance are computed there too. Attacks never change the model's
 mode (a stochastic model keeps its noise on), never leave gradients on its parameters, run on
 ``x.device`` and take a ``seed`` where they draw random numbers.
 """
 from .apgd import APGD
-from .base import Attack, AttackResult, GradientAttack
+from .base import Attack, AttackResult, GradientAttack, RestartAttack
 from .bim import BIM
 from .boundary import BoundaryAttack
 from .cw import CW
 from .eot import EOT
 from .fgsm import FGSM
-from .losses import LOSSES, ce_loss, dlr_loss, dlr_targeted_loss, margin_loss
+from .losses import LOSSES, ce_loss, dlr_loss, dlr_targeted_loss, kl_loss, margin_loss
 from .mim import MIM
 from .pgd import PGD
 from .pixel import PixelAttack
 from .square import Square
-from .registry import ATTACKS, attack_settings, make_attack, robust_accuracy
+from .registry import (ATTACKS, attack_class, attack_names, attack_settings, make_attack, register_attack,
+                       robust_accuracy)
 from .transfer import TransferAttack
 
 __all__ = [
-    "Attack", "AttackResult", "GradientAttack",
+    "Attack", "AttackResult", "GradientAttack", "RestartAttack",
     "FGSM", "BIM", "PGD", "MIM", "CW", "EOT", "APGD",
     "BoundaryAttack", "PixelAttack", "Square", "TransferAttack",
-    "ATTACKS", "make_attack", "attack_settings", "robust_accuracy",
-    "LOSSES", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss",
+    "ATTACKS", "register_attack", "attack_class", "attack_names", "make_attack", "attack_settings",
+    "robust_accuracy",
+    "LOSSES", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss", "kl_loss",
 ]

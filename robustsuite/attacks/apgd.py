@@ -5,10 +5,11 @@ import torch
 from torch import Tensor
 
 from ..threats import Box, ThreatModel
-from .base import GradientAttack, Perturbation, check_float, check_int, check_optional_int
+from .base import Perturbation, RestartAttack, check_float, check_int, check_optional_int
 from .gradients import check_label_range, loss_and_logits
 from .losses import dlr_targeted_loss
-from .norms import geometry_for
+from .geometry import geometry_for
+from .registry import register_attack
 
 __all__ = ["APGD", "apgd_checkpoints"]
 
@@ -32,7 +33,8 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return out
 
 
-class APGD(GradientAttack):
+@register_attack("apgd")
+class APGD(RestartAttack):
     r"""APGD in the paper 'Reliable Evaluation of Adversarial Robustness with an Ensemble of
     Diverse Parameter-free Attacks' [https://arxiv.org/abs/2003.01690]
 
@@ -98,10 +100,9 @@ class APGD(GradientAttack):
                  loss: str = "ce", rho: float = 0.75, momentum: float = 0.75, targeted: bool = False,
                  n_target_classes: int = 9, target_batch: int | None = None, eot: int = 1,
                  max_batch: int | None = None, seed: int | None = 0):
-        super().__init__(model, threat, loss=loss, targeted=targeted, eot=eot, max_batch=max_batch,
-                         seed=seed)
+        super().__init__(model, threat, restarts=restarts, loss=loss, targeted=targeted, eot=eot,
+                         max_batch=max_batch, seed=seed)
         self.steps = check_int("steps", steps, minimum=1)
-        self.restarts = check_int("restarts", restarts, minimum=1)
         self.rho = check_float("rho", rho, minimum=0.0, maximum=1.0, strict=True)
         self.momentum = check_float("momentum", momentum, minimum=0.0, maximum=1.0, strict=True)
         self.n_target_classes = check_int("n_target_classes", n_target_classes, minimum=1)
@@ -124,18 +125,10 @@ class APGD(GradientAttack):
     def _restarts(self, x: Tensor, y: Tensor, y_loss: Tensor, generator, check_labels: bool
                   ) -> tuple[Tensor, Tensor, Tensor]:
         """``restarts`` runs; per sample the first success, else the highest-loss point."""
-        best_x = best_ok = best_loss = None
         loss_fn = self._targeted_dlr if self._auto_targets else self._loss_fn()
-        for r in range(self.restarts):
-            x_r, ok, loss = self._single_run(x, y, y_loss, loss_fn, generator,
-                                             check_labels=check_labels and r == 0)
-            if best_x is None:
-                best_x, best_ok, best_loss = x_r, ok, loss
-                continue
-            take = ~best_ok & (ok | (loss > best_loss))
-            best_x = torch.where(_col(take, x), x_r, best_x)
-            best_ok, best_loss = best_ok | ok, torch.where(take, loss, best_loss)
-        return best_x, best_ok, best_loss
+        return self.keep_worst_case(
+            self._single_run(x, y, y_loss, loss_fn, generator, check_labels=check_labels and r == 0)
+            for r in range(self.restarts))
 
     @staticmethod
     def _targeted_dlr(logits: Tensor, y_t: Tensor) -> Tensor:

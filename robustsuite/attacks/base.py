@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import abc
 import copy
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import torch
 from torch import Tensor
@@ -30,9 +31,9 @@ from torch import Tensor
 from ..errors import InputError, InputTypeError, unknown
 from ..threats import Box, L1Ball, L2Ball, LinfBall, ThreatModel, check_images
 from .gradients import loss_and_grad, loss_and_logits
-from .losses import get_loss
+from .losses import REFERENCE_LOSSES, get_loss
 
-__all__ = ["AttackResult", "Attack", "GradientAttack", "Perturbation"]
+__all__ = ["AttackResult", "Attack", "GradientAttack", "RestartAttack", "Perturbation"]
 
 _THREAT_NAMES = {"linf": LinfBall, "l2": L2Ball, "l1": L1Ball, "box": Box}
 
@@ -144,11 +145,37 @@ class Attack(abc.ABC):
     """Base of every attack: validation, projection onto the set and success, in one place.
 
     Subclasses set ``threats`` (the allowed sets: any of ``linf``, ``l2``, ``l1``, ``box``,
-    ``none``) and implement ``_perturb(x, y, generator) -> Perturbation``.
+    ``none``) and implement ``_perturb(x, y, generator) -> Perturbation``; they register under a
+    name with ``@register_attack("name")`` (``attacks.registry``). What the rest of the package
+    needs to know about an attack is declared here, on the class (see the registry's docstring).
     """
 
     threats: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1", "box")
     default_norm: ClassVar[float] = 2.0  # distance norm when the threat is None
+    #: the registered name (set by ``register_attack``); None for an unregistered class
+    name: ClassVar[str | None] = None
+    #: whether the attack differentiates the evaluated model (True for every GradientAttack)
+    uses_gradient: ClassVar[bool] = False
+    #: whether ``make_attack`` builds it from a name and settings (False: built around another attack)
+    by_name: ClassVar[bool] = True
+    #: settings that cap the model queries per sample; an EOT run multiplies them by the draws
+    query_budgets: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def default_settings(cls) -> dict[str, Any]:
+        """The keyword-only constructor settings and their defaults (``inspect.Parameter.empty``
+        for a required one): what a suite item or ``--option`` may set."""
+        return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    @classmethod
+    def eot_kind(cls) -> Literal["gradient", "vote"] | None:
+        """How the attack takes EOT on a stochastic model: ``"gradient"`` (gradients averaged over
+        the draws), ``"vote"`` (a majority-vote label oracle and mean scores) or None (no ``eot``
+        setting: it runs once, on single draws)."""
+        if "eot" not in cls.default_settings():
+            return None
+        return "gradient" if cls.uses_gradient else "vote"
 
     def __init__(self, model: Callable[[Tensor], Tensor], threat: ThreatModel | None, *,
                  targeted: bool = False, seed: int | None = 0):
@@ -268,7 +295,9 @@ class GradientAttack(Attack):
     """Base of the white-box attacks: the loss and its (EOT-averaged) input gradient.
 
     Settings shared by every gradient attack:
-        loss (str): ``"ce"`` (default) or ``"margin"`` (C&W margin); see ``attacks.losses``.
+        loss (str): ``"ce"`` (default), ``"margin"`` (C&W margin) or what the class's ``losses``
+            adds (``"dlr"``: APGD; ``"kl"``: PGD, TRADES' KL from the clean prediction); see
+            ``attacks.losses``.
         targeted (bool): ``y`` are target labels. (Default: False)
         eot (int): draws of a stochastic model's randomness averaged per gradient, >= 1.
             (Default: 1)
@@ -276,6 +305,7 @@ class GradientAttack(Attack):
     """
 
     losses: ClassVar[tuple[str, ...]] = ("ce", "margin")
+    uses_gradient: ClassVar[bool] = True
 
     def __init__(self, model, threat, *, loss: str = "ce", targeted: bool = False, eot: int = 1,
                  max_batch: int | None = None, seed: int | None = 0):
@@ -283,12 +313,22 @@ class GradientAttack(Attack):
         if not isinstance(loss, str) or loss.lower() not in self.losses:
             raise unknown("loss", loss, self.losses)
         self.loss = loss.lower()
+        if self.loss in REFERENCE_LOSSES and self.targeted:
+            raise InputError(f"loss: {self.loss!r} is untargeted only; use 'ce' or 'margin' with targeted=True")
         self.eot = check_int("eot", eot, minimum=1)
         self.max_batch = check_optional_int("max_batch", max_batch, minimum=1)
 
     def _loss_fn(self) -> Callable[[Tensor, Tensor], Tensor]:
         fn, targeted = get_loss(self.loss), self.targeted
         return lambda logits, y: fn(logits, y, targeted)
+
+    def _loss_reference(self, x: Tensor, y: Tensor) -> Tensor:
+        """What the loss compares the logits with: the labels ``y`` (B,), or for a reference loss
+        (``"kl"``) the clean logits (B, K), EOT-averaged, from one forward pass without gradients
+        (the only extra model call; it counts ``eot`` queries)."""
+        if self.loss not in REFERENCE_LOSSES:
+            return y
+        return self._loss_and_logits(x, y, loss_fn=lambda z, t: z.new_zeros(z.shape[0]))[1]
 
     def _loss_and_grad(self, x: Tensor, y: Tensor, *, loss_fn=None, check_labels: bool = False
                        ) -> tuple[Tensor, Tensor, Tensor]:
@@ -302,4 +342,41 @@ class GradientAttack(Attack):
     def gradient(self, x: Tensor, y: Tensor) -> Tensor:
         """The attack loss's input gradient at ``x`` (B, ...), averaged over ``eot`` draws."""
         x, y = self._validate(x, y)
-        return self._loss_and_grad(x, y, check_labels=True)[1]
+        y_loss = self._loss_reference(x, y)
+        return self._loss_and_grad(x, y_loss, check_labels=y_loss is y)[1]
+
+
+class RestartAttack(GradientAttack):
+    """Base of the gradient attacks with random restarts (FGSM/BIM/PGD/MIM, APGD): keeps, per
+    sample, the worst case over ``self.restarts`` runs in one place.
+
+    The rule (as torchattacks' and AutoAttack's restarts): the first restart whose returned point
+    is adversarial, otherwise the one with the highest loss at its returned point. Later successes
+    never replace an earlier one, so a noisy success of a stochastic model is not cherry-picked.
+    """
+
+    def __init__(self, model, threat, *, restarts: int = 1, loss: str = "ce", targeted: bool = False,
+                 eot: int = 1, max_batch: int | None = None, seed: int | None = 0):
+        super().__init__(model, threat, loss=loss, targeted=targeted, eot=eot, max_batch=max_batch,
+                         seed=seed)
+        self.restarts = check_int("restarts", restarts, minimum=1)
+
+    @staticmethod
+    def keep_worst_case(runs: Iterator[tuple[Tensor, Tensor | None, Tensor | None]]
+                        ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Fold the restarts ``runs`` (evaluated lazily, one after the other) into the worst case.
+
+        Each run yields ``(x_adv (B, ...), success (B,) bool, loss (B,))``; with a single run its
+        ``success``/``loss`` are not looked at and may be None (no extra forward pass is needed).
+        Returns ``(x_adv, success, loss)`` of the kept points. No host sync.
+        """
+        best_x = best_ok = best_loss = None
+        for x_r, ok, loss in runs:
+            if best_x is None:
+                best_x, best_ok, best_loss = x_r, ok, loss
+                continue
+            take = ~best_ok & (ok | (loss > best_loss))
+            best_x = torch.where(take.view(-1, *([1] * (x_r.dim() - 1))), x_r, best_x)
+            best_ok = best_ok | ok
+            best_loss = torch.where(take, loss, best_loss)
+        return best_x, best_ok, best_loss

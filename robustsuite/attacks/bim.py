@@ -6,10 +6,12 @@ import math
 from ..errors import InputError
 from ..threats import LinfBall, ThreatModel
 from .descent import IterativeAttack
+from .registry import register_attack
 
 __all__ = ["BIM"]
 
 
+@register_attack("bim")
 class BIM(IterativeAttack):
     r"""BIM in the paper 'Adversarial Examples in the Physical World'
     [https://arxiv.org/abs/1607.02533]

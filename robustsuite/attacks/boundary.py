@@ -8,10 +8,12 @@ from ..errors import InputError, InputTypeError
 from ..threats import ThreatModel, check_images
 from .base import Attack, Perturbation, check_float, check_int, check_optional_int
 from .eot import vote_labels
+from .registry import register_attack
 
 __all__ = ["BoundaryAttack"]
 
 
+@register_attack("boundary")
 class BoundaryAttack(Attack):
     r"""Boundary attack in the paper 'Decision-Based Adversarial Attacks: Reliable Attacks Against
     Black-Box Machine Learning Models' [https://arxiv.org/abs/1712.04248]
@@ -78,6 +80,7 @@ class BoundaryAttack(Attack):
     """
 
     threats = ("l2", "none")
+    query_budgets = ("max_queries",)
 
     def __init__(self, model, threat: ThreatModel | None = None, *, max_queries: int = 5000,
                  spherical_step: float = 1e-2, source_step: float = 1e-2, step_adaptation: float = 1.5,

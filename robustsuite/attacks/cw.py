@@ -7,6 +7,7 @@ from torch import Tensor
 from ..threats import ThreatModel
 from .base import GradientAttack, Perturbation, check_bool, check_float, check_int
 from .losses import margin_gap
+from .registry import register_attack
 
 __all__ = ["CW"]
 
@@ -14,6 +15,7 @@ _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 _UNBOUNDED = 1e10
 
 
+@register_attack("cw")
 class CW(GradientAttack):
     r"""C&W L2 in the paper 'Towards Evaluating the Robustness of Neural Networks'
     [https://arxiv.org/abs/1608.04644]

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..errors import InputTypeError
 from .base import Attack, GradientAttack, check_int, check_optional_int
+from .registry import attack_names
 
 __all__ = ["EOT", "eot_logits", "majority_vote", "vote_labels"]
 
@@ -94,8 +95,11 @@ class EOT(Attack):
 
     def __init__(self, attack: GradientAttack, *, n: int = 80, max_batch: int | None = None):
         if not isinstance(attack, GradientAttack):
-            raise InputTypeError("attack: EOT averages gradients, so it wraps a gradient attack "
-                                 f"(FGSM, BIM, PGD, MIM, APGD, CW); got {type(attack).__name__}")
+            vote = attack_names(eot=True, gradient=False)
+            raise InputTypeError(
+                f"attack: EOT averages gradients, so it wraps a gradient attack ({', '.join(attack_names(gradient=True))}); "
+                f"got {type(attack).__name__}" + (f"; {', '.join(vote)} take eot=n (a majority-vote oracle) instead"
+                                                  if vote else ""))
         super().__init__(attack.model, attack.threat, targeted=attack.targeted, seed=attack.seed)
         self.n = check_int("n", n, minimum=1)
         self.max_batch = check_optional_int("max_batch", max_batch, minimum=1)

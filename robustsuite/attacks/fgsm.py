@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from ..threats import ThreatModel
 from .descent import IterativeAttack
+from .registry import register_attack
 
 __all__ = ["FGSM"]
 
 
+@register_attack("fgsm")
 class FGSM(IterativeAttack):
     r"""FGSM in the paper 'Explaining and Harnessing Adversarial Examples'
     [https://arxiv.org/abs/1412.6572]

@@ -11,6 +11,9 @@ are signed to increase towards the target:
   ``-(z_y - max_{j != y} z_j) / (z_(1) - z_(3))``; needs at least 3 classes; untargeted only.
   Its targeted form (APGD-T, :func:`dlr_targeted_loss`) needs the true label *and* a target, so
   it is not in :data:`LOSSES`; ``APGD(loss="dlr", targeted=True)`` picks the targets itself.
+* ``"kl"``: ``KL(p_ref || p)`` with ``p = softmax(z)`` and ``p_ref`` the softmax of *reference
+  logits* passed in place of the labels: the clean point's logits, which the attack computes
+  itself (:data:`REFERENCE_LOSSES`). TRADES' inner maximization (Zhang et al. 2019); untargeted.
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ from torch import Tensor
 
 from ..errors import InputError, unknown
 
-__all__ = ["LOSSES", "LossFn", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss", "get_loss",
-           "margin_gap"]
+__all__ = ["LOSSES", "REFERENCE_LOSSES", "LossFn", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss",
+           "kl_loss", "get_loss", "margin_gap"]
 
 LossFn = Callable[[Tensor, Tensor, bool], Tensor]
 
@@ -69,11 +72,25 @@ def dlr_targeted_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
     return (z_t - z_y) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
 
 
-LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}
+def kl_loss(logits: Tensor, reference: Tensor, targeted: bool = False) -> Tensor:
+    """``KL(softmax(reference) || softmax(logits))`` per sample (B,), ``reference`` the clean
+    point's logits (B, K): TRADES' inner objective, written as its reference code writes it
+    (``KLDivLoss(log_softmax(adv), softmax(clean))``, summed over the classes). Zero at the clean
+    point; untargeted only."""
+    if targeted:
+        raise InputError("loss: 'kl' is untargeted only (it moves away from the clean prediction); "
+                         "use 'ce' or 'margin' with targeted=True")
+    return F.kl_div(F.log_softmax(logits, dim=1), F.softmax(reference, dim=1), reduction="none").sum(1)
+
+
+LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss, "kl": kl_loss}
+
+#: losses compared with the clean point's logits (B, K), which the attack computes, not with labels
+REFERENCE_LOSSES = frozenset({"kl"})
 
 
 def get_loss(name: str) -> LossFn:
-    """The loss function called ``name`` (``ce``, ``margin``, ``dlr``); unknown names raise."""
+    """The loss function called ``name`` (``ce``, ``margin``, ``dlr``, ``kl``); unknown names raise."""
     if not isinstance(name, str) or name.lower() not in LOSSES:
         raise unknown("loss", name, LOSSES)
     return LOSSES[name.lower()]

@@ -6,10 +6,12 @@ import torch
 from ..threats import ThreatModel
 from .base import check_float
 from .descent import IterativeAttack
+from .registry import register_attack
 
 __all__ = ["MIM"]
 
 
+@register_attack("mim")
 class MIM(IterativeAttack):
     r"""MIM (MI-FGSM) in the paper 'Boosting Adversarial Attacks with Momentum'
     [https://arxiv.org/abs/1710.06081]

@@ -7,10 +7,12 @@ from torch import Tensor
 
 from ..threats import ThreatModel
 from .base import Attack, Perturbation, check_float, check_int, check_optional_int
+from .registry import register_attack
 
 __all__ = ["PixelAttack"]
 
 
+@register_attack("pixel")
 class PixelAttack(Attack):
     r"""Few-pixel attack in the paper 'One Pixel Attack for Fooling Deep Neural Networks'
     [https://arxiv.org/abs/1710.08864]

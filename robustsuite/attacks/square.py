@@ -12,6 +12,7 @@ from .base import Attack, Perturbation, check_bool, check_float, check_int, chec
 from .eot import eot_logits, majority_vote
 from .gradients import check_label_range
 from .losses import get_loss
+from .registry import register_attack
 
 __all__ = ["Square", "square_p", "square_side", "meta_pattern"]
 
@@ -87,6 +88,7 @@ def _sq_norm(t: Tensor, dims) -> Tensor:
     return (t * t).sum(dim=dims, keepdim=True)
 
 
+@register_attack("square")
 class Square(Attack):
     r"""Square Attack in the paper 'Square Attack: a query-efficient black-box adversarial attack
     via random search' (Andriushchenko, Croce, Flammarion, Hein, ECCV 2020)
@@ -158,6 +160,7 @@ class Square(Attack):
     """
 
     threats = ("linf", "l2", "box")
+    query_budgets = ("n_queries",)
     losses = ("margin", "ce")
 
     def __init__(self, model, threat: ThreatModel, *, n_queries: int = 5000, p_init: float = 0.8,

@@ -5,10 +5,12 @@ import copy
 
 from ..errors import InputTypeError
 from .base import Attack, Perturbation
+from .registry import register_attack
 
 __all__ = ["TransferAttack"]
 
 
+@register_attack("transfer")
 class TransferAttack(Attack):
     r"""Transfer attack: adversarial examples crafted with any attack on a *source* model (e.g. a
     deterministic teacher or a PGD-AT model), then evaluated on the *target* model, which is
@@ -37,6 +39,7 @@ class TransferAttack(Attack):
     """
 
     threats = ("linf", "l2", "l1", "box", "none")
+    by_name = False  # built around a source attack: TransferAttack(make_attack(...), target_model)
 
     def __init__(self, source_attack: Attack, target_model):
         if not isinstance(source_attack, Attack):

@@ -40,7 +40,11 @@ def add_parser(sub) -> None:
                        epilog="examples:\n  robustsuite attack runs/crown_ibp/best.pt --attack pgd --norm linf --eps 0.1 --steps 40\n"
                               "  robustsuite attack runs/crown_ibp/best.pt --eps 0.1 --data npz --data-option path=mine.npz")
     a.add_argument("checkpoint")
-    a.add_argument("--attack", default="pgd", help="fgsm, bim, pgd, mim, cw, apgd, boundary, pixel")
+    from ..attacks.registry import attack_names  # read when the parser is built: a registered attack is listed
+
+    a.add_argument("--attack", default="pgd",
+                   help="one of: " + ", ".join(attack_names()) + "; EOT for a stochastic model: --option eot=N "
+                        "(" + ", ".join(attack_names(eot=True)) + ")")
     a.add_argument("--norm", default="linf", help="linf | l2 | l1")
     a.add_argument("--eps", type=float, required=True, help="radius of the threat ball (pixel units)")
     a.add_argument("--steps", type=int, help="iterations of the attack")

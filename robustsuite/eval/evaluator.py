@@ -359,8 +359,9 @@ def _evaluate_model(name: str, model: nn.Module, x: Tensor, y: Tensor, indices: 
             elif it["kind"] == "attack":
                 stage = f"attack|{it['attack']}"
                 settings = dict(it["settings"])
-                from ..attacks import attack_settings
-                known = attack_settings(it["inner"] or it["name"])
+                from ..attacks import attack_class
+                cls = attack_class(it["inner"] or it["name"])
+                known = cls.default_settings()
                 if "seed" in known:
                     settings.setdefault("seed", seed + r)
                 if it["eot"]:
@@ -368,7 +369,7 @@ def _evaluate_model(name: str, model: nn.Module, x: Tensor, y: Tensor, indices: 
                     # query budgets count model evaluations, every EOT draw included: scale them so the
                     # EOT run makes as many decisions (iterations) as the one-draw run, as gradient
                     # attacks keep their steps under EOT
-                    for budget in ("max_queries", "n_queries"):
+                    for budget in cls.query_budgets:
                         if budget in known:
                             settings[budget] = int(settings.get(budget, known[budget])) * suite.eot.samples
                 succ, dist = [], []

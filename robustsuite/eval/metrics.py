@@ -204,8 +204,14 @@ def check_consistency(records: dict[str, list], max_indices: int = 20) -> list[d
     return out
 
 
-#: attacks that use no gradient of the evaluated model (labels only, or another model's gradient)
-GRADIENT_FREE = frozenset({"boundary", "pixel", "square", "transfer"})
+def _gradient_free(label: str) -> bool:
+    """Whether the attack of a metric label (``square``, ``pgd+eot``) uses no gradient of the
+    evaluated model (labels or scores only, or another model's gradient): the registry's
+    ``uses_gradient``. A name not registered in this process counts as a gradient attack, as an
+    unknown attack always has."""
+    from ..attacks.registry import ATTACKS
+    cls = ATTACKS.get(label.split("+")[0])
+    return cls is not None and not cls.uses_gradient
 
 
 def attack_strength_warnings(metrics: dict[str, dict[str, dict[str, Any]]], margin: float = 0.02) -> list[str]:
@@ -220,7 +226,7 @@ def attack_strength_warnings(metrics: dict[str, dict[str, dict[str, Any]]], marg
             if parts[0] != "robust" or len(parts) != 3:
                 continue
             attack, set_id = parts[1], parts[2]
-            free = attack.split("+")[0] in GRADIENT_FREE
+            free = _gradient_free(attack)
             cur = best[set_id].get(free)
             if cur is None or v["mean"] < cur[0]:
                 best[set_id][free] = (v["mean"], attack)

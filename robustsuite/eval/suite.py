@@ -32,7 +32,6 @@ __all__ = ["CertifyItem", "AttackItem", "EOTConfig", "SmoothingConfig", "SubsetC
            "load_suite", "suite_from_dict", "fmt_num"]
 
 NORMS = ("linf", "l2", "l1")
-GRADIENT_ATTACKS = ("fgsm", "bim", "pgd", "mim", "cw", "apgd")
 
 
 def fmt_num(v: float) -> str:
@@ -101,24 +100,24 @@ class AttackItem(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        from ..attacks import ATTACKS
-        key = str(v).lower().replace("-", "").replace("_", "")
-        if key not in ATTACKS and key != "transfer":
-            raise ValueError(f"unknown attack {v!r}; choose one of: {', '.join(sorted(ATTACKS) + ['transfer'])}")
+        from ..attacks.registry import ATTACKS, attack_names, canonical_attack_name
+        key = canonical_attack_name(v)
+        if key not in ATTACKS:
+            raise ValueError(f"unknown attack {v!r}; choose one of: {', '.join(attack_names(by_name=False))}")
         return key
 
     _eps_range = field_validator("eps")(classmethod(lambda cls, v: _positive_eps(v)))
 
     @model_validator(mode="after")
     def _check_attack(self):
-        from ..attacks import ATTACKS, attack_settings
+        from ..attacks.registry import ATTACKS, attack_names, canonical_attack_name
         inner = self.name
-        if self.name == "transfer":
+        if not ATTACKS[self.name].by_name:  # transfer: built around an attack on another model
             if not self.source or not self.attack:
-                raise ValueError("a transfer attack needs 'source' (a model name) and 'attack' (the attack run on it)")
-            inner = str(self.attack).lower().replace("-", "").replace("_", "")
-            if inner not in ATTACKS:
-                raise ValueError(f"attack: unknown attack {self.attack!r}; choose one of: {', '.join(sorted(ATTACKS))}")
+                raise ValueError(f"a {self.name} attack needs 'source' (a model name) and 'attack' (the attack run on it)")
+            inner = canonical_attack_name(self.attack)
+            if inner not in attack_names():
+                raise ValueError(f"attack: unknown attack {self.attack!r}; choose one of: {', '.join(attack_names())}")
             object.__setattr__(self, "attack", inner)
         elif self.source is not None or self.attack is not None:
             raise ValueError("'source' and 'attack' are settings of name: transfer only")
@@ -128,7 +127,7 @@ class AttackItem(Strict):
             allowed = [t for t in cls.threats if t != "none"]
             raise ValueError(f"attack {inner!r} does not support {'learned budgets' if kind == 'box' else 'norm ' + repr(self.norm)}"
                              f"; it supports: {', '.join(allowed)}")
-        allowed_settings = set(attack_settings(inner)) - {"targeted", "eot"}
+        allowed_settings = set(cls.default_settings()) - {"targeted", "eot"}
         bad = sorted(set(self.settings) - allowed_settings)
         if bad:
             raise ValueError(f"unknown setting(s) {', '.join(map(repr, bad))} for attack {inner!r}; "
@@ -144,15 +143,17 @@ class AttackItem(Strict):
 
     @property
     def gradient(self) -> bool:
-        return self.name in GRADIENT_ATTACKS
+        """Whether the attack uses the evaluated model's gradient (the registry's ``uses_gradient``)."""
+        from ..attacks.registry import attack_class
+        return attack_class(self.name).uses_gradient
 
     @property
     def eot_applies(self) -> bool:
         """Whether the attack runs again with EOT on stochastic models: every attack with an ``eot``
-        setting (the gradient attacks average gradients; Square and the boundary attack query a
-        majority-vote label oracle and mean scores over the draws)."""
-        from ..attacks import attack_settings
-        return self.name != "transfer" and "eot" in attack_settings(self.name)
+        setting (the registry's ``eot_kind``: the gradient attacks average gradients; Square and the
+        boundary attack query a majority-vote label oracle and mean scores over the draws)."""
+        from ..attacks.registry import attack_class
+        return attack_class(self.name).eot_kind() is not None
 
 
 def _check_settings(attack: str, kind: str, eps: float, settings: dict[str, Any]) -> None:

@@ -13,7 +13,9 @@ reference. See :func:`~robustsuite.stochastic.losses.trades_kl`.
 
 ``x_adv`` maximizes the same KL term by PGD in the L-inf (sign steps, the paper's Algorithm 1) or
 L2 (normalized gradient steps) ball of ``train.attack``, starting from ``x + 0.001 * N(0, 1)``,
-projected onto the ball and [0, 1] after every step.
+projected onto the ball and [0, 1] after every step: the package's
+:class:`~robustsuite.attacks.PGD` with ``loss="kl"`` and ``start_sigma=0.001``
+(:func:`trades_adversary`), not a loop of its own.
 
 Differences from the reference code, written down: the reference switches the model to eval mode
 while crafting ``x_adv`` (BatchNorm on running statistics); here the mode is left as it is
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..attacks import PGD
 from ..training.registry import register_trainer
 from .adversarial import AdversarialTrainer, threat_of
 from .config import TradesConfig
@@ -45,28 +48,30 @@ from .losses import trades_kl
 
 __all__ = ["TradesTrainer", "trades_adversary"]
 
+_START_SIGMA = 0.001  # the reference's x + 0.001 * N(0, 1)
 
-def trades_adversary(model, x: Tensor, settings) -> Tensor:
+
+def trades_adversary(model, x: Tensor, settings, y: Tensor | None = None) -> Tensor:
     """``x_adv`` (same shape as ``x``, (B, C, H, W) in [0, 1]) maximizing ``KL(p(x) || p(x_adv))`` in
     the ball of ``settings`` (linf or l2) by ``settings.steps`` ascent steps from the start
-    ``x + 0.001 * N(0, 1)`` (one draw from torch's global RNG, the first draw of this call)."""
-    threat = threat_of(settings)
+    ``x + 0.001 * N(0, 1)``: :class:`~robustsuite.attacks.PGD` with ``loss="kl"``.
+
+    Model calls and random draws, in order (what the trained numbers depend on): one forward on
+    ``x`` without gradients (the clean distribution), the start's noise (one draw from torch's
+    global RNG), then one forward and backward per step. The model's mode is left as it is. The
+    step is ``settings.step_size`` or ``2.5 * eps / steps``. ``y`` (B,) is not used by the loss
+    (only a restart comparison would use it; TRADES has one run); None passes placeholders.
+
+    Against the package's own loop before issue 16: L-inf bit for bit (so L-inf TRADES trains to
+    the same numbers); L2 equal up to float rounding per step (PGD sums per-sample KLs where the
+    loop averaged them, and re-projects its output once more), which training can amplify.
+    """
     step = settings.step_size or 2.5 * settings.eps / settings.steps
-    with torch.no_grad():
-        p_clean_logits = model(x)
-    x_adv = threat.project(x, x + 0.001 * torch.randn_like(x)).detach()
-    for _ in range(settings.steps):
-        x_adv.requires_grad_(True)
-        loss = trades_kl(model(x_adv), p_clean_logits)
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        with torch.no_grad():
-            if settings.norm == "linf":
-                x_adv = x_adv + step * grad.sign()
-            else:
-                norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-                x_adv = x_adv + step * grad / norm
-            x_adv = threat.project(x, x_adv)
-    return x_adv.detach()
+    atk = PGD(model, threat_of(settings), steps=settings.steps, step_size=step, random_start=True,
+              start_sigma=_START_SIGMA, loss="kl", seed=None)
+    if y is None:
+        y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    return atk(x, y).detach()
 
 
 @register_trainer("trades", config=TradesConfig)

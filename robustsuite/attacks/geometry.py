@@ -1,7 +1,10 @@
-"""Per-norm hooks of the first-order attacks: random start, steepest-ascent step, projection.
+"""The geometry of each threat set for the first-order attacks: random start, steepest-ascent
+step, projection. The one place where these are written (the exact projections themselves are the
+threat sets' ``project`` in ``robustsuite.threats``).
 
-An attack's loop is written once (``descent.py``, ``apgd.py``); what depends on the threat set
-lives here, one small class per set, built around the clean batch ``x`` at the start of a run:
+An attack's loop is written once (``descent.py``, ``apgd.py``; TRADES' inner maximization is
+:class:`~robustsuite.attacks.PGD` too); what depends on the threat set lives here, one small class
+per set, built around the clean batch ``x`` at the start of a run:
 
 ================  ==========================  =================================  =====================
 set               ``random_start``            ``step(x_adv, d, size)``           ``project``
@@ -14,6 +17,7 @@ set               ``random_start``            ``step(x_adv, d, size)``          
 ``None``          ``x``                       as L2                              clip to [0, 1]
 ================  ==========================  =================================  =====================
 
+``gaussian_start(sigma)`` is ``x + sigma * N(0, 1)`` projected onto the set (TRADES' start).
 ``size`` is a float or a per-sample ``(B,)`` tensor. **Box units:** for a ``Box`` the step size
 is a *fraction of each element's half-width* ``(upper - lower) / 2``, so a per-pixel budget is
 searched at the same relative speed everywhere (a step of 1.0 moves every element by its own
@@ -67,6 +71,13 @@ class Geometry:
     def random_start(self, generator: torch.Generator | None) -> Tensor:
         """A random point of the set (PGD's random start)."""
         return self.threat.random_point(self.x, generator)
+
+    def gaussian_start(self, sigma: float, generator: torch.Generator | None) -> Tensor:
+        """``x + sigma * N(0, 1)`` projected onto the set (TRADES' start, ``sigma = 0.001``); with
+        ``generator=None`` the noise is drawn from torch's global RNG."""
+        x = self.x
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return self.project(x + sigma * noise)
 
     def step(self, x_adv: Tensor, direction: Tensor, size: Tensor | float) -> Tensor:
         """A new tensor: ``x_adv`` moved by ``size`` along the steepest-ascent step for ``direction``."""

@@ -221,7 +221,8 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
     Args:
         study: the study config.
         resume: continue interrupted models from their ``last.pt`` and skip finished ones (a finished
-            model with the same resolved config); ``False`` retrains every model from scratch.
+            model with the same resolved config), and reuse the finished items of an interrupted
+            evaluation (``<out>/report/partial``); ``False`` retrains and evaluates everything.
         quiet: no progress bars.
         overrides: ``key.path=value`` overrides of the study (e.g. ``out=runs/x``).
         stop_after: train only the first N models, then return without evaluating (``report`` is None);
@@ -245,6 +246,7 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
 def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None) -> StudyResult:
     from .eval.commands import load_models
     from .eval.evaluator import evaluate
+    from .eval.report import PARTIAL_DIR
     from .files import atomic_write_text, writes_outputs
     from .training.run import train
 
@@ -287,7 +289,8 @@ def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None
     report = evaluate(models, test, rs.suite, device=cfg.device, seed=cfg.seed,
                       data_description={"name": d.name, "split": "test", "options": d.options,
                                         "study": cfg.name,
-                                        "checkpoints": {k: str(v) for k, v in result.checkpoints.items()}})
+                                        "checkpoints": {k: str(v) for k, v in result.checkpoints.items()}},
+                      resume_dir=rs.out / "report" / PARTIAL_DIR, fresh=not resume)
     result.timings["evaluate"] = round(time.perf_counter() - t0, 3)
     result.report = report
     # under torchrun every rank holds the same report; rank 0 writes it
@@ -327,7 +330,7 @@ def add_run_parser(sub) -> None:
     r.add_argument("config", help="study YAML (see configs/digits_study.yaml)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a study key, e.g. --set out=runs/x or --set models.pgd_at.set=[train.epochs=2]")
-    r.add_argument("--no-resume", action="store_true", help="retrain every model from scratch")
+    r.add_argument("--no-resume", action="store_true", help="retrain every model from scratch and evaluate everything again")
     r.add_argument("--stop-after", type=int, metavar="N", help="train the first N models only, no evaluation")
     from .cli import add_quiet_argument
     add_quiet_argument(r)

@@ -7,13 +7,26 @@ Example::
     print(report.table())
     report.save("runs/demo/eval")
 
-Every item of the suite runs on every model it applies to; items that do not apply (bounds of a
-stochastic model, learned budgets of a model without a budget generator, a model the bound method
+Every item of the suite (:meth:`Suite.items`: one per entry, radius and EOT variant) runs on every
+model it applies to; the evaluator knows items only through their protocol
+(:mod:`robustsuite.eval.items`: ``applies(info)``, ``run(ctx)``). Items that do not apply (bounds of
+a stochastic model, learned budgets of a model without a budget generator, a model the bound method
 cannot parse, EOT on a deterministic model) are listed in ``report.not_applicable`` with the reason.
-Stochastic models are evaluated ``suite.repeats`` times with fresh randomness (attacks with and
-without EOT); bounds (not applicable there anyway) and smoothing run once. Every metric is computed
+A model is stochastic when it declares a noise layer or fails the determinism probe (two forward
+passes differ); stochastic models are evaluated ``suite.repeats`` times with fresh randomness
+(attacks with and without EOT); bounds (not applicable there anyway) and smoothing run once. Before
+any item runs, every model is probed (:mod:`robustsuite.eval.checks`): undeclared noise, softmax or
+log-softmax outputs and zero input gradients go to the report's warnings. Every metric is computed
 from the per-sample records (:func:`~robustsuite.eval.metrics.metrics_from_records`), and every run
 is checked for consistency (:func:`~robustsuite.eval.metrics.check_consistency`).
+
+Random numbers: repeat r's clean pass runs on the global torch stream seeded ``seed + r``, and each
+item of repeat r on its own (:func:`item_seed`), so an item's columns do not depend on which items
+ran before it (or were finished in an earlier, interrupted call); seeded attacks get ``seed + r``.
+
+Resuming: with ``resume_dir`` every finished (model, item, repeat) is written there as it completes
+and reused by a later call while everything it depends on is unchanged (:mod:`robustsuite.eval.resume`);
+``robustsuite eval --out DIR`` and ``robustsuite run`` keep them in the report folder's ``partial/``.
 
 Distributed (``torchrun ... -m robustsuite eval``): the samples are sharded by batch of
 ``suite.batch_size`` (rank r evaluates batches r, r + world, ...), so every batch holds the same
@@ -21,7 +34,7 @@ samples as in one process; the records are gathered and put back in single-proce
 rank returns the same report. Bit-equal to one process: clean predictions, certified bounds,
 deterministic attacks and attacks seeded per call (each batch sees the same seed and samples).
 Not equal: randomized smoothing and stochastic models (their random streams run across batches).
-Timings are the slowest rank's.
+Timings are the slowest rank's. Nothing is kept for resuming under torchrun (``resume_dir`` is not used).
 """
 from __future__ import annotations
 
@@ -47,7 +60,7 @@ from .suite import EvalItem, Suite, suite_from_dict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate", "select_samples"]
+__all__ = ["evaluate", "select_samples", "item_seed", "BASE_COLUMNS"]
 
 
 def _progress(iterable, desc: str, total: int | None = None):

@@ -219,7 +219,8 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
     Args:
         study: the study config.
         resume: continue interrupted models from their ``last.pt`` and skip finished ones (a finished
-            model with the same resolved config); ``False`` retrains every model from scratch.
+            model with the same resolved config), and reuse the finished items of an interrupted
+            evaluation (``<out>/report/partial``); ``False`` retrains and evaluates everything.
         quiet: no progress bars.
         overrides: ``key.path=value`` overrides of the study (e.g. ``out=runs/x``).
         stop_after: train only the first N models, then return without evaluating (``report`` is None);
@@ -243,6 +244,7 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
 def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None) -> StudyResult:
     from .eval.loading import load_models
     from .eval.evaluator import evaluate
+    from .eval.report import PARTIAL_DIR
     from .files import atomic_write_text, writes_outputs
     from .training.run import train
 
@@ -285,7 +287,8 @@ def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None
     report = evaluate(models, test, rs.suite, device=cfg.device, seed=cfg.seed,
                       data_description={"name": d.name, "split": "test", "options": d.options,
                                         "study": cfg.name,
-                                        "checkpoints": {k: str(v) for k, v in result.checkpoints.items()}})
+                                        "checkpoints": {k: str(v) for k, v in result.checkpoints.items()}},
+                      resume_dir=rs.out / "report" / PARTIAL_DIR, fresh=not resume)
     result.timings["evaluate"] = round(time.perf_counter() - t0, 3)
     result.report = report
     # under torchrun every rank holds the same report; rank 0 writes it

@@ -90,6 +90,31 @@ def test_second_run_skips_training_and_gives_the_same_metrics(done):
     assert other_device.status == {"crown_ibp": "skipped", "pgd_at": "skipped"} and _mtimes(first.out) == before
 
 
+def test_a_study_killed_while_evaluating_resumes_the_evaluation(done, monkeypatch):
+    """The evaluation keeps its finished items in <out>/report/partial: the next run reuses them and
+    writes the same report; resume=False evaluates everything again."""
+    from robustsuite.eval.resume import ColumnStore
+
+    study, first = done
+    real, saved = ColumnStore.save, []
+
+    def save(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        saved.append(args[:3])
+        if len(saved) == 1:
+            raise KeyboardInterrupt  # killed after the first finished item
+        return out
+
+    monkeypatch.setattr(ColumnStore, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        run(study, quiet=True)
+    assert len(list((first.out / "report" / "partial").rglob("*.json"))) == 1
+    again = run(study, quiet=True)
+    assert saved[0] not in saved[1:] and len(saved) == 4  # 2 models x (ibp, pgd), one reused
+    assert (again.report.records, again.report.metrics) == (first.report.records, first.report.metrics)
+    assert not (first.out / "report" / "partial").exists()
+
+
 def test_interrupted_study_completes(tmp_path):
     from robustsuite.training.run import train
 

@@ -54,13 +54,15 @@ def _eval_inputs(args: argparse.Namespace):
 
 def _run_eval(args: argparse.Namespace, suite, models, data_raw) -> int:
     from ..eval.evaluator import evaluate
+    from ..eval.report import PARTIAL_DIR
     from ..training.distributed import is_main
 
     test, description = select_test_data(data_raw, args)
     check_data_fits(test, {f"{name} ({path})": model_spec_of(m)
                            for (name, m), path in zip(models.items(), args.checkpoints)})
     report = evaluate(models, test, suite, device=args.device, seed=args.seed,
-                      data_description={**description, "checkpoints": dict(zip(models, map(str, args.checkpoints)))})
+                      data_description={**description, "checkpoints": dict(zip(models, map(str, args.checkpoints)))},
+                      resume_dir=Path(args.out) / PARTIAL_DIR, fresh=args.no_resume)
     # under torchrun every rank holds the same report; rank 0 writes and prints it
     return finish_report(report, report.save(args.out) if is_main() else None)
 
@@ -85,5 +87,8 @@ def add_parser(sub) -> None:
     add_data_arguments(e)
     e.add_argument("--device", default="auto", help="auto | cpu | cuda")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-resume", action="store_true",
+                   help="evaluate everything again instead of reusing the finished items of an interrupted "
+                        "evaluation into --out (kept in --out/partial/ until the report is written)")
     add_quiet_argument(e, "warnings only")
     e.set_defaults(func=cmd_eval)

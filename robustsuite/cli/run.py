@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     r.add_argument("config", help="study YAML (see configs/digits_study.yaml)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a study key, e.g. --set out=runs/x or --set models.pgd_at.set=[train.epochs=2]")
-    r.add_argument("--no-resume", action="store_true", help="retrain every model from scratch")
+    r.add_argument("--no-resume", action="store_true", help="retrain every model from scratch and evaluate everything again")
     r.add_argument("--stop-after", type=int, metavar="N", help="train the first N models only, no evaluation")
     add_quiet_argument(r)
     r.set_defaults(func=cmd_run)

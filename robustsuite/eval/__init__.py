@@ -13,9 +13,9 @@ from .metrics import check_consistency, metrics_from_records
 from .report import Report
 from .smoothing import (ABSTAIN, Certificate, Smooth, SmoothingSummary, certified_radius,
                         clopper_pearson_lower, smoothing_summary, two_sided_binomial_pvalue)
-from .suite import AttackItem, CertifyItem, Suite, load_suite, suite_from_dict
+from .suite import AttackItem, CertifyItem, EvalItem, SmoothingItem, Suite, load_suite, suite_from_dict
 
 __all__ = ["ABSTAIN", "Certificate", "Smooth", "SmoothingSummary", "certified_radius",
            "clopper_pearson_lower", "smoothing_summary", "two_sided_binomial_pvalue",
            "evaluate", "select_samples", "Report", "metrics_from_records", "check_consistency",
-           "Suite", "CertifyItem", "AttackItem", "load_suite", "suite_from_dict"]
+           "Suite", "EvalItem", "CertifyItem", "AttackItem", "SmoothingItem", "load_suite", "suite_from_dict"]

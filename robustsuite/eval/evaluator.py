@@ -7,13 +7,26 @@ Example::
     print(report.table())
     report.save("runs/demo/eval")
 
-Every item of the suite runs on every model it applies to; items that do not apply (bounds of a
-stochastic model, learned budgets of a model without a budget generator, a model the bound method
+Every item of the suite (:meth:`Suite.items`: one per entry, radius and EOT variant) runs on every
+model it applies to; the evaluator knows items only through their protocol
+(:mod:`robustsuite.eval.items`: ``applies(info)``, ``run(ctx)``). Items that do not apply (bounds of
+a stochastic model, learned budgets of a model without a budget generator, a model the bound method
 cannot parse, EOT on a deterministic model) are listed in ``report.not_applicable`` with the reason.
-Stochastic models are evaluated ``suite.repeats`` times with fresh randomness (attacks with and
-without EOT); bounds (not applicable there anyway) and smoothing run once. Every metric is computed
+A model is stochastic when it declares a noise layer or fails the determinism probe (two forward
+passes differ); stochastic models are evaluated ``suite.repeats`` times with fresh randomness
+(attacks with and without EOT); bounds (not applicable there anyway) and smoothing run once. Before
+any item runs, every model is probed (:mod:`robustsuite.eval.checks`): undeclared noise, softmax or
+log-softmax outputs and zero input gradients go to the report's warnings. Every metric is computed
 from the per-sample records (:func:`~robustsuite.eval.metrics.metrics_from_records`), and every run
 is checked for consistency (:func:`~robustsuite.eval.metrics.check_consistency`).
+
+Random numbers: repeat r's clean pass runs on the global torch stream seeded ``seed + r``, and each
+item of repeat r on its own (:func:`item_seed`), so an item's columns do not depend on which items
+ran before it (or were finished in an earlier, interrupted call); seeded attacks get ``seed + r``.
+
+Resuming: with ``resume_dir`` every finished (model, item, repeat) is written there as it completes
+and reused by a later call while everything it depends on is unchanged (:mod:`robustsuite.eval.resume`);
+``robustsuite eval --out DIR`` and ``robustsuite run`` keep them in the report folder's ``partial/``.
 
 Distributed (``torchrun ... -m robustsuite eval``): the samples are sharded by batch of
 ``suite.batch_size`` (rank r evaluates batches r, r + world, ...), so every batch holds the same
@@ -21,28 +34,33 @@ samples as in one process; the records are gathered and put back in single-proce
 rank returns the same report. Bit-equal to one process: clean predictions, certified bounds,
 deterministic attacks and attacks seeded per call (each batch sees the same seed and samples).
 Not equal: randomized smoothing and stochastic models (their random streams run across batches).
-Timings are the slowest rank's.
+Timings are the slowest rank's. Nothing is kept for resuming under torchrun (``resume_dir`` is not used).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import platform
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError, InputTypeError, UnsupportedModelError
+from ..errors import InputError, InputTypeError
 from ..files import safe_name
-from ..runtime import resolve_device
+from ..runtime import derived_seed, resolve_device
+from .checks import probe_model
+from .items import ModelInfo, NotApplicable, RunContext
 from .report import Report
-from .suite import AttackItem, CertifyItem, Suite, fmt_num, suite_from_dict
+from .resume import ColumnStore, Finished, column_fingerprint, data_digest, model_digest
+from .suite import EvalItem, Suite, suite_from_dict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate", "select_samples"]
+__all__ = ["evaluate", "select_samples", "item_seed", "BASE_COLUMNS"]
 
 
 def _progress(iterable, desc: str, total: int | None = None):
@@ -79,24 +97,6 @@ def select_samples(data, suite: Suite) -> tuple[Tensor, Tensor, list[int]]:
     return x.float(), y.long(), idx
 
 
-def _set_id(item: CertifyItem | AttackItem, eps: float) -> str:
-    if item.budgets == "learned":
-        return f"learned-rho{fmt_num(item.rho)}@{fmt_num(eps)}"
-    return f"{item.norm}@{fmt_num(eps)}"
-
-
-def _threat(model: nn.Module, item: dict, eps: float, x: Tensor):
-    from ..threats import threat_from_name
-    if item["budgets"] == "learned":
-        with torch.no_grad():
-            return model.box(x, eps, item["rho"])
-    return threat_from_name(item["norm"], eps)
-
-
-def _is_budget_model(model) -> bool:
-    return callable(getattr(model, "box", None)) and callable(getattr(model, "budgets", None))
-
-
 def _environment(device: torch.device, seed: int) -> dict[str, Any]:
     import numpy
     env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
@@ -112,9 +112,11 @@ def _environment(device: torch.device, seed: int) -> dict[str, Any]:
     return env
 
 
+
 def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | Mapping | str,
              device: str | torch.device = "auto", seed: int = 0, *,
-             data_description: Mapping[str, Any] | None = None) -> Report:
+             data_description: Mapping[str, Any] | None = None,
+             resume_dir: str | os.PathLike | None = None, fresh: bool = False) -> Report:
     """Evaluate ``models`` on the suite's subset of ``data`` and return the :class:`Report`.
 
     Args:
@@ -123,8 +125,15 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
         data: a Dataset of ``(image, label)`` or an ``(x, y)`` pair of tensors.
         suite: a :class:`Suite`, a mapping in the YAML form, or a path to a suite YAML file.
         device: ``auto`` | ``cpu`` | ``cuda``.
-        seed: seeds the attacks, smoothing and the stochastic models' repeats (repeat r uses seed + r).
+        seed: seeds the attacks, smoothing and the stochastic models' repeats: repeat r's clean pass
+            draws from seed + r, each item of repeat r from its own stream (``derived_seed(seed,
+            "eval", r, item key)``), and seeded attacks get ``seed: seed + r``.
         data_description: what ``data`` is (name, split...), stored in the report.
+        resume_dir: keep every finished (model, item, repeat) here as it completes, and reuse the
+            finished ones that still fit (see :mod:`robustsuite.eval.resume`): a call killed midway
+            and repeated with the same arguments returns the same records and metrics as one
+            uninterrupted call. Locked while in use. Not used under torchrun.
+        fresh: with ``resume_dir``, remove its finished columns first and run everything.
     """
     from pathlib import Path
     if isinstance(suite, (str, Path)):
@@ -141,7 +150,7 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
     for name, m in models.items():
         if not isinstance(m, nn.Module):
             raise InputTypeError(f"models[{name!r}]: expected a torch.nn.Module, got {type(m).__name__}")
-        safe_name(name, "models")  # names plot files and record keys ('|' separates those)
+        safe_name(name, "models")  # names plot files, store folders and record keys ('|' separates those)
     for ai, a in enumerate(suite.attacks):
         if a.name == "transfer" and a.source not in models:
             from ..errors import ConfigError
@@ -155,39 +164,49 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
     x_mine, y_mine, idx_mine = _shard(x_all, y_all, indices, suite.batch_size)
     log.info("evaluating %d model(s) on %d samples with suite %r on %s", len(models), len(indices), suite.name, dev)
 
-    columns: dict[str, list] = {k: [] for k in ("model", "repeat", "index", "label", "clean_pred")}
-    items = _items(suite)
+    items = suite.items()
+    columns: dict[str, list] = {k: [] for k in BASE_COLUMNS}
     for it in items:
-        for k in it["columns"]:
+        for k in it.columns:
             columns[k] = []
     not_applicable: dict[str, dict[str, str]] = {}
     timings: dict[str, dict[str, float]] = {}
     extras: dict[str, Any] = {}
+    warnings: list[str] = []
     t_total = time.perf_counter()
-    for name, model in models.items():
-        if idx_mine:
-            out = _evaluate_model(str(name), model, x_mine, y_mine, idx_mine, suite, items, dev, seed, models)
-        else:  # fewer batches than ranks: nothing here, but take part in the gather
-            out = ({k: [] for k in columns}, {}, {}, {})
-        rows, na, times, extra = _gather(out, indices) if dist_utils.is_distributed() else out
-        for k in columns:
-            columns[k].extend(rows.get(k, [None] * len(rows["index"])))
-        not_applicable[str(name)] = na
-        timings[str(name)] = times
-        if extra:
-            extras.setdefault("budgets", {})[str(name)] = extra
+    with _column_store(resume_dir, fresh) as store:
+        resume = _Resume(store, models, x_all, y_all, indices) if store is not None else None
+        # every model probed before any is evaluated: its warnings show before hours of attacks
+        infos = {}
+        for name, model in models.items():
+            infos[name], found = probe_model(name, model, x_all, y_all, batch_size=suite.batch_size, device=dev,
+                                             seed=seed, gradient_check=_uses_gradients(suite))
+            warnings += found
+        for name, model in models.items():
+            if idx_mine:
+                out = _evaluate_model(name, model, infos[name], x_mine, y_mine, idx_mine, suite, items, dev, seed,
+                                      models, resume)
+            else:  # fewer batches than ranks: nothing here, but take part in the gather
+                out = ({k: [] for k in columns}, {}, {}, {})
+            rows, na, times, extra = _gather(out, indices, items) if dist_utils.is_distributed() else out
+            for k in columns:
+                columns[k].extend(rows.get(k, [None] * len(rows["index"])))
+            not_applicable[name] = na
+            timings[name] = times
+            if extra:
+                extras.setdefault("budgets", {})[name] = extra
     timings["total"] = {"total": time.perf_counter() - t_total}
-    from ..certify import is_stochastic
-    warnings = [f"model {n}: stochastic, evaluated without EOT (set `eot:` in the suite); attacks "
-                "may underestimate its vulnerability" for n, m in models.items()
-                if is_stochastic(m) and suite.eot is None and any(a.eot_applies for a in suite.attacks)]
-    for w in warnings:
+    eot_missing = [f"model {n}: stochastic, evaluated without EOT (set `eot:` in the suite); attacks "
+                   "may underestimate its vulnerability" for n in models
+                   if infos[n].stochastic and suite.eot is None and any(a.eot_applies for a in suite.attacks)]
+    for w in eot_missing:
         log.warning(w)
+    warnings += eot_missing
     if warnings:
         extras["warnings"] = warnings
     samples = {"n": len(indices), "indices": indices, "subset": suite.subset.model_dump(),
                "data": dict(data_description or {})}
-    report = Report.build(suite=suite.resolved(), models=[str(n) for n in models], items=items,
+    report = Report.build(suite=suite.resolved(), models=list(models), items=[it.describe() for it in items],
                           records=columns, not_applicable=not_applicable, timings=timings,
                           environment=_environment(dev, seed), samples=samples, extras=extras)
     from .metrics import CLEAN_RULE, attack_strength_warnings
@@ -205,6 +224,66 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
     return report
 
 
+#: the record columns of every row, before the items' columns
+BASE_COLUMNS = ("model", "repeat", "index", "label", "clean_pred")
+
+
+def _uses_gradients(suite: Suite) -> bool:
+    """Whether the suite has attacks that follow the model's gradient (then the zero-gradient check runs)."""
+    return any(a.gradient for a in suite.attacks)
+
+
+def item_seed(seed: int, repeat: int, key: str) -> int:
+    """The global torch seed an item runs under (its own stream: whether and in which order the
+    other items run, or were finished earlier, changes none of its random numbers)."""
+    return derived_seed(seed, "eval", repeat, key)
+
+
+@contextlib.contextmanager
+def _column_store(resume_dir, fresh: bool) -> Iterator[ColumnStore | None]:
+    """The locked :class:`ColumnStore` of ``resume_dir`` for the block (cleared when ``fresh``), or
+    None without one."""
+    if resume_dir is None:
+        yield None
+        return
+    from ..training import distributed as dist_utils
+    if dist_utils.is_distributed():
+        log.info("resume_dir %s: not used under torchrun; every item runs", resume_dir)
+        yield None
+        return
+    from ..files import output_lock
+    with output_lock(resume_dir) as folder:
+        store = ColumnStore(folder)
+        store.clean_temps()
+        if fresh:
+            removed = store.clear()
+            if removed:
+                log.info("fresh evaluation: removed %d finished column file(s) from %s", removed, folder)
+        yield store
+
+
+class _Resume:
+    """The column store of an evaluation and the digests its fingerprints are built from (each
+    model hashed once, when first needed)."""
+
+    def __init__(self, store: ColumnStore, models: Mapping[str, nn.Module], x: Tensor, y: Tensor,
+                 indices: list[int]):
+        self.store, self._models = store, models
+        self._digests: dict[str, str] = {}
+        self.data = data_digest(x, y, indices)
+
+    def digest(self, name: str) -> str:
+        if name not in self._digests:
+            self._digests[name] = model_digest(self._models[name])
+        return self._digests[name]
+
+    def fingerprint(self, it: EvalItem, ctx: RunContext) -> str:
+        return column_fingerprint(it.fingerprint(ctx.suite), model=self.digest(ctx.name),
+                                  models_used={m: self.digest(m) for m in it.uses_models()}, data=self.data,
+                                  seed=ctx.seed, repeat=ctx.repeat, batch_size=ctx.suite.batch_size,
+                                  device=ctx.device)
+
+
 def _shard(x: Tensor, y: Tensor, indices: list[int], bs: int):
     """This rank's batches (r, r + world, ...) of the selected samples; everything with one process."""
     from ..training import distributed as dist_utils
@@ -216,7 +295,7 @@ def _shard(x: Tensor, y: Tensor, indices: list[int], bs: int):
     return x[sel], y[sel], [indices[p] for p in pos]
 
 
-def _gather(out, indices: list[int]):
+def _gather(out, indices: list[int], items: list[EvalItem]):
     """Every rank's (rows, not applicable, timings, extra) of one model merged in single-process order:
     rows sorted by (repeat, position of the sample); reasons united; the slowest rank's timings;
     rank 0's extra (it holds the first batch)."""
@@ -236,41 +315,12 @@ def _gather(out, indices: list[int]):
         na.update(n)
         for k, v in t.items():
             times[k] = max(times.get(k, 0.0), v)
+    columns_of = {it.key: it.columns for it in items}
     for k in na:  # an item one rank could not run is not applicable anywhere
-        for col in (k, "dist|" + k[len("atk|"):] if k.startswith("atk|") else k):
+        for col in columns_of.get(k, ()):
             if col in merged:
                 merged[col] = [None] * len(merged[col])
     return merged, na, times, parts[0][3]
-
-
-def _items(suite: Suite) -> list[dict[str, Any]]:
-    """The suite expanded into items, one per (entry, eps[, EOT variant]), with their record columns."""
-    items: list[dict[str, Any]] = []
-    for ci, c in enumerate(suite.certify):
-        for e in c.eps:
-            sid = _set_id(c, e)
-            items.append({"kind": "certify", "entry": ci, "method": c.method, "norm": c.norm, "eps": e,
-                          "budgets": c.budgets, "rho": c.rho, "set": sid, "key": f"cert|{c.method}|{sid}",
-                          "columns": [f"cert|{c.method}|{sid}"]})
-    for ai, a in enumerate(suite.attacks):
-        variants = [False] + ([True] if suite.eot is not None and a.eot_applies else [])
-        for e in a.eps:
-            sid = _set_id(a, e)
-            for eot in variants:
-                label = a.name + ("+eot" if eot else "")
-                if a.name == "transfer":
-                    label = f"{a.attack}-transfer-from-{a.source}"
-                items.append({"kind": "attack", "entry": ai, "attack": label, "name": a.name, "norm": a.norm,
-                              "source": a.source, "inner": a.attack,
-                              "eps": e, "budgets": a.budgets, "rho": a.rho, "set": sid, "eot": eot,
-                              "settings": a.settings, "key": f"atk|{label}|{sid}",
-                              "columns": [f"atk|{label}|{sid}", f"dist|{label}|{sid}"]})
-    if suite.smoothing is not None:
-        for s in suite.smoothing.sigmas:
-            k = fmt_num(s)
-            items.append({"kind": "smoothing", "sigma": s, "key": f"smooth|{k}",
-                          "columns": [f"smooth_pred|{k}", f"smooth_radius|{k}"]})
-    return items
 
 
 def _batched_predict(model, x: Tensor, bs: int, dev) -> Tensor:
@@ -278,135 +328,88 @@ def _batched_predict(model, x: Tensor, bs: int, dev) -> Tensor:
         return torch.cat([model(x[i:i + bs].to(dev)).argmax(1).cpu() for i in range(0, x.shape[0], bs)])
 
 
-def _evaluate_model(name: str, model: nn.Module, x: Tensor, y: Tensor, indices: list[int], suite: Suite,
-                    items: list[dict], dev: torch.device, seed: int, models: Mapping[str, nn.Module]):
-    from ..certify import Verifier, is_stochastic
+def _run_item(it: EvalItem, ctx: RunContext, resume: _Resume | None) -> tuple[Finished, bool]:
+    """The item's columns for ``ctx``: finished earlier (from the store) or computed now on the item's
+    own random stream (and then stored). Returns them and whether they were reused."""
+    fingerprint = None
+    if resume is not None:
+        fingerprint = resume.fingerprint(it, ctx)
+        done = resume.store.load(ctx.name, ctx.repeat, it.key, fingerprint, it.columns, ctx.n)
+        if done is not None:
+            return done, True
+    torch.manual_seed(item_seed(ctx.seed, ctx.repeat, it.key))
+    t0 = time.perf_counter()
+    try:
+        cols, reason = it.run(ctx), None
+    except NotApplicable as e:
+        cols, reason = {k: [None] * ctx.n for k in it.columns}, str(e)
+    if list(cols) != list(it.columns) or any(len(v) != ctx.n for v in cols.values()):
+        raise RuntimeError(f"item {it.key}: run() returned columns {list(cols)} of lengths "
+                           f"{[len(v) for v in cols.values()]}; expected {it.columns} of {ctx.n} values each")
+    done = Finished(columns=cols, not_applicable=reason, seconds=time.perf_counter() - t0)
+    if resume is not None:
+        resume.store.save(ctx.name, ctx.repeat, it.key, fingerprint, done, item=it.describe())
+    return done, False
 
-    stochastic = is_stochastic(model)
-    budget_model = _is_budget_model(model)
-    R = suite.repeats if stochastic else 1
+
+def _evaluate_model(name: str, model: nn.Module, info: ModelInfo, x: Tensor, y: Tensor, indices: list[int],
+                    suite: Suite, items: list[EvalItem], dev: torch.device, seed: int,
+                    models: Mapping[str, nn.Module], resume: _Resume | None):
+    """One model's (rows, not applicable reasons, timings, budget extra); the items run in order,
+    ``suite.repeats`` times on a stochastic model (``once`` items in repeat 0 only)."""
+    R = suite.repeats if info.stochastic else 1
     n = x.shape[0]
-    bs = suite.batch_size
-    with torch.no_grad():
-        num_classes = int(model(x[:1].to(dev)).shape[1])
-    na: dict[str, str] = {}
-    times: dict[str, float] = {}
-    rows: dict[str, list] = {k: [] for k in ("model", "repeat", "index", "label", "clean_pred")}
+    rows: dict[str, list] = {k: [] for k in BASE_COLUMNS}
     for it in items:
-        for k in it["columns"]:
+        for k in it.columns:
             rows[k] = []
-
-    def tick(stage: str, t0: float) -> None:
-        dt = time.perf_counter() - t0
-        times[stage] = times.get(stage, 0.0) + dt
-        log.info("model %s: %s done in %.1f s", name, stage, dt)  # progress on long evaluations
-
     # applicability, decided once per model
-    for it in items:
-        reason = None
-        if it["kind"] == "certify":
-            if stochastic:
-                reason = "stochastic model: bounds do not apply"
-            elif it["budgets"] == "learned" and not budget_model:
-                reason = "learned budgets: the model has no budget generator"
-        elif it["kind"] == "attack":
-            if it["budgets"] == "learned" and not budget_model:
-                reason = "learned budgets: the model has no budget generator"
-            elif it["eot"] and not stochastic:
-                reason = "deterministic model: EOT not needed (same as the attack without EOT)"
-            elif it["name"] == "transfer" and it["source"] == name:
-                reason = "the transfer source itself (its white-box attack is a separate item)"
-            elif it["name"] == "transfer" and it["budgets"] == "learned":
-                reason = "transfer attacks use uniform sets only"
-        if reason:
-            na[it["key"]] = reason
-    verifiers: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
+    na: dict[str, str] = {it.key: reason for it in items if (reason := it.applies(info))}
+    times: dict[str, float] = {}
+    cache: dict[Any, Any] = {}
+    reused = 0
     for r in range(R):
         torch.manual_seed(seed + r)
         t0 = time.perf_counter()
-        clean = _batched_predict(model, x, bs, dev)
-        tick("clean", t0)
+        clean = _batched_predict(model, x, suite.batch_size, dev)
+        times["clean"] = times.get("clean", 0.0) + time.perf_counter() - t0
         rows["model"] += [name] * n
         rows["repeat"] += [r] * n
         rows["index"] += list(indices)
         rows["label"] += y.tolist()
         rows["clean_pred"] += clean.tolist()
+        ctx = RunContext(name=name, model=model, info=info, x=x, y=y, repeat=r, seed=seed, device=dev, suite=suite,
+                         models=models, cache=cache)
         for it in _progress(items, desc=f"{name} run {r + 1}/{R}"):
-            key = it["key"]
-            once = it["kind"] in ("certify", "smoothing") and r > 0
-            if key in na or once:
-                for k in it["columns"]:
+            if it.key in na or (it.once and r > 0):
+                for k in it.columns:
                     rows[k] += [None] * n
                 continue
-            t0 = time.perf_counter()
-            if it["kind"] == "certify":
-                stage = f"certify|{it['method']}"
-                m = it["method"]
-                try:
-                    if m not in verifiers:
-                        verifiers[m] = Verifier(model, tuple(x.shape[1:]), method=m, device=dev)
-                    v = verifiers[m]
-                    cert = []
-                    for i in range(0, n, bs):
-                        xb, yb = x[i:i + bs].to(dev), y[i:i + bs].to(dev)
-                        cert.append(v.verify(xb, yb, _threat(model, it, it["eps"], xb)).certified.cpu())
-                    rows[key] += torch.cat(cert).tolist()
-                except UnsupportedModelError as e:
-                    na[key] = f"bound method {m!r} does not apply: {e}"
-                    log.warning("model %s: %s", name, na[key])
-                    rows[key] += [None] * n
-            elif it["kind"] == "attack":
-                stage = f"attack|{it['attack']}"
-                settings = dict(it["settings"])
-                from ..attacks import attack_class
-                cls = attack_class(it["inner"] or it["name"])
-                known = cls.default_settings()
-                if "seed" in known:
-                    settings.setdefault("seed", seed + r)
-                if it["eot"]:
-                    settings["eot"] = suite.eot.samples
-                    # query budgets count model evaluations, every EOT draw included: scale them so the
-                    # EOT run makes as many decisions (iterations) as the one-draw run, as gradient
-                    # attacks keep their steps under EOT
-                    for budget in cls.query_budgets:
-                        if budget in known:
-                            settings[budget] = int(settings.get(budget, known[budget])) * suite.eot.samples
-                succ, dist = [], []
-                for i in range(0, n, bs):
-                    xb, yb = x[i:i + bs].to(dev), y[i:i + bs].to(dev)
-                    from ..attacks import TransferAttack, make_attack
-                    if it["name"] == "transfer":
-                        src = make_attack(it["inner"], models[it["source"]], _threat(model, it, it["eps"], xb),
-                                          **settings)
-                        atk = TransferAttack(src, model)
-                    else:
-                        atk = make_attack(it["name"], model, _threat(model, it, it["eps"], xb), **settings)
-                    res = atk.run(xb, yb)
-                    succ.append(res.success.cpu())
-                    dist.append(res.distance.detach().double().cpu())
-                rows[key] += torch.cat(succ).tolist()
-                rows[it["columns"][1]] += torch.cat(dist).tolist()
-            else:
-                from .smoothing import Smooth
-                stage = f"smoothing|{fmt_num(it['sigma'])}"
-                cfg = suite.smoothing
-                sm = Smooth(model, num_classes, it["sigma"], seed=seed)
-                preds, radii = [], []
-                for i in range(0, n, bs):
-                    c = sm.certify(x[i:i + bs].to(dev), n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, batch=cfg.batch)
-                    preds.append(c.prediction.cpu())
-                    radii.append(c.radius.double().cpu())
-                rows[it["columns"][0]] += torch.cat(preds).tolist()
-                rows[it["columns"][1]] += torch.cat(radii).tolist()
-            tick(stage, t0)
-    if budget_model:
-        learned = [it for it in items if it.get("budgets") == "learned" and it["key"] not in na]
-        if learned:
-            it = max(learned, key=lambda i: i["eps"])  # the largest radius: usually the test radius
-            k = min(12, n)
-            with torch.no_grad():
-                b = model.budgets(x[:k].to(dev), it["eps"], it["rho"]).cpu()
-            extra = {"eps": it["eps"], "rho": it["rho"], "x": x[:k].tolist(), "budgets": b.tolist(),
-                     "labels": y[:k].tolist()}
+            done, was_reused = _run_item(it, ctx, resume)
+            reused += was_reused
+            if done.not_applicable is not None:
+                na[it.key] = done.not_applicable
+                log.warning("model %s: %s", name, na[it.key])
+            for k in it.columns:
+                rows[k] += done.columns[k]
+            times[it.stage] = times.get(it.stage, 0.0) + done.seconds
+            # progress on long evaluations
+            log.info("model %s: %s %s in %.1f s", name, it.stage,
+                     "finished earlier (resumed)" if was_reused else "done", done.seconds)
+    if reused:
+        log.info("model %s: %d finished item run(s) reused from %s", name, reused, resume.store.folder)
+    extra = _budget_extra(model, items, na, x, y, dev) if info.budget_model else {}
     return rows, na, times, extra
+
+
+def _budget_extra(model: nn.Module, items: list[EvalItem], na: dict[str, str], x: Tensor, y: Tensor,
+                  dev: torch.device) -> dict[str, Any]:
+    """The learned budgets of the first samples at the largest learned radius (for the budget plot)."""
+    learned = [it for it in items if getattr(it, "budgets", None) == "learned" and it.key not in na]
+    if not learned:
+        return {}
+    it = max(learned, key=lambda i: i.radius)  # the largest radius: usually the test radius
+    k = min(12, x.shape[0])
+    with torch.no_grad():
+        b = model.budgets(x[:k].to(dev), it.radius, it.rho).cpu()
+    return {"eps": it.radius, "rho": it.rho, "x": x[:k].tolist(), "budgets": b.tolist(), "labels": y[:k].tolist()}

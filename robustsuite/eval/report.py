@@ -10,7 +10,9 @@ that no longer applies) survives. It holds:
 * ``records.csv``: the records in *wide* format, one row per (model, repeat, sample), one column per
   record key (see :mod:`robustsuite.eval.metrics`); empty cells are not applicable;
 * ``report.md``: the tables, with a ``SOUNDNESS VIOLATION`` section at the top when the check fired;
-* ``plots/*.png`` (see :mod:`robustsuite.eval.plots`).
+* ``plots/*.png`` (see :mod:`robustsuite.eval.plots`);
+* while an evaluation into the folder runs (``robustsuite eval --out``, ``robustsuite run``):
+  ``partial/``, its finished columns (:mod:`robustsuite.eval.resume`), which the final save removes.
 
 ``Report.load(dir)`` reads ``report.json`` back into an equal ``Report``.
 """
@@ -32,10 +34,12 @@ from .metrics import check_consistency, metrics_from_records
 FORMAT = "robustsuite-report"
 VERSION = 1
 
-__all__ = ["Report", "FORMAT", "VERSION", "format_value", "metric_label", "REPORT_ENTRIES"]
+__all__ = ["Report", "FORMAT", "VERSION", "format_value", "metric_label", "REPORT_ENTRIES", "PARTIAL_DIR"]
 
+#: the folder of a report folder where an evaluation keeps its finished columns until the report is saved
+PARTIAL_DIR = "partial"
 #: what a report folder holds (besides the lock file); anything else there stops a save
-REPORT_ENTRIES = ("report.json", "records.csv", "report.md", "plots")
+REPORT_ENTRIES = ("report.json", "records.csv", "report.md", "plots", PARTIAL_DIR)
 
 
 def format_value(m: dict[str, Any] | None, digits: int = 3) -> str:
@@ -236,10 +240,14 @@ class Report:
 def check_report_folder(out: str | Path) -> None:
     """Raise :class:`OutputError` when the folder ``out`` holds anything besides a report: saving a
     report there replaces the folder whole, so those files would be lost."""
+    from .resume import foreign_entries
+
     out = Path(out)
     if not out.is_dir():
         return
     foreign = sorted(e.name for e in out.iterdir() if e.name not in REPORT_ENTRIES and e.name != LOCK_NAME)
+    # partial/ is ours only when it holds nothing but finished columns
+    foreign += [f"{PARTIAL_DIR}/{name}" for name in foreign_entries(out / PARTIAL_DIR)]
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise OutputError(errno.EEXIST, f"output folder {str(out)!r} holds files that are not part of a report "

@@ -17,19 +17,27 @@ A suite is written in Python (``Suite(certify=[...], attacks=[...])``) or YAML (
 
 Unknown keys, unknown methods / attacks / settings and threat sets an attack does not support raise
 :class:`~robustsuite.errors.ConfigError` naming the key path (``attacks[1].norm: ...``).
+
+The entries are also what the evaluator runs: :meth:`Suite.items` narrows each entry to one radius
+(and EOT variant) per item, and each item decides whether it applies to a model and computes its
+record columns (the protocol of :mod:`robustsuite.eval.items`); the evaluator knows no item kind.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..settings import Strict, _format_error, apply_overrides, load_yaml
 from ..errors import ConfigError
+from .items import ModelInfo, NotApplicable, RunContext
 
-__all__ = ["CertifyItem", "AttackItem", "EOTConfig", "SmoothingConfig", "SubsetConfig", "Suite",
-           "load_suite", "suite_from_dict", "fmt_num"]
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor, nn
+
+__all__ = ["EvalItem", "CertifyItem", "AttackItem", "EOTConfig", "SmoothingItem", "SmoothingConfig",
+           "SubsetConfig", "Suite", "load_suite", "suite_from_dict", "fmt_num"]
 
 NORMS = ("linf", "l2", "l1")
 
@@ -53,8 +61,107 @@ def _positive_eps(v: list[float]) -> list[float]:
     return [float(e) for e in v]
 
 
-class CertifyItem(Strict):
+class EvalItem(Strict):
+    """Base of the suite entries the evaluator runs (see :mod:`robustsuite.eval.items` for the protocol).
+
+    An entry of the suite may hold several radii; :meth:`expand` gives its items, copies that hold
+    one radius each (``eps == [e]``), which ``applies`` / ``run`` act on.
+    """
+
+    #: the ``kind`` of the item in ``report.items``
+    kind: ClassVar[str] = ""
+    #: runs in repeat 0 only (its columns do not depend on the model's noise); None in later repeats
+    once: ClassVar[bool] = False
+    # position of the entry in its suite list (``report.items[...]["entry"]``)
+    _entry: int = PrivateAttr(0)
+
+    def expand(self, suite: "Suite", entry: int) -> list["EvalItem"]:
+        """The items of this entry (position ``entry`` in its list), in report order."""
+        raise NotImplementedError
+
+    @property
+    def key(self) -> str:
+        """The item's name in ``report.not_applicable`` (unique within a suite)."""
+        raise NotImplementedError
+
+    @property
+    def columns(self) -> list[str]:
+        """The record keys the item fills (see :mod:`robustsuite.eval.metrics`)."""
+        raise NotImplementedError
+
+    @property
+    def stage(self) -> str:
+        """The item's row in the report's timings (items of one stage add up)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """The item as ``report.items`` lists it (plain data)."""
+        raise NotImplementedError
+
+    def fingerprint(self, suite: "Suite") -> dict[str, Any]:
+        """Everything the item's columns depend on besides the model, the samples, the seed and the
+        repeat (plain data): a resumed evaluation reuses a finished column only when it is equal."""
+        return {"kind": self.kind, "config": self.model_dump(mode="json")}
+
+    def uses_models(self) -> tuple[str, ...]:
+        """Names of other models of the evaluation whose weights the columns depend on."""
+        return ()
+
+    def applies(self, info: ModelInfo) -> str | None:
+        """Why the item does not apply to the model described by ``info``, or None when it does."""
+        return None
+
+    def run(self, ctx: RunContext) -> dict[str, list]:
+        """The item's columns for the samples of ``ctx`` (one value per sample, in order).
+
+        Raises:
+            NotApplicable: the model turned out not to fit (the reason is recorded).
+        """
+        raise NotImplementedError
+
+
+class _ThreatItem(EvalItem):
+    """An item over threat sets: the balls ``norm`` of radius ``eps``, or learned budget boxes."""
+
+    @property
+    def radius(self) -> float:
+        return self.eps[0]
+
+    @property
+    def set_id(self) -> str:
+        """``NORM@EPS`` or ``learned-rhoRHO@EPS`` (see :mod:`robustsuite.eval.metrics`)."""
+        if self.budgets == "learned":
+            return f"learned-rho{fmt_num(self.rho)}@{fmt_num(self.radius)}"
+        return f"{self.norm}@{fmt_num(self.radius)}"
+
+    def threat(self, model: "nn.Module", x: "Tensor"):
+        """The threat set around the batch ``x`` (learned boxes come from the budget model)."""
+        if self.budgets == "learned":
+            import torch
+            with torch.no_grad():
+                return model.box(x, self.radius, self.rho)
+        from ..threats import threat_from_name
+        return threat_from_name(self.norm, self.radius)
+
+    def _learned_reason(self, info: ModelInfo) -> str | None:
+        if self.budgets == "learned" and not info.budget_model:
+            return "learned budgets: the model has no budget generator"
+        return None
+
+    def _per_radius(self, entry: int) -> list["_ThreatItem"]:
+        out = []
+        for e in self.eps:
+            item = self.model_copy(update={"eps": [e]})
+            item._entry = entry
+            out.append(item)
+        return out
+
+
+class CertifyItem(_ThreatItem):
     """Certified bounds with one method over the balls ``norm`` of each radius in ``eps``."""
+
+    kind: ClassVar[str] = "certify"
+    once: ClassVar[bool] = True
 
     method: str = Field(..., description="ibp | crown-ibp | crown | alpha-crown")
     norm: Literal["linf", "l2", "l1"] = "linf"
@@ -81,11 +188,55 @@ class CertifyItem(Strict):
             raise ValueError("budgets: learned sets are per-pixel boxes; use norm: linf")
         return self
 
+    # ------------------------------------------------------------------ the item protocol
+    def expand(self, suite: "Suite", entry: int) -> list["CertifyItem"]:
+        return self._per_radius(entry)
 
-class AttackItem(Strict):
+    @property
+    def key(self) -> str:
+        return f"cert|{self.method}|{self.set_id}"
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.key]
+
+    @property
+    def stage(self) -> str:
+        return f"certify|{self.method}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "entry": self._entry, "method": self.method, "norm": self.norm, "eps": self.radius,
+                "budgets": self.budgets, "rho": self.rho, "set": self.set_id, "key": self.key, "columns": self.columns}
+
+    def applies(self, info: ModelInfo) -> str | None:
+        if info.stochastic:
+            return "stochastic model: bounds do not apply"
+        return self._learned_reason(info)
+
+    def run(self, ctx: RunContext) -> dict[str, list]:
+        """Certified (bool) per sample; :class:`NotApplicable` when the bound method cannot parse the model."""
+        import torch
+
+        from ..certify import Verifier
+        from ..errors import UnsupportedModelError
+        try:
+            v = ctx.cache.get(("verifier", self.method))
+            if v is None:  # one verifier per method and model, shared by the radii
+                v = Verifier(ctx.model, tuple(ctx.x.shape[1:]), method=self.method, device=ctx.device)
+                ctx.cache[("verifier", self.method)] = v
+            cert = [v.verify(xb, yb, self.threat(ctx.model, xb)).certified.cpu() for xb, yb in ctx.batches()]
+        except UnsupportedModelError as e:
+            raise NotApplicable(f"bound method {self.method!r} does not apply: {e}") from None
+        return {self.key: torch.cat(cert).tolist()}
+
+
+class AttackItem(_ThreatItem):
     """One attack on the balls ``norm`` of each radius in ``eps``; any other key is an attack setting."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
+    kind: ClassVar[str] = "attack"
+    # the EOT run of the attack on stochastic models (an item of an entry, see expand)
+    _eot: bool = PrivateAttr(False)
 
     name: str
     norm: Literal["linf", "l2", "l1"] = "linf"
@@ -155,6 +306,97 @@ class AttackItem(Strict):
         from ..attacks.registry import attack_class
         return attack_class(self.name).eot_kind() is not None
 
+    # ------------------------------------------------------------------ the item protocol
+    @property
+    def eot(self) -> bool:
+        """Whether this item is the EOT run of the attack."""
+        return self._eot
+
+    @property
+    def label(self) -> str:
+        """The attack's name in record keys: ``pgd``, ``pgd+eot``, ``pgd-transfer-from-SOURCE``."""
+        if self.name == "transfer":
+            return f"{self.attack}-transfer-from-{self.source}"
+        return self.name + ("+eot" if self._eot else "")
+
+    def expand(self, suite: "Suite", entry: int) -> list["AttackItem"]:
+        variants = [False] + ([True] if suite.eot is not None and self.eot_applies else [])
+        out = []
+        for item in self._per_radius(entry):
+            for eot in variants:
+                v = item.model_copy()
+                v._entry, v._eot = entry, eot
+                out.append(v)
+        return out
+
+    @property
+    def key(self) -> str:
+        return f"atk|{self.label}|{self.set_id}"
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.key, f"dist|{self.label}|{self.set_id}"]
+
+    @property
+    def stage(self) -> str:
+        return f"attack|{self.label}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "entry": self._entry, "attack": self.label, "name": self.name, "norm": self.norm,
+                "source": self.source, "inner": self.attack, "eps": self.radius, "budgets": self.budgets,
+                "rho": self.rho, "set": self.set_id, "eot": self._eot, "settings": self.settings, "key": self.key,
+                "columns": self.columns}
+
+    def fingerprint(self, suite: "Suite") -> dict[str, Any]:
+        return {**super().fingerprint(suite), "eot": suite.eot.samples if self._eot else None}
+
+    def uses_models(self) -> tuple[str, ...]:
+        return (self.source,) if self.name == "transfer" else ()
+
+    def applies(self, info: ModelInfo) -> str | None:
+        reason = self._learned_reason(info)
+        if reason:
+            return reason
+        if self._eot and not info.stochastic:
+            return "deterministic model: EOT not needed (same as the attack without EOT)"
+        if self.name == "transfer" and self.source == info.name:
+            return "the transfer source itself (its white-box attack is a separate item)"
+        if self.name == "transfer" and self.budgets == "learned":
+            return "transfer attacks use uniform sets only"
+        return None
+
+    def run(self, ctx: RunContext) -> dict[str, list]:
+        """The attack changed the prediction (bool) and the perturbation's norm (float) per sample."""
+        import torch
+
+        # looked up at run time (not import time), so a patched make_attack is used
+        from ..attacks import TransferAttack, attack_class, make_attack
+        settings = dict(self.settings)
+        cls = attack_class(self.attack or self.name)
+        known = cls.default_settings()
+        if "seed" in known:
+            settings.setdefault("seed", ctx.seed + ctx.repeat)
+        if self._eot:
+            samples = ctx.suite.eot.samples
+            settings["eot"] = samples
+            # query budgets count model evaluations, every EOT draw included: scale them so the EOT run
+            # makes as many decisions (iterations) as the one-draw run, as gradient attacks keep their
+            # steps under EOT
+            for budget in cls.query_budgets:
+                if budget in known:
+                    settings[budget] = int(settings.get(budget, known[budget])) * samples
+        succ, dist = [], []
+        for xb, yb in ctx.batches():
+            threat = self.threat(ctx.model, xb)
+            if self.name == "transfer":
+                atk = TransferAttack(make_attack(self.attack, ctx.models[self.source], threat, **settings), ctx.model)
+            else:
+                atk = make_attack(self.name, ctx.model, threat, **settings)
+            res = atk.run(xb, yb)
+            succ.append(res.success.cpu())
+            dist.append(res.distance.detach().double().cpu())
+        return {self.columns[0]: torch.cat(succ).tolist(), self.columns[1]: torch.cat(dist).tolist()}
+
 
 def _check_settings(attack: str, kind: str, eps: float, settings: dict[str, Any]) -> None:
     """Validate an attack's settings now, at load, by building the attack (its constructor checks
@@ -186,8 +428,11 @@ class EOTConfig(Strict):
     samples: int = Field(10, ge=2)
 
 
-class SmoothingConfig(Strict):
+class SmoothingItem(EvalItem):
     """Randomized smoothing CERTIFY (Cohen et al.) at each sigma."""
+
+    kind: ClassVar[str] = "smoothing"
+    once: ClassVar[bool] = True
 
     sigmas: list[float] = Field(..., min_length=1)
     n0: int = Field(100, ge=1)
@@ -210,6 +455,55 @@ class SmoothingConfig(Strict):
             raise ValueError(f"every radius must be >= 0, got {v}")
         return [float(r) for r in v]
 
+    # ------------------------------------------------------------------ the item protocol
+    @property
+    def sigma(self) -> float:
+        return self.sigmas[0]
+
+    def expand(self, suite: "Suite", entry: int) -> list["SmoothingItem"]:
+        out = []
+        for s in self.sigmas:
+            item = self.model_copy(update={"sigmas": [s]})
+            item._entry = entry
+            out.append(item)
+        return out
+
+    @property
+    def key(self) -> str:
+        return f"smooth|{fmt_num(self.sigma)}"
+
+    @property
+    def columns(self) -> list[str]:
+        return [f"smooth_pred|{fmt_num(self.sigma)}", f"smooth_radius|{fmt_num(self.sigma)}"]
+
+    @property
+    def stage(self) -> str:
+        return f"smoothing|{fmt_num(self.sigma)}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "sigma": self.sigma, "key": self.key, "columns": self.columns}
+
+    def fingerprint(self, suite: "Suite") -> dict[str, Any]:
+        # the radii only select metrics from the columns
+        return {"kind": self.kind, "config": self.model_dump(mode="json", exclude={"radii"})}
+
+    def run(self, ctx: RunContext) -> dict[str, list]:
+        """The smoothed prediction (class or -1 = abstain) and certified L2 radius per sample."""
+        import torch
+
+        from .smoothing import Smooth
+        sm = Smooth(ctx.model, ctx.info.num_classes, self.sigma, seed=ctx.seed)
+        preds, radii = [], []
+        for xb, _ in ctx.batches():
+            c = sm.certify(xb, n0=self.n0, n=self.n, alpha=self.alpha, batch=self.batch)
+            preds.append(c.prediction.cpu())
+            radii.append(c.radius.double().cpu())
+        return {self.columns[0]: torch.cat(preds).tolist(), self.columns[1]: torch.cat(radii).tolist()}
+
+
+#: the former name of :class:`SmoothingItem`
+SmoothingConfig = SmoothingItem
+
 
 class SubsetConfig(Strict):
     """Which test samples: every k-th (``every``), then the first N of those (``first``)."""
@@ -226,13 +520,25 @@ class Suite(Strict):
     attacks: list[AttackItem] = Field(default_factory=list)
     eot: Optional[EOTConfig] = None
     repeats: int = Field(5, ge=1, description="runs of every metric on a stochastic model")
-    smoothing: Optional[SmoothingConfig] = None
+    smoothing: Optional[SmoothingItem] = None
     subset: SubsetConfig = Field(default_factory=SubsetConfig)
     batch_size: int = Field(256, ge=1, description="samples per attack / bound batch")
 
     def resolved(self) -> dict:
         """The suite as plain data (attack settings inlined), loadable again with :func:`suite_from_dict`."""
         return self.model_dump(mode="json")
+
+    def items(self) -> list[EvalItem]:
+        """Every item the evaluator runs on each model, in report order: the bounds (entry, then
+        radius), the attacks (entry, radius, then the EOT run when ``eot`` is set and the attack
+        has one), the smoothing sigmas."""
+        entries: list[EvalItem] = [*self.certify, *self.attacks, *([self.smoothing] if self.smoothing else [])]
+        position: dict[str, int] = {}
+        out: list[EvalItem] = []
+        for e in entries:
+            i = position[e.kind] = position.get(e.kind, -1) + 1
+            out += e.expand(self, i)
+        return out
 
 
 def suite_from_dict(raw: dict, overrides: list[str] | None = None) -> Suite:

@@ -27,6 +27,7 @@ from .bim import BIM
 from .boundary import BoundaryAttack
 from .cw import CW
 from .eot import EOT
+from .fab import FAB
 from .fgsm import FGSM
 from .losses import LOSSES, ce_loss, dlr_loss, dlr_targeted_loss, margin_loss
 from .mim import MIM
@@ -39,7 +40,7 @@ from .transfer import TransferAttack
 __all__ = [
     "Attack", "AttackResult", "GradientAttack",
     "FGSM", "BIM", "PGD", "MIM", "CW", "EOT", "APGD",
-    "BoundaryAttack", "PixelAttack", "Square", "TransferAttack",
+    "BoundaryAttack", "PixelAttack", "Square", "TransferAttack", "FAB",
     "ATTACKS", "make_attack", "attack_settings", "robust_accuracy",
     "LOSSES", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss",
 ]

@@ -22,6 +22,7 @@ from .base import Attack
 from .bim import BIM
 from .boundary import BoundaryAttack
 from .cw import CW
+from .fab import FAB
 from .fgsm import FGSM
 from .mim import MIM
 from .pgd import PGD
@@ -41,6 +42,7 @@ ATTACKS: dict[str, type[Attack]] = {
     "pixel": PixelAttack,
     "apgd": APGD,
     "square": Square,
+    "fab": FAB,
 }
 
 

@@ -134,6 +134,20 @@ def test_projection_agrees_with_the_reference_projection_at_image_size(norm):
     assert torch.allclose(ours_n, theirs_n, rtol=1e-4, atol=1e-6)
 
 
+def test_projection_far_off_the_box_in_float32_is_the_finite_vertex():
+    """A hyperplane far beyond the box in float32: the vertex, no inf/NaN from the solve."""
+    t = torch.full((3, 6), 0.5)
+    w = torch.tensor([[1.0, -2.0, 0.0, 0.0, 3.0, 0.5]]).repeat(3, 1)
+    b = torch.tensor([1e6, -1e6, 50.0])
+    for norm in ("linf", "l2", "l1"):
+        delta = project_hyperplane_box(t, w, b, norm)
+        assert torch.isfinite(delta).all(), norm
+        up = torch.tensor([1.0, 0.0, 0.5, 0.5, 1.0, 1.0])     # w.z as large as the box allows
+        down = torch.tensor([0.0, 1.0, 0.5, 0.5, 0.0, 0.0])   # and as small
+        assert torch.equal(t[0] + delta[0], up) and torch.equal(t[2] + delta[2], up), norm
+        assert torch.equal(t[1] + delta[1], down), norm
+
+
 def test_projection_edge_cases_and_bad_input():
     t = torch.full((3, 4), 0.5, dtype=torch.float64)
     w = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [1.0, -1.0, 0, 0]], dtype=torch.float64)
@@ -191,6 +205,31 @@ def test_on_a_linear_model_fab_finds_the_minimal_distance(norm, targeted):
     # ... which vanishes with the overshoot
     exact = FAB(model, THREATS[norm](10.0), targeted=targeted, steps=100, eta=1.001).run(x, y)
     assert torch.all(exact.extras["min_distance"] <= d_star * (1 + 1e-3))
+
+
+def test_a_step_from_a_random_start_is_the_biased_step_with_alpha_capped():
+    """One step of Alg. 1 from a restart's random point z on a two-class linear model (the
+    projections are exact, and the step lands beyond the boundary, so it is the returned point):
+    (1 - alpha) (z + eta d_z) + alpha (x + eta d_x), alpha = min(|d_z| / (|d_z| + |d_x|), alpha_max)."""
+    model, x, y, _ = _linear_problem(k=2, n=16)
+    lin = model[1]
+    w = (lin.weight[1] - lin.weight[0]).detach() * torch.where(y == 0, 1.0, -1.0).double()[:, None]
+    c = (lin.bias[1] - lin.bias[0]).detach() * torch.where(y == 0, 1.0, -1.0).double()
+    for alpha_max in (0.1, 0.9):
+        atk = FAB(model, L2Ball(0.5), steps=1, alpha_max=alpha_max, seed=3)
+        x0 = x.flatten(1)
+        z = atk._random_start(x0, torch.Generator().manual_seed(3))
+        best, dist = atk._run(x0, y, None, x.shape[1:], True, torch.Generator().manual_seed(3))
+        f = lambda v: (v * w).sum(1) + c          # noqa: E731  (> 0: misclassified)
+        d_z = -(f(z) / (w * w).sum(1))[:, None] * w
+        d_x = -(f(x0) / (w * w).sum(1))[:, None] * w
+        nz, nx = d_z.norm(dim=1), d_x.norm(dim=1)
+        alpha = torch.clamp(nz / (nz + nx), max=alpha_max)[:, None]
+        expected = (1 - alpha) * (z + 1.05 * d_z) + alpha * (x0 + 1.05 * d_x)
+        ok = (f(z) < 0) & (expected > 0).all(1) & (expected < 1).all(1)   # from the clean side, box idle
+        assert int(ok.sum()) >= 8
+        assert torch.allclose(best[ok], expected[ok], atol=1e-12), alpha_max
+        assert bool((nz / (nz + nx) > 0.1)[ok].any())                      # the cap was active
 
 
 def test_fab_t_with_one_target_goes_to_that_targets_boundary():

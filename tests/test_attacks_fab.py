@@ -194,7 +194,10 @@ def _linear_problem(k: int = 4, n: int = 32):
 def test_on_a_linear_model_fab_finds_the_minimal_distance(norm, targeted):
     model, x, y, closest = _linear_problem()
     d_star = closest[norm].min(1).values
-    res = FAB(model, THREATS[norm](10.0), targeted=targeted, steps=100).run(x, y)
+    # FAB-T: all three targets stacked, so every point tries every target (by default a point broken
+    # within eps by its first target is done, whichever boundary is closest)
+    kw = {"targeted": True, "target_batch": 3} if targeted else {}
+    res = FAB(model, THREATS[norm](10.0), steps=100, **kw).run(x, y)
     found = res.extras["min_distance"]
     assert res.success.all()
     assert torch.allclose(res.distance, found)
@@ -203,7 +206,7 @@ def test_on_a_linear_model_fab_finds_the_minimal_distance(norm, targeted):
     # ... and within the overshoot eta = 1.05 leaves (the iterates settle 0.52 % beyond it) ...
     assert torch.all(found <= d_star * 1.01)
     # ... which vanishes with the overshoot
-    exact = FAB(model, THREATS[norm](10.0), targeted=targeted, steps=100, eta=1.001).run(x, y)
+    exact = FAB(model, THREATS[norm](10.0), steps=100, eta=1.001, **kw).run(x, y)
     assert torch.all(exact.extras["min_distance"] <= d_star * (1 + 1e-3))
 
 
@@ -305,20 +308,30 @@ def test_misclassified_points_are_not_attacked_and_restarts_only_attack_the_rest
     assert torch.all(three.extras["min_distance"] <= md)
 
 
-def test_fab_t_stacked_targets_break_the_same_points_as_one_at_a_time():
+def test_fab_t_target_groups_break_the_same_points():
+    """Default (first target alone, then the rest together), one at a time (the reference's order)
+    and all together: the same points broken within eps, each target's run being the same."""
     model = trained_cnn()
     x, y = held_out(48)
-    stacked = FAB(model, L2Ball(0.6), targeted=True, n_target_classes=3, steps=15).run(x, y)
-    serial = FAB(model, L2Ball(0.6), targeted=True, n_target_classes=3, steps=15, target_batch=1).run(x, y)
-    within = lambda r: r.extras["min_distance"] <= 0.6  # noqa: E731
-    assert torch.equal(within(stacked), within(serial))
-    # stacked, every point saw every target: its distance is the smallest over them
-    assert torch.all(stacked.extras["min_distance"] <= serial.extras["min_distance"] + 1e-6)
-    assert stacked.extras["targets"].shape == (48, 3)
+    steps, eps = 15, 0.6
+    runs = {tb: FAB(model, L2Ball(eps), targeted=True, n_target_classes=3, steps=steps, target_batch=tb).run(x, y)
+            for tb in (None, 1, 3)}
+    within = {tb: r.extras["min_distance"] <= eps for tb, r in runs.items()}
+    assert torch.equal(within[None], within[1]) and torch.equal(within[3], within[1])
+    assert 0 < int(within[1].sum()) < 48
+    # all together, every point tried every target: its distance is the smallest over them
+    assert torch.all(runs[3].extras["min_distance"] <= runs[1].extras["min_distance"] + 1e-6)
+    assert runs[None].extras["targets"].shape == (48, 3)
+    # queries: a point broken by its first target ran once, any other point ran all three targets
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    first = clean & (runs[1].queries == 1 + (steps + 1))
+    assert first.any() and not first.all()
+    assert torch.equal(runs[None].queries, torch.where(clean, torch.where(first, 1 + (steps + 1), 1 + 3 * (steps + 1)), 1))
+    assert torch.all(runs[3].queries[clean] == 1 + 3 * (steps + 1))
     # FAB-T takes the true labels, so it measures robust accuracy
-    report = robust_accuracy(model, x, y, FAB(model, L2Ball(0.6), targeted=True, n_target_classes=3, steps=15))
-    assert report["robust_accuracy"] == pytest.approx(
-        float(((model(x).argmax(1) == y) & ~stacked.success).float().mean()))
+    report = robust_accuracy(model, x, y, FAB(model, L2Ball(eps), targeted=True, n_target_classes=3, steps=steps))
+    assert report["robust_accuracy"] == pytest.approx(float((clean & ~runs[None].success).float().mean()))
 
 
 def test_zero_radius_measures_clean_accuracy():

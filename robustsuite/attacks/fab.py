@@ -44,8 +44,8 @@ def project_hyperplane_box(t: Tensor, w: Tensor, b: Tensor, norm: str) -> Tensor
       increasing in ``lam`` with breakpoints ``cap_i / a_i``: sorting them, the segment holding
       ``c`` is found by a cumulative sum and ``lam`` solved on it in closed form;
     * L-inf: ``m_i = min(mu, cap_i)`` for ``a_i > 0``, the same water-filling with breakpoints
-      ``cap_i`` (the minimal max-move ``mu`` is unique; this is the solution moving the fewest
-      coordinates by less than ``mu``);
+      ``cap_i`` (the minimal max-move ``mu`` is unique, the minimiser is not: this one moves
+      every coordinate by ``mu`` or to the box, as the reference's does);
     * L1: the fractional knapsack: coordinates by decreasing ``a_i`` are moved to their cap until
       the remainder fits in one coordinate, which takes the rest.
 
@@ -81,7 +81,9 @@ def project_hyperplane_box(t: Tensor, w: Tensor, b: Tensor, norm: str) -> Tensor
     else:
         s = a if norm == "l2" else (a > 0).to(t.dtype)
         m = _water_fill(a, s, cap, c)
-    m = torch.where((reach < c).unsqueeze(1), cap, m)  # infeasible: the closest vertex
+    # infeasible: the closest vertex (what the solves give in exact arithmetic; explicit because in
+    # float32 the water-filling's lam can overflow to inf there, and inf * 0 is NaN)
+    m = torch.where((reach < c).unsqueeze(1), cap, m)
     return direction * m
 
 
@@ -91,10 +93,10 @@ def _water_fill(a: Tensor, s: Tensor, cap: Tensor, c: Tensor) -> Tensor:
     inf = torch.tensor(float("inf"), dtype=a.dtype, device=a.device)
     bp = torch.where(s > 0, cap / torch.where(s > 0, s, 1), inf)       # where coordinate i saturates
     bp_sorted, order = bp.sort(dim=1)
-    a_o, s_o, cap_o = a.gather(1, order), s.gather(1, order), cap.gather(1, order)
-    filled = torch.cumsum(a_o * cap_o, 1)                               # saturated part after each bp
-    slope_total = (a * s).sum(1, keepdim=True)
-    slope = slope_total - torch.cumsum(a_o * s_o, 1)                    # slope beyond each bp
+    a_s = a * s
+    filled = torch.cumsum((a * cap).gather(1, order), 1)                # saturated part after each bp
+    slope_total = a_s.sum(1, keepdim=True)
+    slope = slope_total - torch.cumsum(a_s.gather(1, order), 1)         # slope beyond each bp
     at_bp = torch.where(torch.isfinite(bp_sorted), filled + bp_sorted * slope, inf)  # g(bp_k)
     k = (at_bp < c.unsqueeze(1)).sum(1, keepdim=True)                   # bps strictly below the root
     prev = (k - 1).clamp_min(0)

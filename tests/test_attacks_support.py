@@ -36,6 +36,7 @@ QUICK_SETTINGS: dict[str, dict] = {
     "boundary": {"max_queries": 200},
     "pixel": {"pixels": 2, "population": 20, "iterations": 3},
     "square": {"n_queries": 50},
+    "fab": {"steps": 5, "n_target_classes": 2},
 }
 
 

@@ -32,6 +32,7 @@ from .bim import BIM
 from .boundary import BoundaryAttack
 from .cw import CW
 from .eot import EOT
+from .fab import FAB
 from .fgsm import FGSM
 from .losses import LOSSES, ce_loss, dlr_loss, dlr_targeted_loss, kl_loss, margin_loss
 from .mim import MIM
@@ -45,7 +46,7 @@ from .transfer import TransferAttack
 __all__ = [
     "Attack", "AttackResult", "GradientAttack", "RestartAttack",
     "FGSM", "BIM", "PGD", "MIM", "CW", "EOT", "APGD",
-    "BoundaryAttack", "PixelAttack", "Square", "TransferAttack",
+    "BoundaryAttack", "PixelAttack", "Square", "TransferAttack", "FAB",
     "ATTACKS", "register_attack", "attack_class", "attack_names", "make_attack", "attack_settings",
     "robust_accuracy",
     "LOSSES", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss", "kl_loss",

@@ -269,7 +269,8 @@ def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None
         state = states[label]
         t0 = time.perf_counter()
         if state == "finished":
-            summary("[%d/%d] %s: finished checkpoint in %s, skipped", i, len(rs.runs), label, mdir)
+            if writes_outputs():  # under torchrun rank 0 speaks for all
+                summary("[%d/%d] %s: finished checkpoint in %s, skipped", i, len(rs.runs), label, mdir)
             result.status[label] = "skipped"
         else:
             log.info("[%d/%d] %s: %s %s (%s, %d epochs) -> %s", i, len(rs.runs), label,
@@ -280,9 +281,10 @@ def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None
             last = history[-1] if history else {}
             shown = ", ".join(f"{k[4:]} {last[k]:.3f}" for k in last if k.startswith("val_") and k != "val_select"
                               and isinstance(last[k], float))
-            summary("[%d/%d] %s: %s %d epochs (%s) in %.1f s%s", i, len(rs.runs), label, result.status[label],
-                    len(history), rcfg.train.method, time.perf_counter() - t0,
-                    f"; validation: {shown}" if shown else "")
+            if writes_outputs():
+                summary("[%d/%d] %s: %s %d epochs (%s) in %.1f s%s", i, len(rs.runs), label, result.status[label],
+                        len(history), rcfg.train.method, time.perf_counter() - t0,
+                        f"; validation: {shown}" if shown else "")
         result.timings[f"train|{label}"] = round(time.perf_counter() - t0, 3)
         result.checkpoints[label] = mdir / f"{cfg.checkpoint}.pt"
     if stop_after is not None and len(labels) < len(rs.runs):

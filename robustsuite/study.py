@@ -25,9 +25,11 @@ a model config or suite file not found there is looked for beside the study file
 parent folder (so ``configs/x.yaml`` works from the repository root and from inside ``configs/``).
 
 Outputs: ``<out>/study.yaml`` (the resolved study, every model config and the suite inlined),
-``<out>/models/<label>/`` (``best.pt``, ``last.pt``, ``config.yaml``, ``history.json`` of each model;
-a finished one is skipped, an interrupted one resumes from its ``last.pt``) and ``<out>/report/``
-(``report.json``, ``records.csv``, ``report.md``, ``plots/``).
+``<out>/models/<label>/`` (``best.pt``, ``last.pt``, ``config.yaml``, ``history.json``, ``train.log`` of
+each model; a finished one is skipped, an interrupted one resumes from its ``last.pt``), ``<out>/report/``
+(``report.json``, ``records.csv``, ``report.md``, ``plots/``, ``eval.log``) and ``<out>/run.log`` (every
+INFO line of the study). One summary line per trained model and per evaluated model goes to the
+``robustsuite.progress`` logger (:mod:`robustsuite.progress`).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import Field, ValidationError
 
+from .progress import run_log, summary
 from .settings import DeviceName, SafeName, Strict, _format_error, apply_overrides, load_yaml
 from .training.config import DataConfig, RunConfig, validate
 from .errors import ConfigError
@@ -221,7 +224,7 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
         resume: continue interrupted models from their ``last.pt`` and skip finished ones (a finished
             model with the same resolved config), and reuse the finished items of an interrupted
             evaluation (``<out>/report/partial``); ``False`` retrains and evaluates everything.
-        quiet: no progress bars.
+        quiet: no progress bars (they show only on a terminal anyway).
         overrides: ``key.path=value`` overrides of the study (e.g. ``out=runs/x``).
         stop_after: train only the first N models, then return without evaluating (``report`` is None);
             a later call picks up from there.
@@ -237,14 +240,14 @@ def run(study: "str | Path | dict | ResolvedStudy", *, resume: bool = True, quie
 
     # The study folder is locked for the whole run; each model folder and the report folder are
     # locked again (distinct folders) by train() and Report.save().
-    with output_lock(rs.out, enabled=writes_outputs()):
+    with output_lock(rs.out, enabled=writes_outputs()) as out, run_log(out / "run.log", enabled=writes_outputs()):
         return _run(rs, resume=resume, quiet=quiet, stop_after=stop_after)
 
 
 def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None) -> StudyResult:
     from .eval.loading import load_models
     from .eval.evaluator import evaluate
-    from .eval.report import PARTIAL_DIR
+    from .eval.report import LOG_NAME, PARTIAL_DIR
     from .files import atomic_write_text, writes_outputs
     from .training.run import train
 
@@ -266,14 +269,22 @@ def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None
         state = states[label]
         t0 = time.perf_counter()
         if state == "finished":
-            log.info("[%d/%d] %s: finished checkpoint in %s, skipped", i, len(rs.runs), label, mdir)
+            if writes_outputs():  # under torchrun rank 0 speaks for all
+                summary("[%d/%d] %s: finished checkpoint in %s, skipped", i, len(rs.runs), label, mdir)
             result.status[label] = "skipped"
         else:
             log.info("[%d/%d] %s: %s %s (%s, %d epochs) -> %s", i, len(rs.runs), label,
                      "resuming" if state == "partial" else "training", rcfg.name, rcfg.train.method,
                      rcfg.train.epochs, mdir)
-            train(rcfg, mdir, device=cfg.device, resume=resume, quiet=quiet)
+            history = train(rcfg, mdir, device=cfg.device, resume=resume, quiet=quiet).history
             result.status[label] = "resumed" if state == "partial" else "trained"
+            last = history[-1] if history else {}
+            shown = ", ".join(f"{k[4:]} {last[k]:.3f}" for k in last if k.startswith("val_") and k != "val_select"
+                              and isinstance(last[k], float))
+            if writes_outputs():
+                summary("[%d/%d] %s: %s %d epochs (%s) in %.1f s%s", i, len(rs.runs), label, result.status[label],
+                        len(history), rcfg.train.method, time.perf_counter() - t0,
+                        f"; validation: {shown}" if shown else "")
         result.timings[f"train|{label}"] = round(time.perf_counter() - t0, 3)
         result.checkpoints[label] = mdir / f"{cfg.checkpoint}.pt"
     if stop_after is not None and len(labels) < len(rs.runs):
@@ -283,14 +294,19 @@ def _run(rs: ResolvedStudy, *, resume: bool, quiet: bool, stop_after: int | None
     t0 = time.perf_counter()
     models, _ = load_models([str(result.checkpoints[k]) for k in labels], labels)
     d, test = _eval_data(rs)
-    log.info("evaluating %d models with suite %r", len(models), rs.suite.name)
-    report = evaluate(models, test, rs.suite, device=cfg.device, seed=cfg.seed,
-                      data_description={"name": d.name, "split": "test", "options": d.options,
-                                        "study": cfg.name,
-                                        "checkpoints": {k: str(v) for k, v in result.checkpoints.items()}},
-                      resume_dir=rs.out / "report" / PARTIAL_DIR, fresh=not resume)
-    result.timings["evaluate"] = round(time.perf_counter() - t0, 3)
-    result.report = report
-    # under torchrun every rank holds the same report; rank 0 writes it
-    result.report_dir = report.save(rs.out / "report") if writes_outputs() else rs.out / "report"
+    report_dir = rs.out / "report"
+    if writes_outputs():
+        report_dir.mkdir(parents=True, exist_ok=True)
+    # the evaluation's lines also go to the report's own log (kept by Report.save), besides run.log
+    with run_log(report_dir / LOG_NAME, enabled=writes_outputs()):
+        log.info("evaluating %d models with suite %r", len(models), rs.suite.name)
+        report = evaluate(models, test, rs.suite, device=cfg.device, seed=cfg.seed,
+                          data_description={"name": d.name, "split": "test", "options": d.options,
+                                            "study": cfg.name,
+                                            "checkpoints": {k: str(v) for k, v in result.checkpoints.items()}},
+                          resume_dir=report_dir / PARTIAL_DIR, fresh=not resume, quiet=quiet)
+        result.timings["evaluate"] = round(time.perf_counter() - t0, 3)
+        result.report = report
+        # under torchrun every rank holds the same report; rank 0 writes it
+        result.report_dir = report.save(report_dir) if writes_outputs() else report_dir
     return result

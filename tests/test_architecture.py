@@ -1,6 +1,6 @@
 """The layering of the package, read from its source: dependencies point one way.
 
-Bottom to top: ``errors`` -> ``settings`` / ``runtime`` / ``threats`` / ``files`` -> ``data``, ``models``
+Bottom to top: ``errors`` -> ``settings`` / ``runtime`` / ``threats`` / ``files`` / ``progress`` -> ``data``, ``models``
 -> ``training``, ``attacks`` -> ``certify``, ``stochastic``, ``budgets`` -> ``eval`` -> ``study`` -> ``cli``.
 Every import counts (module level or inside a function, absolute or relative, ``from . import x``);
 :data:`ALLOWED` says which parts each part may import, and a failure names the file, the line and
@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "robustsuite"
 
-BASE = {"errors", "settings", "runtime", "threats", "files"}
+BASE = {"errors", "settings", "runtime", "threats", "files", "progress"}
 CORE = BASE | {"data", "models"}
 METHODS = CORE | {"training", "attacks"}
 
@@ -31,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": {"errors"},              # devices, seeds, RNG states, the process's rank
     "threats": {"errors"},              # the perturbation sets
     "files": {"errors", "runtime", "settings"},  # atomic writes and locks (rank 0 writes; name rules)
+    "progress": set(),                  # progress bars, summary lines, the run's log file
     "data": BASE,
     "models": BASE,
     "training": CORE,                   # the shared loop, checkpoints, run config, trainer registry

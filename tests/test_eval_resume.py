@@ -232,8 +232,8 @@ def test_cli_eval_resumes_by_default_and_no_resume_starts_over(data, tmp_path, s
     assert len(saves) == 4 - 2  # ibp, pgd x2, fgsm: two were finished
     got = Report.load(tmp_path / "out")
     assert (got.records, got.metrics, got.not_applicable) == (ref.records, ref.metrics, ref.not_applicable)
-    assert sorted(e.name for e in (tmp_path / "out").iterdir()) == [".robustsuite.lock", "plots", "records.csv",
-                                                                    "report.json", "report.md"]
+    assert sorted(e.name for e in (tmp_path / "out").iterdir()) == [".robustsuite.lock", "eval.log", "plots",
+                                                                    "records.csv", "report.json", "report.md"]
     # a folder with a finished report evaluates everything again (as before)
     saves.clear()
     assert run(tmp_path / "out") == 0 and len(saves) == 4

@@ -7,6 +7,11 @@ checkpoint commands in :mod:`.data_args`. Errors of the package
 (:class:`~robustsuite.errors.RobustSuiteError`) are printed as one paragraph without a traceback and
 exit with status 2; a soundness violation exits with status 3. Nothing outside this package parses
 arguments, prints tables or chooses exit codes.
+
+The terminal (stderr) shows warnings, errors, progress bars (on a terminal) and one summary line per
+finished model or stage (:mod:`robustsuite.progress`); ``--verbose`` adds every INFO line (per epoch,
+per evaluated item), ``--quiet`` removes the bars and summary lines. Every INFO line also goes to the
+run's log file, whatever the flags (``train.log``, ``eval.log``, ``run.log`` in the output folder).
 """
 from __future__ import annotations
 
@@ -14,13 +19,15 @@ import argparse
 import logging
 import sys
 import textwrap
+from typing import Callable
 
 from ..errors import RobustSuiteError
+from ..progress import PACKAGE_LOGGER, PROGRESS_LOGGER
 from . import attack, compare, run, train, verify
 from . import eval as eval_command
-from .args import add_quiet_argument
+from .args import QUIET_HELP, VERBOSE_HELP, add_verbosity_arguments
 
-__all__ = ["main", "build_parser", "add_quiet_argument"]
+__all__ = ["main", "build_parser", "add_verbosity_arguments"]
 
 log = logging.getLogger("robustsuite")
 
@@ -28,9 +35,51 @@ log = logging.getLogger("robustsuite")
 COMMANDS = (train, verify, attack, eval_command, compare, run)
 
 
-def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+class _Terminal(logging.Handler):
+    """The command line's stderr: warnings and errors always; the summary lines of
+    :data:`~robustsuite.progress.PROGRESS_LOGGER` unless quiet; every other INFO line only when verbose.
+    Written through ``tqdm.write`` so a line does not tear an open progress bar; ``sys.stderr`` is looked
+    up per line (a test may swap it)."""
+
+    def __init__(self, *, quiet: bool, verbose: bool):
+        super().__init__(logging.INFO)
+        self.quiet, self.verbose = quiet, verbose
+        self._plain = logging.Formatter("%(message)s")
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    @staticmethod
+    def _summary(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING and record.name == PROGRESS_LOGGER
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING or self.verbose:
+            return True
+        return not self.quiet and self._summary(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+            line = self._plain.format(record) if self._summary(record) else self.format(record)
+            tqdm.write(line, file=sys.stderr)
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler: a broken stderr must not end the run
+            self.handleError(record)
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> Callable[[], None]:
+    """Show the package's lines on stderr (see :class:`_Terminal`) and let INFO lines be made (for the
+    terminal with --verbose, for the summary lines, for the run's log file); returns the undo, which
+    :func:`main` calls when the command ends (tests run many commands in one process)."""
+    pkg = logging.getLogger(PACKAGE_LOGGER)
+    handler = _Terminal(quiet=quiet, verbose=verbose)
+    level = pkg.level
+    pkg.addHandler(handler)
+    pkg.setLevel(logging.INFO)
+
+    def undo() -> None:
+        pkg.removeHandler(handler)
+        handler.close()
+        pkg.setLevel(level)
+    return undo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
               robustsuite compare runs/eval runs/other_eval --out runs/compare
               robustsuite run configs/digits_study.yaml     (train every model of a study, then one report)
             """))
-    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
@@ -60,7 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
-    _setup_logging(getattr(args, "quiet", False))
+    undo_logging = _setup_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    try:
+        return _run_command(args)
+    finally:
+        undo_logging()
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except RobustSuiteError as e:

@@ -1,4 +1,5 @@
-"""Argument types and options shared by the commands: radii, counts, name lists, ``--quiet``, devices.
+"""Argument types and options shared by the commands: radii, counts, name lists, ``--quiet`` and
+``--verbose``, devices.
 
 A type function raises :class:`argparse.ArgumentTypeError`, so argparse reports a bad value as a usage
 error (exit 2) naming the option.
@@ -50,10 +51,17 @@ def names(text: str) -> list[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
-def add_quiet_argument(parser: argparse.ArgumentParser, help: str = "no progress bars, warnings only") -> None:
-    """The subcommand's ``--quiet``: it only ever turns quiet on, so ``robustsuite --quiet CMD`` stays
-    quiet (a subparser's default would overwrite the global flag's value)."""
-    parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=help)
+#: what --quiet and --verbose do (the global flags and each command's)
+QUIET_HELP = "no progress bars and no summary lines: warnings and errors only"
+VERBOSE_HELP = ("every INFO line on the terminal (per epoch, per evaluated item); they always go to the run's "
+                "log file (train.log, eval.log, run.log in the output folder)")
+
+
+def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's ``--quiet`` and ``--verbose``. They only ever turn a flag on, so ``robustsuite
+    --quiet CMD`` stays quiet (a subparser's default would overwrite the global flag's value)."""
+    parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
 
 
 def device(name: str):

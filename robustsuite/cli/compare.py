@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .args import add_quiet_argument, names
+from .args import add_verbosity_arguments, names
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -38,5 +38,5 @@ def add_parser(sub) -> None:
     c.add_argument("reports", nargs="+", metavar="REPORT", help="report folders (or their report.json)")
     c.add_argument("--out", help="write compare.md, compare.json and plots/ here")
     c.add_argument("--names", type=names, help="report names, comma-separated (default: folder names)")
-    add_quiet_argument(c, "warnings only")
+    add_verbosity_arguments(c)
     c.set_defaults(func=cmd_compare)

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .args import VIOLATION_EXIT, add_quiet_argument, names
+from .args import VIOLATION_EXIT, add_verbosity_arguments, names
 from .data_args import add_data_arguments, check_data_fits, model_spec_of, select_test_data
 
 __all__ = ["cmd_eval", "add_parser", "finish_report"]
@@ -31,16 +31,19 @@ def finish_report(report, out: Path | None, note: str = "") -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..eval.report import check_report_folder
+    from ..eval.report import LOG_NAME, check_report_folder
     from ..files import output_lock, writes_outputs
+    from ..progress import run_log
 
     suite_and_models = _eval_inputs(args)  # every input checked before the output folder is touched
     # the lock is held from before the evaluation to the end of the write: a second eval into the
     # same --out stops at once instead of after the evaluation (under torchrun: rank 0 only)
-    with output_lock(args.out, enabled=writes_outputs()):
+    with output_lock(args.out, enabled=writes_outputs()) as out:
         if writes_outputs():
-            check_report_folder(args.out)
-        return _run_eval(args, *suite_and_models)
+            check_report_folder(out)
+        # every INFO line of the evaluation into the report folder (Report.save keeps it)
+        with run_log(out / LOG_NAME, enabled=writes_outputs()):
+            return _run_eval(args, *suite_and_models)
 
 
 def _eval_inputs(args: argparse.Namespace):
@@ -62,7 +65,8 @@ def _run_eval(args: argparse.Namespace, suite, models, data_raw) -> int:
                            for (name, m), path in zip(models.items(), args.checkpoints)})
     report = evaluate(models, test, suite, device=args.device, seed=args.seed,
                       data_description={**description, "checkpoints": dict(zip(models, map(str, args.checkpoints)))},
-                      resume_dir=Path(args.out) / PARTIAL_DIR, fresh=args.no_resume)
+                      resume_dir=Path(args.out) / PARTIAL_DIR, fresh=args.no_resume,
+                      quiet=getattr(args, "quiet", False))
     # under torchrun every rank holds the same report; rank 0 writes and prints it
     return finish_report(report, report.save(args.out) if is_main() else None)
 
@@ -74,7 +78,7 @@ def add_parser(sub) -> None:
                        description="Evaluate one or more checkpoints on the test split of their data set with an "
                                    "evaluation suite (certified bounds, attacks, EOT and repeats for stochastic "
                                    "models, randomized smoothing). Writes report.json, records.csv, report.md and "
-                                   "plots/ into --out and prints the table. Exit status 3 when a certified sample "
+                                   "plots/ (and eval.log) into --out and prints the table. Exit status 3 when a certified sample "
                                    "was broken by an attack in the same set (soundness violation).",
                        epilog="example:\n  robustsuite eval runs/demo/models/crown_ibp/best.pt runs/demo/models/pgd_at/best.pt "
                               "--suite configs/suites/demo.yaml --out runs/demo/eval")
@@ -90,5 +94,5 @@ def add_parser(sub) -> None:
     e.add_argument("--no-resume", action="store_true",
                    help="evaluate everything again instead of reusing the finished items of an interrupted "
                         "evaluation into --out (kept in --out/partial/ until the report is written)")
-    add_quiet_argument(e, "warnings only")
+    add_verbosity_arguments(e)
     e.set_defaults(func=cmd_eval)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .args import add_quiet_argument
+from .args import add_verbosity_arguments
 from .eval import finish_report
 
 
@@ -41,5 +41,5 @@ def add_parser(sub) -> None:
                    help="override a study key, e.g. --set out=runs/x or --set models.pgd_at.set=[train.epochs=2]")
     r.add_argument("--no-resume", action="store_true", help="retrain every model from scratch and evaluate everything again")
     r.add_argument("--stop-after", type=int, metavar="N", help="train the first N models only, no evaluation")
-    add_quiet_argument(r)
+    add_verbosity_arguments(r)
     r.set_defaults(func=cmd_run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .args import add_quiet_argument
+from .args import add_verbosity_arguments
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -57,5 +57,5 @@ def add_parser(sub) -> None:
     t.add_argument("--seed", type=int, help="shortcut for --set seed=N")
     t.add_argument("--device", default=None, help="auto | cpu | cuda (default: the config's)")
     t.add_argument("--no-resume", action="store_true", help="start over even if last.pt exists")
-    add_quiet_argument(t, "no progress bars")
+    add_verbosity_arguments(t)
     t.set_defaults(func=cmd_train)

@@ -42,7 +42,6 @@ import contextlib
 import logging
 import os
 import platform
-import sys
 import time
 from typing import Any, Iterator, Mapping
 
@@ -51,6 +50,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError
 from ..files import safe_name
+from ..progress import bar, summary
 from ..runtime import derived_seed, resolve_device
 from .checks import probe_model
 from .items import ModelInfo, NotApplicable, RunContext
@@ -61,14 +61,6 @@ from .suite import EvalItem, Suite, suite_from_dict
 log = logging.getLogger(__name__)
 
 __all__ = ["evaluate", "select_samples", "item_seed", "BASE_COLUMNS"]
-
-
-def _progress(iterable, desc: str, total: int | None = None):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return iterable
-    return tqdm(iterable, desc=desc, total=total, leave=False, disable=not sys.stderr.isatty())
 
 
 def select_samples(data, suite: Suite) -> tuple[Tensor, Tensor, list[int]]:
@@ -116,7 +108,7 @@ def _environment(device: torch.device, seed: int) -> dict[str, Any]:
 def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | Mapping | str,
              device: str | torch.device = "auto", seed: int = 0, *,
              data_description: Mapping[str, Any] | None = None,
-             resume_dir: str | os.PathLike | None = None, fresh: bool = False) -> Report:
+             resume_dir: str | os.PathLike | None = None, fresh: bool = False, quiet: bool = False) -> Report:
     """Evaluate ``models`` on the suite's subset of ``data`` and return the :class:`Report`.
 
     Args:
@@ -134,6 +126,9 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
             and repeated with the same arguments returns the same records and metrics as one
             uninterrupted call. Locked while in use. Not used under torchrun.
         fresh: with ``resume_dir``, remove its finished columns first and run everything.
+        quiet: no progress bars (one per model over its items; shown only on a terminal anyway).
+
+    Logs one INFO line per finished item and one summary line per model (``robustsuite.progress``).
     """
     from pathlib import Path
     if isinstance(suite, (str, Path)):
@@ -183,9 +178,10 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
                                              seed=seed, gradient_check=_uses_gradients(suite))
             warnings += found
         for name, model in models.items():
+            t_model = time.perf_counter()
             if idx_mine:
                 out = _evaluate_model(name, model, infos[name], x_mine, y_mine, idx_mine, suite, items, dev, seed,
-                                      models, resume)
+                                      models, resume, quiet=quiet or not dist_utils.is_main())
             else:  # fewer batches than ranks: nothing here, but take part in the gather
                 out = ({k: [] for k in columns}, {}, {}, {})
             rows, na, times, extra = _gather(out, indices, items) if dist_utils.is_distributed() else out
@@ -195,6 +191,8 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
             timings[name] = times
             if extra:
                 extras.setdefault("budgets", {})[name] = extra
+            if dist_utils.is_main():
+                _summarize(name, rows, na, items, time.perf_counter() - t_model)
     timings["total"] = {"total": time.perf_counter() - t_total}
     eot_missing = [f"model {n}: stochastic, evaluated without EOT (set `eot:` in the suite); attacks "
                    "may underestimate its vulnerability" for n in models
@@ -222,6 +220,17 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
             log.error("SOUNDNESS VIOLATION: model %s: %d sample(s) certified by %s under %s are %s (indices %s)",
                       v["model"], v["count"], v["method"], v["set"], what, v["indices"])
     return report
+
+
+def _summarize(name: str, rows: dict[str, list], na: dict[str, str], items: list[EvalItem], seconds: float) -> None:
+    """The summary line of one evaluated model: clean accuracy (over its repeats), what ran, the time."""
+    n = len(rows["index"])
+    correct = sum(p == t for p, t in zip(rows["clean_pred"], rows["label"]))
+    repeats = len(set(rows["repeat"]))
+    ran = sum(1 for it in items if it.key not in na)
+    summary("evaluated %s: clean accuracy %.3f, %d of %d items%s%s in %.1f s", name, correct / max(n, 1), ran,
+            len(items), f" x {repeats} repeats" if repeats > 1 else "",
+            f" ({len(items) - ran} not applicable)" if ran < len(items) else "", seconds)
 
 
 #: the record columns of every row, before the items' columns
@@ -354,9 +363,10 @@ def _run_item(it: EvalItem, ctx: RunContext, resume: _Resume | None) -> tuple[Fi
 
 def _evaluate_model(name: str, model: nn.Module, info: ModelInfo, x: Tensor, y: Tensor, indices: list[int],
                     suite: Suite, items: list[EvalItem], dev: torch.device, seed: int,
-                    models: Mapping[str, nn.Module], resume: _Resume | None):
+                    models: Mapping[str, nn.Module], resume: _Resume | None, *, quiet: bool = False):
     """One model's (rows, not applicable reasons, timings, budget extra); the items run in order,
-    ``suite.repeats`` times on a stochastic model (``once`` items in repeat 0 only)."""
+    ``suite.repeats`` times on a stochastic model (``once`` items in repeat 0 only), under one
+    progress bar over all of them (the running item's stage in its postfix)."""
     R = suite.repeats if info.stochastic else 1
     n = x.shape[0]
     rows: dict[str, list] = {k: [] for k in BASE_COLUMNS}
@@ -368,6 +378,7 @@ def _evaluate_model(name: str, model: nn.Module, info: ModelInfo, x: Tensor, y: 
     times: dict[str, float] = {}
     cache: dict[Any, Any] = {}
     reused = 0
+    progress = bar(desc=f"eval {name}", total=R * len(items), quiet=quiet, unit="item")
     for r in range(R):
         torch.manual_seed(seed + r)
         t0 = time.perf_counter()
@@ -380,11 +391,13 @@ def _evaluate_model(name: str, model: nn.Module, info: ModelInfo, x: Tensor, y: 
         rows["clean_pred"] += clean.tolist()
         ctx = RunContext(name=name, model=model, info=info, x=x, y=y, repeat=r, seed=seed, device=dev, suite=suite,
                          models=models, cache=cache)
-        for it in _progress(items, desc=f"{name} run {r + 1}/{R}"):
+        for it in items:
             if it.key in na or (it.once and r > 0):
                 for k in it.columns:
                     rows[k] += [None] * n
+                progress.update()
                 continue
+            progress.set_postfix_str(it.stage + (f" (repeat {r + 1}/{R})" if R > 1 else ""))
             done, was_reused = _run_item(it, ctx, resume)
             reused += was_reused
             if done.not_applicable is not None:
@@ -396,6 +409,8 @@ def _evaluate_model(name: str, model: nn.Module, info: ModelInfo, x: Tensor, y: 
             # progress on long evaluations
             log.info("model %s: %s %s in %.1f s", name, it.stage,
                      "finished earlier (resumed)" if was_reused else "done", done.seconds)
+            progress.update()
+    progress.close()
     if reused:
         log.info("model %s: %d finished item run(s) reused from %s", name, reused, resume.store.folder)
     extra = _budget_extra(model, items, na, x, y, dev) if info.budget_model else {}

@@ -13,6 +13,8 @@ that no longer applies) survives. It holds:
 * ``plots/*.png`` (see :mod:`robustsuite.eval.plots`);
 * while an evaluation into the folder runs (``robustsuite eval --out``, ``robustsuite run``):
   ``partial/``, its finished columns (:mod:`robustsuite.eval.resume`), which the final save removes.
+* ``eval.log``: the log of the evaluation (every INFO line, appended by ``robustsuite eval`` and
+  ``robustsuite run``: :func:`robustsuite.progress.run_log`); a save carries it over into the new folder.
 
 ``Report.load(dir)`` reads ``report.json`` back into an equal ``Report``.
 """
@@ -23,6 +25,7 @@ import errno
 import io
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +37,14 @@ from .metrics import check_consistency, metrics_from_records
 FORMAT = "robustsuite-report"
 VERSION = 1
 
-__all__ = ["Report", "FORMAT", "VERSION", "format_value", "metric_label", "REPORT_ENTRIES", "PARTIAL_DIR"]
+__all__ = ["Report", "FORMAT", "VERSION", "format_value", "metric_label", "REPORT_ENTRIES", "PARTIAL_DIR", "LOG_NAME"]
 
 #: the folder of a report folder where an evaluation keeps its finished columns until the report is saved
 PARTIAL_DIR = "partial"
+#: the log file of the evaluation that writes a report folder (kept by a save)
+LOG_NAME = "eval.log"
 #: what a report folder holds (besides the lock file); anything else there stops a save
-REPORT_ENTRIES = ("report.json", "records.csv", "report.md", "plots", PARTIAL_DIR)
+REPORT_ENTRIES = ("report.json", "records.csv", "report.md", "plots", PARTIAL_DIR, LOG_NAME)
 
 
 def format_value(m: dict[str, Any] | None, digits: int = 3) -> str:
@@ -201,7 +206,7 @@ class Report:
 
     def save(self, out_dir: str | Path, *, plots: bool = True) -> Path:
         """Write report.json, records.csv, report.md and plots/ as the folder ``out_dir``, replacing a
-        previous report there as a whole (see the module docstring).
+        previous report there as a whole (see the module docstring); its ``eval.log`` is kept.
 
         Raises:
             OutputError: ``out_dir`` is in use by another process, holds files that are not part of a
@@ -218,6 +223,8 @@ class Report:
                 atomic_write_text(tmp / "records.csv", self.records_csv())
                 atomic_write_text(tmp / "report.md", self.markdown())
                 atomic_write_json(tmp / "report.json", _jsonable(self.to_dict()))
+                if (out / LOG_NAME).is_file():  # the log of this evaluation (and of earlier ones) stays
+                    shutil.copy2(out / LOG_NAME, tmp / LOG_NAME)
 
             replace_folder(out, fill)
         return out

@@ -27,7 +27,6 @@ from __future__ import annotations
 import abc
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from .config import RunConfig
 from ..errors import CheckpointError, ConfigError, RobustSuiteError
 from ..files import atomic_write_json, atomic_write_text
+from ..progress import bar
 from ..runtime import derived_seed, isolated_rng, rng_state, set_rng_state
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -108,11 +108,6 @@ def build_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
                            weight_decay=optim_cfg.weight_decay)
 
 
-def show_progress(quiet: bool) -> bool:
-    """Progress bars only on a terminal and when not asked to be quiet."""
-    return not quiet and sys.stderr.isatty()
-
-
 class _LossClosure(nn.Module):
     """Holds the model, so DDP sees its parameters; ``forward(fn, *args)`` is ``fn(*args)``."""
 
@@ -133,7 +128,7 @@ class Trainer(abc.ABC):
         cfg: the validated run config (``cfg.train`` holds the trainer's section).
         out_dir: folder for checkpoints, the resolved config and the history.
         device: torch device.
-        quiet: no progress bars.
+        quiet: no progress bars (they show only on a terminal anyway).
     """
 
     kind = "base"
@@ -331,19 +326,21 @@ class Trainer(abc.ABC):
 
         ``stop_after`` ends the call after that many epochs in total (used to test resume).
         """
-        from tqdm.auto import tqdm
-
         main = dist_utils.is_main()
         if resume:  # checked and restored before anything is written: a refused resume leaves the folder as it was
             self.resume()
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out_dir / "config.yaml", _yaml(self.cfg.resolved()))
+            # the first line of the run in its log (after the resume check: a refused resume writes nothing)
+            log.info("%s %s (%s) to epoch %d in %s", "continuing" if self.epoch else "training", self.cfg.name,
+                     self.kind, self.tcfg.epochs, self.out_dir)
         if dist_utils.is_distributed():
             dist_utils.broadcast_module(self.model)  # identical start on every rank (DDP does it too)
             dist_utils.barrier()
         total = self.tcfg.epochs if stop_after is None else min(self.tcfg.epochs, stop_after)
-        bars = show_progress(self.quiet)
+        # one bar per run over its epochs (loss and validation score in the postfix), the batches nested
+        epochs = bar(desc=self.cfg.name, total=self.tcfg.epochs, initial=self.epoch, unit="epoch", quiet=self.quiet)
         while self.epoch < total:
             epoch = self.epoch
             self.model.train()
@@ -357,8 +354,8 @@ class Trainer(abc.ABC):
                 # resumed run draws what an uninterrupted one does.
                 torch.manual_seed(dist_utils.rank_seed(int(self.cfg.seed), epoch, dist_utils.rank()))
             sharded = isinstance(loader.batch_sampler, dist_utils.ShardedBatchSampler)
-            it = tqdm(loader, total=self.steps_per_epoch, disable=not bars, leave=False,
-                      desc=f"{self.kind} epoch {epoch + 1}/{self.tcfg.epochs}")
+            it = bar(loader, total=self.steps_per_epoch, quiet=self.quiet, unit="batch",
+                     desc=f"{self.kind} epoch {epoch + 1}/{self.tcfg.epochs}")
             for i, (x, y) in enumerate(it):
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 n = x.shape[0]
@@ -369,7 +366,7 @@ class Trainer(abc.ABC):
                 for k, v in stats.items():  # a key may be missing in some batches (no bounds at eps 0)
                     sums[k] = sums.get(k, 0) + v.detach() * n
                     counts[k] = counts.get(k, 0) + n
-                if bars and i % 10 == 0 and "loss" in stats:
+                if not it.disable and i % 10 == 0 and "loss" in stats:
                     it.set_postfix(loss=f"{float(stats['loss']):.3f}")
             self.scheduler.step()
             self.epoch += 1
@@ -394,6 +391,8 @@ class Trainer(abc.ABC):
             if main:
                 log.info("epoch %d: %s", self.epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                              if isinstance(v, float)))
+                epochs.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "val_select") if k in row}, refresh=False)
+                epochs.update()
             if "select" in val and self.selectable() and val["select"] > self.best_score:
                 self.best_score = val["select"]
                 if main:
@@ -402,6 +401,7 @@ class Trainer(abc.ABC):
             finished = self.epoch >= self.tcfg.epochs
             if finished or self.epoch % self.tcfg.checkpoint_every == 0 or self.epoch == total:
                 self.save_last(finished)
+        epochs.close()
         if main and self.epoch >= self.tcfg.epochs and not self.best_path.is_file():
             save_checkpoint(self.best_path, **self._model_entry(), epoch=self.epoch, finished=True,
                             metrics=self.history[-1] if self.history else {})

@@ -74,14 +74,18 @@ def build_model(cfg: RunConfig, in_shape: tuple[int, ...], num_classes: int) -> 
 def train(cfg: RunConfig, out_dir: str | Path, *, device: str | None = None, resume: bool = True,
           quiet: bool = False, stop_after: int | None = None) -> TrainResult:
     """Train the model of ``cfg`` with its trainer; write ``best.pt``, ``last.pt``, ``config.yaml``,
-    ``history.json`` into ``out_dir``. Resumes from ``out_dir/last.pt`` when present (a finished run
-    returns at once). Holds the lock of ``out_dir`` throughout (rank 0 under torchrun): a second run
-    into the same folder raises :class:`~robustsuite.errors.OutputError` naming this one's PID."""
+    ``history.json`` and ``train.log`` into ``out_dir``. Resumes from ``out_dir/last.pt`` when present
+    (a finished run returns at once). Holds the lock of ``out_dir`` throughout (rank 0 under torchrun): a second run
+    into the same folder raises :class:`~robustsuite.errors.OutputError` naming this one's PID. Every
+    INFO line of the run (one per epoch) is appended to ``out_dir/train.log`` (rank 0 only; see
+    :func:`robustsuite.progress.run_log`)."""
     from ..files import output_lock, writes_outputs
+    from ..progress import run_log
     from .distributed import init_from_env
 
     init_from_env()  # no-op unless launched by torchrun with WORLD_SIZE > 1
-    with output_lock(out_dir, enabled=writes_outputs()):
+    with output_lock(out_dir, enabled=writes_outputs()) as folder, \
+            run_log(folder / "train.log", enabled=writes_outputs()):
         return _train(cfg, out_dir, device=device, resume=resume, quiet=quiet, stop_after=stop_after)
 
 

@@ -169,7 +169,7 @@ def per_sample_robust(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
 
     def clean_pred(xb: Tensor) -> Tensor:
         with torch.no_grad():
-            return model(xb).argmax(1).cpu()
+            return model(xb).argmax(1)
 
     preds: list[Tensor] = []
     success: list[Tensor] = []
@@ -180,11 +180,12 @@ def per_sample_robust(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
         rows = slice(start, min(n, start + batch_size))
         xb, yb = x[rows].to(dev), y[rows].to(dev)
         atk = factory(xb, yb, rows)
-        if clean == "before":
-            preds.append(clean_pred(xb))
+        pred = clean_pred(xb) if clean == "before" else None
         res = atk.run(xb, yb)
         if clean == "after":
-            preds.append(clean_pred(xb))
+            pred = clean_pred(xb)
+        if pred is not None:  # moved after the attack: no host sync before it starts
+            preds.append(pred.cpu())
         success.append(res.success.cpu())
         adv.append(res.pred.cpu())
         dist.append(res.distance.detach().double().cpu())

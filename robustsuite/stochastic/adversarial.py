@@ -141,7 +141,8 @@ class AdversarialTrainer(Trainer):
         out["clean_acc"] = clean
         if self.tcfg.val_attack_steps > 0:
             atk = make_pgd(self.model, self.tcfg.attack, steps=self.tcfg.val_attack_steps, seed=int(self.cfg.seed))
-            rec = per_sample_robust(self.model, x, y, atk, batch_size=max(1, x.shape[0]), clean="after")
+            rec = per_sample_robust(self.model, x, y, atk, batch_size=max(1, x.shape[0]), device=x.device,
+                                    clean="after")
             robust = float(rec.robust.float().mean())
             out["pgd_acc"] = robust
             out["select"] = robust + 1e-3 * clean

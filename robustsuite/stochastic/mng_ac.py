@@ -197,7 +197,8 @@ class MNGACTrainer(AdversarialTrainer):
         robust = []
         for a in self.tcfg.attacks:
             atk = make_pgd(self.model, a, steps=self.tcfg.val_attack_steps, seed=int(self.cfg.seed))
-            r = per_sample_robust(self.model, x, y, atk, batch_size=max(1, x.shape[0]), clean="after").robust
+            r = per_sample_robust(self.model, x, y, atk, batch_size=max(1, x.shape[0]), device=x.device,
+                                  clean="after").robust
             out[f"pgd_{a.norm}_acc"] = float(r.float().mean())
             robust.append(r)
         union = float(torch.stack(robust).all(0).float().mean())

@@ -45,7 +45,7 @@ import torch
 
 import robustsuite.stochastic as S
 from robustsuite import data
-from robustsuite.attacks import PGD, BoundaryAttack, Square, TransferAttack
+from robustsuite.attacks import PGD, BoundaryAttack, Square, TransferAttack, per_sample_robust
 from robustsuite.training.config import load_config
 from robustsuite.files import atomic_write_json
 from robustsuite.threats import L1Ball, L2Ball, LinfBall
@@ -71,7 +71,7 @@ def load_model(path: Path) -> torch.nn.Module:
 
 def robust(model, x, y, attack) -> float:
     """Robust accuracy as ``robust_accuracy`` counts it (one noise draw per decision)."""
-    return float(S.per_sample_robust(model, x, y, attack).float().mean())
+    return float(per_sample_robust(model, x, y, attack, clean="after").robust.float().mean())
 
 
 def robust_expected(model, x, y, attack, draws: int) -> float:

@@ -267,9 +267,10 @@ def test_best_pt_is_selected_on_union_accuracy(tmp_path, monkeypatch):
                   torch.tensor([0, 0, 0, 1, 1, 1, 1, 0], dtype=torch.bool)])   # L2: 0.5, union 0.125
     calls = []
 
-    def fake(model, x, y, attack, batch_size=256):
+    def fake(model, x, y, attack, batch_size=256, **options):
+        from types import SimpleNamespace  # a stand-in PerSampleRecord
         calls.append(type(attack.threat))
-        return next(masks)
+        return SimpleNamespace(robust=next(masks))
     monkeypatch.setattr(mng, "per_sample_robust", fake)
     out = tr.validate()
     assert calls == [LinfBall, L2Ball]

@@ -14,7 +14,8 @@ Any of them averages gradients over a stochastic model's randomness with ``eot=n
 :class:`EOT`. Black-box: :class:`Square` (score-based random search, L-inf/L2), :class:`BoundaryAttack`
 (decision-based, labels only); both take ``eot=n`` (majority-vote oracle) for stochastic models;
 :class:`PixelAttack` (few-pixel, differential evolution), :class:`TransferAttack` (crafted on a
-source model). By name: :data:`ATTACKS`, :func:`make_attack`; evaluation: :func:`robust_accuracy`.
+source model). By name: :data:`ATTACKS`, :func:`make_attack`; evaluation: :func:`per_sample_robust`
+(per-sample records, the one batched routine every part uses) and its summary :func:`robust_accuracy`.
 
 Adding an attack: subclass :class:`Attack` (or :class:`GradientAttack`), decorate it with
 ``@register_attack("name")`` in its own module and import that module here; everything else (the
@@ -39,8 +40,8 @@ from .mim import MIM
 from .pgd import PGD
 from .pixel import PixelAttack
 from .square import Square
-from .registry import (ATTACKS, attack_class, attack_names, attack_settings, make_attack, register_attack,
-                       robust_accuracy)
+from .registry import ATTACKS, attack_class, attack_names, attack_settings, make_attack, register_attack
+from .robustness import AttackFactory, PerSampleRecord, per_sample_robust, robust_accuracy
 from .transfer import TransferAttack
 
 __all__ = [
@@ -48,6 +49,6 @@ __all__ = [
     "FGSM", "BIM", "PGD", "MIM", "CW", "EOT", "APGD",
     "BoundaryAttack", "PixelAttack", "Square", "TransferAttack", "FAB",
     "ATTACKS", "register_attack", "attack_class", "attack_names", "make_attack", "attack_settings",
-    "robust_accuracy",
+    "robust_accuracy", "per_sample_robust", "PerSampleRecord", "AttackFactory",
     "LOSSES", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss", "kl_loss",
 ]

@@ -53,19 +53,17 @@ def radius_summary(x: Tensor, budgets: Tensor) -> dict[str, Tensor]:
 
 def pgd_in_box(model: torch.nn.Module, x: Tensor, y: Tensor, box: Box, *, steps: int = 40, restarts: int = 1,
                seed: int = 0, batch: int = 256) -> Tensor:
-    """(B,) bool: the prediction stays correct under PGD inside ``box`` (projection onto the box each
-    step; signed-gradient steps of a fraction of each element's half-width; random start)."""
-    from ..attacks import PGD
+    """(B,) bool on ``x``'s device: the prediction at PGD's returned point inside ``box`` is correct
+    (projection onto the box each step; signed-gradient steps of a fraction of each element's
+    half-width; random start; the batch at offset ``i`` is seeded with ``seed + i``)."""
+    from ..attacks import PGD, per_sample_robust
 
-    out = []
-    for i in range(0, x.shape[0], batch):
-        s = slice(i, i + batch)
-        sub = Box(box.lower[s], box.upper[s])
-        atk = PGD(model, sub, steps=steps, random_start=True, restarts=restarts, seed=seed + i)
-        xa = atk(x[s], y[s])
-        with torch.no_grad():
-            out.append(model(xa).argmax(1) == y[s])
-    return torch.cat(out)
+    def attack(xb: Tensor, yb: Tensor, rows: slice) -> PGD:
+        return PGD(model, Box(box.lower[rows], box.upper[rows]), steps=steps, random_start=True,
+                   restarts=restarts, seed=seed + rows.start)
+
+    rec = per_sample_robust(model, x, y, attack, batch_size=batch, device=x.device, clean="none")
+    return (~rec.success).to(x.device)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from .data_args import add_data_arguments, load_test_tensors
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from ..attacks.registry import make_attack, robust_accuracy
+    from ..attacks import make_attack, robust_accuracy
     from ..settings import parse_override
     from ..threats import threat_from_name
     from ..training.checkpoint import load_checkpoint, model_from_checkpoint

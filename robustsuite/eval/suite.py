@@ -367,10 +367,8 @@ class AttackItem(_ThreatItem):
 
     def run(self, ctx: RunContext) -> dict[str, list]:
         """The attack changed the prediction (bool) and the perturbation's norm (float) per sample."""
-        import torch
-
         # looked up at run time (not import time), so a patched make_attack is used
-        from ..attacks import TransferAttack, attack_class, make_attack
+        from ..attacks import TransferAttack, attack_class, make_attack, per_sample_robust
         settings = dict(self.settings)
         cls = attack_class(self.attack or self.name)
         known = cls.default_settings()
@@ -385,17 +383,17 @@ class AttackItem(_ThreatItem):
             for budget in cls.query_budgets:
                 if budget in known:
                     settings[budget] = int(settings.get(budget, known[budget])) * samples
-        succ, dist = [], []
-        for xb, yb in ctx.batches():
+
+        def attack(xb: "Tensor", yb: "Tensor", rows: slice):
+            # the threat depends on the batch (a learned budget's boxes), so one attack per batch
             threat = self.threat(ctx.model, xb)
             if self.name == "transfer":
-                atk = TransferAttack(make_attack(self.attack, ctx.models[self.source], threat, **settings), ctx.model)
-            else:
-                atk = make_attack(self.name, ctx.model, threat, **settings)
-            res = atk.run(xb, yb)
-            succ.append(res.success.cpu())
-            dist.append(res.distance.detach().double().cpu())
-        return {self.columns[0]: torch.cat(succ).tolist(), self.columns[1]: torch.cat(dist).tolist()}
+                return TransferAttack(make_attack(self.attack, ctx.models[self.source], threat, **settings), ctx.model)
+            return make_attack(self.name, ctx.model, threat, **settings)
+
+        rec = per_sample_robust(ctx.model, ctx.x, ctx.y, attack, batch_size=ctx.suite.batch_size,
+                                device=ctx.device, clean="none")
+        return {self.columns[0]: rec.success.tolist(), self.columns[1]: rec.distance.tolist()}
 
 
 def _check_settings(attack: str, kind: str, eps: float, settings: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from .anis2 import ANIS2Trainer
 from .builders import KINDS, add_noise, base_spec, build_from_spec, build_stochastic, is_stochastic_spec
 from .config import (ANIS2Config, AttackSettings, Learn2PerturbConfig, MNGACConfig, PGDATConfig,
                      PNIConfig, TradesConfig)
-from .robust_accuracy import expected_accuracy, multi_norm_accuracy, per_sample_robust
+from .robust_accuracy import expected_accuracy, multi_norm_accuracy
 from .noise_generator import NoiseGenerator
 from .learn2perturb import Learn2PerturbTrainer
 from .losses import harmonic_tau, js_divergence, learn2perturb_regularizer, trades_kl
@@ -44,7 +44,7 @@ __all__ = [
     "noise_layers", "set_gamma", "ema_paused", "clamp_noise_scales", "mean_noise_scale",
     "KINDS", "add_noise", "build_stochastic", "build_from_spec", "base_spec", "is_stochastic_spec",
     "harmonic_tau", "learn2perturb_regularizer", "js_divergence", "trades_kl",
-    "gamma_staircase", "cyclic_lr", "NoiseGenerator", "multi_norm_accuracy", "per_sample_robust", "expected_accuracy",
+    "gamma_staircase", "cyclic_lr", "NoiseGenerator", "multi_norm_accuracy", "expected_accuracy",
     "AttackSettings", "PGDATConfig", "PNIConfig", "Learn2PerturbConfig", "TradesConfig", "ANIS2Config",
     "MNGACConfig", "METHODS", "TRAIN_CONFIGS", "TRAINER_CLASSES",
     "AdversarialTrainer", "PGDATTrainer", "PNITrainer", "Learn2PerturbTrainer", "TradesTrainer",

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks import PGD
+from ..attacks import PGD, per_sample_robust
 from ..runtime import derived_seed, isolated_rng
 from ..threats import L1Ball, L2Ball, LinfBall
 from ..training.loop import Trainer
@@ -141,10 +141,9 @@ class AdversarialTrainer(Trainer):
         out["clean_acc"] = clean
         if self.tcfg.val_attack_steps > 0:
             atk = make_pgd(self.model, self.tcfg.attack, steps=self.tcfg.val_attack_steps, seed=int(self.cfg.seed))
-            res = atk.run(x, y)
-            with torch.no_grad():
-                correct = self.model(x).argmax(1) == y
-            robust = float((correct & ~res.success).float().mean())
+            rec = per_sample_robust(self.model, x, y, atk, batch_size=max(1, x.shape[0]), device=x.device,
+                                    clean="after")
+            robust = float(rec.robust.float().mean())
             out["pgd_acc"] = robust
             out["select"] = robust + 1e-3 * clean
         else:

@@ -72,11 +72,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..attacks import per_sample_robust
 from ..training.distributed import all_reduce_grads, broadcast_object
 from ..training.registry import register_trainer
 from .adversarial import AdversarialTrainer, make_pgd, threat_of
 from .config import MNGACConfig
-from .robust_accuracy import per_sample_robust
 from .noise_generator import NoiseGenerator
 from .losses import js_divergence
 from .schedules import cyclic_lr
@@ -197,7 +197,8 @@ class MNGACTrainer(AdversarialTrainer):
         robust = []
         for a in self.tcfg.attacks:
             atk = make_pgd(self.model, a, steps=self.tcfg.val_attack_steps, seed=int(self.cfg.seed))
-            r = per_sample_robust(self.model, x, y, atk, batch_size=max(1, x.shape[0]))
+            r = per_sample_robust(self.model, x, y, atk, batch_size=max(1, x.shape[0]), device=x.device,
+                                  clean="after").robust
             out[f"pgd_{a.norm}_acc"] = float(r.float().mean())
             robust.append(r)
         union = float(torch.stack(robust).all(0).float().mean())

@@ -1,4 +1,4 @@
-"""Evaluation helpers for stochastic models: PGD with and without EOT, multi-norm union accuracy.
+"""Evaluation helpers for stochastic models: multi-norm union accuracy, expected accuracy over draws.
 
 Every number here is computed with the model's noise on (its mode is not changed).
 """
@@ -9,27 +9,19 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..attacks import Attack
+from ..attacks import Attack, per_sample_robust
 
-__all__ = ["per_sample_robust", "multi_norm_accuracy", "expected_accuracy"]
-
-
-def per_sample_robust(model, x: Tensor, y: Tensor, attack: Attack, batch_size: int = 256) -> Tensor:
-    """(N,) bool: the model classifies the attacked point correctly (one fresh noise draw each)."""
-    out = []
-    for i in range(0, x.shape[0], batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        res = attack.run(xb, yb)
-        with torch.no_grad():
-            clean_ok = model(xb).argmax(1) == yb
-        out.append(clean_ok & ~res.success)
-    return torch.cat(out)
+__all__ = ["multi_norm_accuracy", "expected_accuracy"]
 
 
 def multi_norm_accuracy(model, x: Tensor, y: Tensor, attacks: Mapping[str, Attack],
                         batch_size: int = 256) -> dict[str, float]:
-    """Per-attack robust accuracy, the union accuracy (robust to every attack) and their average."""
-    robust = {name: per_sample_robust(model, x, y, atk, batch_size) for name, atk in attacks.items()}
+    """Per-attack robust accuracy, the union accuracy (robust to every attack) and their average.
+
+    Robust: clean-correct and the attack failed (:func:`robustsuite.attacks.per_sample_robust`,
+    the clean pass after the attack on each batch, one fresh noise draw each)."""
+    robust = {name: per_sample_robust(model, x, y, atk, batch_size=batch_size, clean="after").robust
+              for name, atk in attacks.items()}
     out = {name: float(r.float().mean()) for name, r in robust.items()}
     out["union"] = float(torch.stack(list(robust.values())).all(0).float().mean())
     out["average"] = sum(out[n] for n in robust) / len(robust)

@@ -94,9 +94,13 @@ def held_out(n: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
 
 class NoisyInput(nn.Module):
     """A stochastic model: Gaussian noise of std ``sigma`` added to the input of ``inner`` on every
-    forward pass, independently per sample (Learn2Perturb / PNI-style noise injection, kept on)."""
+    forward pass, independently per sample (Learn2Perturb / PNI-style noise injection, kept on). It
+    declares its noise (``is_stochastic``) as robustsuite's noise layers do: the verifier refuses it and
+    the evaluator treats it as stochastic without the determinism probe."""
 
-    def __init__(self, inner: nn.Module, sigma: float):
+    is_stochastic = True
+
+    def __init__(self, inner: nn.Module, sigma: float = 0.1):
         super().__init__()
         self.inner = inner
         self.sigma = sigma

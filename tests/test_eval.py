@@ -14,6 +14,11 @@ from robustsuite.eval import (Report, Suite, evaluate, load_suite, metrics_from_
                               suite_from_dict)
 from robustsuite.models import build
 
+try:
+    from test_attacks_support import NoisyInput as Noisy  # noqa: F401
+except ImportError:  # pragma: no cover
+    from tests.test_attacks_support import NoisyInput as Noisy  # noqa: F401
+
 
 # ------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
@@ -39,19 +44,6 @@ def model(digits):
             nn.functional.cross_entropy(m(x[idx]), y[idx]).backward()
             opt.step()
     return m.eval()
-
-
-class Noisy(nn.Module):
-    """A stochastic model: Gaussian noise on the input of a deterministic classifier."""
-
-    is_stochastic = True
-
-    def __init__(self, inner: nn.Module, sigma: float = 0.1):
-        super().__init__()
-        self.inner, self.sigma = inner, sigma
-
-    def forward(self, x):
-        return self.inner(x + self.sigma * torch.randn_like(x))
 
 
 SUITE = {

@@ -12,6 +12,11 @@ from robustsuite.eval import evaluate, suite_from_dict
 from robustsuite.eval.items import ModelInfo, NotApplicable, RunContext
 from robustsuite.eval.suite import AttackItem, CertifyItem, EvalItem, SmoothingItem, Suite
 
+try:
+    from test_attacks_support import NoisyInput  # noqa: F401
+except ImportError:  # pragma: no cover
+    from tests.test_attacks_support import NoisyInput  # noqa: F401
+
 
 @pytest.fixture(scope="module")
 def data():
@@ -26,17 +31,11 @@ def net():
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
 
 
-class Noisy(nn.Module):
-    """Declares its noise (``is_stochastic``): Gaussian noise on the input."""
-
-    is_stochastic = True
+class Noisy(NoisyInput):
+    """Declares its noise: Gaussian noise of std 0.3 on the input."""
 
     def __init__(self, inner: nn.Module, sigma: float = 0.3):
-        super().__init__()
-        self.inner, self.sigma = inner, sigma
-
-    def forward(self, x):
-        return self.inner(x + self.sigma * torch.randn_like(x))
+        super().__init__(inner, sigma)
 
 
 class HiddenNoise(Noisy):

@@ -19,6 +19,11 @@ from robustsuite.attacks.geometry import geometry_for
 from robustsuite.errors import ConfigError
 from robustsuite.threats import L1Ball, LinfBall
 
+try:
+    from test_attacks_support import NoisyInput as Noisy  # noqa: F401
+except ImportError:  # pragma: no cover
+    from tests.test_attacks_support import NoisyInput as Noisy  # noqa: F401
+
 N = 8  # samples: the tests check wiring, not strength
 
 
@@ -55,19 +60,6 @@ def toy_attack():
     yield ToyAttack
     ATTACKS.clear()
     ATTACKS.update(saved)
-
-
-class Noisy(nn.Module):
-    """A stochastic model: Gaussian noise on the input of a deterministic classifier."""
-
-    is_stochastic = True
-
-    def __init__(self, inner: nn.Module, sigma: float = 0.1):
-        super().__init__()
-        self.inner, self.sigma = inner, sigma
-
-    def forward(self, x):
-        return self.inner(x + self.sigma * torch.randn_like(x))
 
 
 @pytest.fixture(scope="module")

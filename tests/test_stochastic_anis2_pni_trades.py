@@ -91,6 +91,7 @@ def test_anis2_ema_follows_the_slides_through_the_trainer(tmp_path):
     trainer = make_trainer("anis2", tmp_path, alpha=alpha, gamma_init=0.3, gamma_max=0.5, teacher_epochs=1)
     layers = dict(S.noise_layers(trainer.model))
     assert layers and all(isinstance(m, S.StocReLUEMA) and m.alpha == alpha for m in layers.values())
+    assert all(m.gamma == pytest.approx(0.3) for m in layers.values()), "the student starts at gamma_init"
     seen, hooks = record_ema_inputs(trainer.model)
     x1, y1 = batch(16, 1)
     x2, y2 = batch(16, 2)
@@ -382,9 +383,84 @@ def test_anis2_student_loss_mixes_clean_and_adversarial_with_one_ema_update(tmp_
     sigmas = [m.sigma.clone() for _, m in S.noise_layers(ref)]
     with S.ema_paused(ref):
         ce_clean = F.cross_entropy(ref(x), y)
+    adv_only = copy.deepcopy(trainer.model).train()
+    adv_only(x_adv)
     trainer.model.train()
     loss, _ = trainer._student_loss(x, x_adv, y)
     expected = (1 - w) * ce_adv + w * ce_clean if w > 0 else ce_adv
     assert torch.allclose(loss, expected, atol=1e-6), (float(loss), float(expected))
     for s, (_, m) in zip(sigmas, S.noise_layers(trainer.model)):
         assert torch.equal(m.sigma, s), "the clean forward must not update sigma"
+    # no clean forward at all without a clean weight (BatchNorm's running statistics see x_adv only)
+    for (name, b), b_ref, b_adv in zip(trainer.model.named_buffers(), ref.buffers(), adv_only.buffers()):
+        assert torch.allclose(b.float(), (b_ref if w > 0 else b_adv).float(), atol=1e-6), name
+    # the whole step: the logged loss and adversarial accuracy are the mixed loss's
+    seen = {}
+    inner = trainer._student_loss
+
+    def spy(*args):
+        seen["out"] = inner(*args)
+        return seen["out"]
+    trainer._student_loss = spy
+    stats = trainer.train_step(x, y, 0)
+    step_loss, logits = seen["out"]
+    assert float(stats["loss"]) == pytest.approx(float(step_loss.detach()))
+    assert float(stats["adv_acc"]) == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_anis2_teacher_is_trained_with_the_teacher_settings(tmp_path, monkeypatch, adversarial):
+    """The teacher (trained in fit when no teacher_checkpoint is given) is a deterministic model of the
+    student's architecture trained for teacher_epochs with teacher_optim on the student's batches, by
+    CE (or PGD-AT with the student's attack when teacher_adversarial), in OUT/teacher, resuming."""
+    import robustsuite.stochastic.anis2 as anis2_mod
+    made = []
+
+    class Spy:
+        def __init__(self, model, train_set, val_set, cfg, out_dir, device, quiet=False):
+            made.append((type(self), model, train_set, val_set, cfg, out_dir))
+
+        def fit(self, resume=True):
+            made.append(("fit", resume))
+
+    std, adv = type("Std", (Spy,), {}), type("Adv", (Spy,), {})
+    real_std = anis2_mod.StandardTrainer
+    monkeypatch.setattr(anis2_mod, "StandardTrainer", std)
+    monkeypatch.setattr(anis2_mod, "PGDATTrainer", adv)
+    trainer = make_trainer("anis2", tmp_path, teacher_epochs=3, batch_size=16, checkpoint_every=2,
+                           teacher_adversarial=adversarial, attack={"eps": 0.2, "steps": 2},
+                           teacher_optim={"name": "sgd", "lr": 0.02, "momentum": 0.5})
+    trainer._train_teacher(trainer.teacher, trainer._teacher_train_set, True)
+    cls, model, train_set, val_set, cfg, out_dir = made[0]
+    assert cls is (adv if adversarial else std) and made[1] == ("fit", True)
+    assert model is trainer.teacher and train_set is trainer._teacher_train_set and val_set is None
+    assert out_dir == tmp_path / "teacher" and cfg.seed == trainer.cfg.seed and cfg.data == trainer.cfg.data
+    t, s = cfg.train, trainer.tcfg
+    assert (t.method, t.epochs, t.batch_size, t.checkpoint_every) == ("pgd_at", 3, 16, 2)
+    assert t.optim == s.teacher_optim and t.attack == s.attack and t.val_attack_steps == 0
+    # the plain teacher's step: CE on the clean batch, and what it logs
+    teacher = real_std(trainer.teacher, trainer._teacher_train_set, None, cfg, tmp_path / "t2", torch.device("cpu"))
+    ref = copy.deepcopy(teacher.model).train()
+    teacher.model.train()
+    x, y = batch(16, 7)
+    stats = teacher.train_step(x, y, 0)
+    logits = ref(x)
+    assert float(stats["loss"]) == pytest.approx(float(F.cross_entropy(logits, y).detach()), rel=1e-6)
+    assert float(stats["acc"]) == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+
+
+@pytest.mark.parametrize("method", ["pni", "learn2perturb", "anis2"])
+def test_noise_options_reach_the_layers(tmp_path, method):
+    """noise.init and noise.shared (shared for ANIS2) configure the noise layers the trainer inserts."""
+    from robustsuite.training.run import trainer_class
+    extra = {"shared": True} if method == "anis2" else {"noise": {"init": 0.4, "shared": True}}
+    if method == "learn2perturb":
+        extra.update(noise_start=1, adv_start=1)
+    cfg = make_cfg(method, **extra)
+    torch.manual_seed(0)
+    tr, va, _ = build_datasets(cfg)
+    trainer = trainer_class(method)(build_model(cfg, (1, 8, 8), 10), tr, va, cfg, tmp_path, torch.device("cpu"))
+    layers = [m for _, m in S.noise_layers(trainer.model)]
+    assert layers and all(m.shared for m in layers)
+    if method != "anis2":
+        assert all(float(m.noise_scale()) == pytest.approx(0.4) for m in layers)

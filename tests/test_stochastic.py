@@ -243,6 +243,7 @@ def test_trainer_resumes_to_the_same_result(method, tmp_path):
     if method == "mng_ac":
         for k, v in a["extra"]["generator"].items():
             assert torch.equal(v, b["extra"]["generator"][k])
+            assert torch.equal(v, a["generator_state"][k])  # the checkpoint holds the trained generator
     if method in S.KINDS:
         assert a["model_spec"]["stochastic"]["kind"] == method
         model = S.build_from_spec(a["model_spec"])

@@ -479,3 +479,61 @@ def test_training_pgd_keeps_the_l1_fraction_and_validation_without_val_set(tmp_p
     assert type(threat).__name__ == "L1Ball" and kw["l1_fraction"] == 0.2 and kw["steps"] == 3
     tr.val_set = []
     assert tr.validate() == {"noise_scale": 0.0}
+
+
+# ------------------------------------------------------------------------------------- evaluation helpers
+class MaskAttack:
+    """run(x, y) reports success where ``mask`` (over the whole set) is True, chunk by chunk."""
+
+    def __init__(self, mask):
+        self.mask, self.start, self.sizes = mask, 0, []
+
+    def run(self, x, y):
+        from types import SimpleNamespace
+        part = self.mask[self.start:self.start + len(y)]
+        self.start += len(y)
+        self.sizes.append(len(y))
+        return SimpleNamespace(success=part)
+
+
+def test_per_sample_and_multi_norm_accuracy_in_chunks():
+    """robust = clean-correct and not attacked successfully, per sample, over chunks of batch_size;
+    the union is robust to every attack, the average the mean of the per-attack accuracies."""
+    y = torch.arange(7) % 10
+    correct = torch.tensor([1, 1, 0, 1, 1, 1, 0], dtype=torch.bool)
+    pred = torch.where(correct, y, (y + 1) % 10)
+
+    class Model(torch.nn.Module):
+        def forward(self, x):  # x carries its sample index in pixel 0
+            return F.one_hot(pred[x[:, 0, 0, 0].long()], 10).float()
+
+    x = torch.arange(7).float().view(7, 1, 1, 1).expand(7, 1, 2, 2).contiguous()
+    a = torch.tensor([1, 0, 0, 0, 1, 0, 0], dtype=torch.bool)
+    b = torch.tensor([0, 1, 0, 0, 1, 0, 1], dtype=torch.bool)
+    atk = MaskAttack(a)
+    r = S.per_sample_robust(Model(), x, y, atk, batch_size=3)
+    assert atk.sizes == [3, 3, 1] and torch.equal(r, correct & ~a)
+    res = S.multi_norm_accuracy(Model(), x, y, {"a": MaskAttack(a), "b": MaskAttack(b)}, batch_size=3)
+    assert res["a"] == pytest.approx(3 / 7) and res["b"] == pytest.approx(3 / 7)
+    assert res["union"] == pytest.approx(float((correct & ~a & ~b).float().mean()))  # 2 / 7
+    assert res["average"] == pytest.approx(3 / 7)
+    atk = MaskAttack(a)
+    S.multi_norm_accuracy(Model(), x, y, {"a": atk}, batch_size=2)
+    assert atk.sizes == [2, 2, 2, 1]
+
+
+def test_expected_accuracy_is_the_fraction_of_draws_default_20():
+    y = torch.tensor([0, 1, 2])
+
+    class Noisy(torch.nn.Module):  # right on 3 of every 4 calls (a stand-in for a noise draw)
+        calls = 0
+
+        def forward(self, x):
+            Noisy.calls += 1
+            yb = y[x[:, 0, 0, 0].long()]
+            return F.one_hot(yb if Noisy.calls % 4 else (yb + 1) % 10, 10).float()
+
+    x = torch.arange(3).float().view(3, 1, 1, 1).expand(3, 1, 2, 2).contiguous()
+    assert torch.allclose(S.expected_accuracy(Noisy(), x, y), torch.full((3,), 0.75))  # 15 of 20
+    Noisy.calls = 0
+    assert torch.allclose(S.expected_accuracy(Noisy(), x, y, draws=2, batch_size=2), torch.tensor([1.0, 1.0, 0.5]))

@@ -267,20 +267,49 @@ def test_reference_variant_rescales_the_l2_augmentation_to_eps(tmp_path):
             assert float(norms.max()) < 0.1
 
 
+def fixed_predictions(tr, correct):
+    """Wrap the trainer's model so it is right exactly on the validation samples of ``correct``."""
+    x, y = tr._val_tensors()
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, xx):
+            return F.one_hot(torch.where(correct, y, (y + 1) % 10), 10).float()
+    tr.model = Fixed(tr.model)
+
+
 def test_best_pt_is_selected_on_union_accuracy(tmp_path, monkeypatch):
-    tr = make_trainer(tmp_path, model=CNN, attacks=[LINF, L2])
+    tr = make_trainer(tmp_path, model=CNN, attacks=[LINF, L2], val_attack_steps=2)
+    fixed_predictions(tr, torch.tensor([1, 1, 1, 1, 1, 1, 0, 0], dtype=torch.bool))   # clean 0.75
     masks = iter([torch.tensor([1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool),    # L-inf: 0.5
                   torch.tensor([0, 0, 0, 1, 1, 1, 1, 0], dtype=torch.bool)])   # L2: 0.5, union 0.125
     calls = []
 
     def fake(model, x, y, attack, batch_size=256):
-        calls.append(type(attack.threat))
+        calls.append((type(attack.threat), attack.steps, attack.seed, batch_size))
+        assert x.shape[0] == 8 and y.shape[0] == 8
         return next(masks)
     monkeypatch.setattr(mng, "per_sample_robust", fake)
     out = tr.validate()
-    assert calls == [LinfBall, L2Ball]
+    # every norm attacked with val_attack_steps, seeded by the run, the whole subset in one batch
+    assert calls == [(LinfBall, 2, 0, 8), (L2Ball, 2, 0, 8)]
+    assert out["clean_acc"] == 0.75
     assert out["pgd_linf_acc"] == 0.5 and out["pgd_l2_acc"] == 0.5 and out["union_acc"] == 0.125
-    assert out["select"] == pytest.approx(0.125 + 1e-3 * out["clean_acc"])
+    assert out["select"] == pytest.approx(0.125 + 1e-3 * 0.75)
+
+
+def test_validation_without_steps_or_samples(tmp_path, monkeypatch):
+    tr = make_trainer(tmp_path, model=CNN, attacks=[LINF], val_attack_steps=0)
+    fixed_predictions(tr, torch.tensor([1, 0, 1, 0, 1, 0, 0, 0], dtype=torch.bool))
+    monkeypatch.setattr(mng, "per_sample_robust", lambda *a, **k: pytest.fail("no attack without steps"))
+    assert tr.validate() == {"clean_acc": 0.375, "select": 0.375}
+    tr.val_set = []
+    assert tr.validate() == {}
+    tr.val_set = None
+    assert tr.validate() == {}
 
 
 def test_learning_rates_follow_the_cyclic_schedule_and_the_step_logs_its_terms(tmp_path):
@@ -318,3 +347,40 @@ def test_learning_rates_follow_the_cyclic_schedule_and_the_step_logs_its_terms(t
     assert float(stats["js"]) == pytest.approx(float(js.detach()))
     assert float(stats["meta"]) == pytest.approx(float(metas[-1]))
     assert float(stats["adv_acc"]) == pytest.approx(float((logits_adv.argmax(1) == y).float().mean()))
+
+
+def test_meta_step_weight_defaults_to_one():
+    torch.manual_seed(0)
+    from robustsuite import models
+    model = models.build("cnn_small", (1, 8, 8), 10, width=0.25, linear=16)
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+    x_adv = (x + 0.05).clamp(0, 1)
+    out = []
+    for kw in ({}, {"weight": 1.0}):
+        torch.manual_seed(1)
+        gen = NoiseGenerator(1, hidden=4)
+        opt = torch.optim.SGD(gen.parameters(), lr=0.1)
+        torch.manual_seed(2)
+        mng.meta_generator_step(model, gen, opt, x, x_adv, y, L2Ball(0.5), lr=0.1, **kw)
+        out.append([p.detach().clone() for p in gen.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*out))
+
+
+def test_reference_fit_of_l1_and_an_unreachable_l2_radius():
+    """The reference L1 fit is x + (delta projected onto the L1 ball), clipped: inside the ball delta is
+    kept as it is; and an L2 radius no rescaling can reach saturates every moving pixel."""
+    torch.manual_seed(0)
+    x = 0.25 + 0.5 * torch.rand(2, 1, 4, 4)
+    small = 0.01 * torch.randn_like(x)  # L1 norm 0.16 * ~0.8 < 2
+    assert torch.allclose(fit_perturbation(x, small, L1Ball(2.0), "reference"), x + small)
+    big = torch.randn_like(x)
+    out = fit_perturbation(x, big, L1Ball(2.0), "reference")
+    assert bool(((out - x) * big >= 0).all()), "the fit moves along delta, not against it"
+    assert torch.allclose(fit_perturbation(x, small, L2Ball(0.5)), fit_perturbation(x, small, L2Ball(0.5), "exact"))
+    # sample 0 can reach eps; sample 1 (every pixel 0.01 from the face it moves to) cannot
+    x2 = torch.stack([torch.full((1, 4, 4), 0.5), torch.full((1, 4, 4), 0.99)])
+    delta = torch.rand_like(x2) + 0.5
+    delta[1, 0, 0, 0] = 1e-4  # a pixel that moves slowly: it saturates only when all do
+    out = rescale_l2(x2, delta, 0.5)
+    assert float((out[0] - x2[0]).norm()) == pytest.approx(0.5, abs=1e-4)
+    assert torch.allclose(out[1], torch.ones_like(out[1]))

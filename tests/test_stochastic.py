@@ -311,6 +311,14 @@ def test_anis2_teacher_checkpoint_must_match(tmp_path):
                       "train": good.train.model_dump()})
     with pytest.raises(ConfigError, match="same deterministic architecture"):
         train(other, tmp_path / "student2", quiet=True)
+    # a stochastic checkpoint of the same base architecture is no teacher either
+    from robustsuite.training.checkpoint import save_checkpoint
+    ckpt = {k: v for k, v in load_checkpoint(done.last).items() if k not in ("format", "version")}
+    ckpt["model_spec"] = {**ckpt["model_spec"], "stochastic": {"kind": "pni", "init": 0.25, "shared": False}}
+    save_checkpoint(tmp_path / "noisy.pt", **ckpt)
+    noisy = run_cfg("anis2", teacher_checkpoint=str(tmp_path / "noisy.pt"), epochs=1)
+    with pytest.raises(ConfigError, match="same deterministic architecture"):
+        train(noisy, tmp_path / "student3", quiet=True)
 
 
 def test_shipped_configs_validate():

@@ -327,10 +327,11 @@ def reference_ascent(model, x, norm, eps, step, steps, start):
     return xa.detach()
 
 
-@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
-def test_trades_inner_maximization_raises_the_kl(norm, eps, tmp_path, monkeypatch):
+@pytest.mark.parametrize("norm,eps,step", [("linf", 0.1, 0.1 / 3), ("l2", 1.0, 1 / 3), ("linf", 0.1, None)])
+def test_trades_inner_maximization_raises_the_kl(norm, eps, step, tmp_path, monkeypatch):
+    """... with train.attack.step_size, or by default 2.5 * eps / steps."""
     seen = spy_adversary(monkeypatch)
-    trainer = make_trainer("trades", tmp_path, attack={"norm": norm, "eps": eps, "steps": 3, "step_size": eps / 3})
+    trainer = make_trainer("trades", tmp_path, attack={"norm": norm, "eps": eps, "steps": 3, "step_size": step})
     before = copy.deepcopy(trainer.model)
     x, y = batch(16, 4)
     trainer.train_step(x, y, 0)
@@ -343,7 +344,7 @@ def test_trades_inner_maximization_raises_the_kl(norm, eps, tmp_path, monkeypatc
     assert kl_adv > kl_start + 1e-4, f"the inner maximization did not raise the KL: {kl_start} -> {kl_adv}"
     ball = LinfBall(eps) if norm == "linf" else L2Ball(eps)
     assert torch.all(ball.distance(x, x_adv) <= eps + 1e-5) and x_adv.min() >= 0 and x_adv.max() <= 1
-    want = reference_ascent(before, x, norm, eps, eps / 3, 3, ball.project(x, start))
+    want = reference_ascent(before, x, norm, eps, step or 2.5 * eps / 3, 3, ball.project(x, start))
     assert torch.allclose(x_adv, want, atol=1e-5), "x_adv is not the ascent of KL(p(x) || p(x'))"
 
 
@@ -363,6 +364,7 @@ def test_trades_outer_loss_through_the_trainer(beta, tmp_path, monkeypatch):
     assert float(robust.detach()) > 1e-4, "the KL term must matter for the test to mean something"
     assert float(stats["kl"]) == pytest.approx(float(robust.detach()), rel=1e-4)
     assert float(stats["loss"]) == pytest.approx(float(loss.detach()), rel=1e-5)
+    assert float(stats["adv_acc"]) == pytest.approx(float((logits_adv.argmax(1) == y).float().mean()))
     loss.backward()
     after = dict(trainer.model.named_parameters())
     for name, p in before.named_parameters():
@@ -464,3 +466,23 @@ def test_noise_options_reach_the_layers(tmp_path, method):
     assert layers and all(m.shared for m in layers)
     if method != "anis2":
         assert all(float(m.noise_scale()) == pytest.approx(0.4) for m in layers)
+
+
+def test_trades_ascent_leaves_pixels_without_gradient_where_they_start():
+    """A sign step moves a coordinate only along its gradient's sign: pixels the model does not see
+    (gradient exactly 0) stay at the start point."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 10)
+
+    class Half(torch.nn.Module):  # looks at the first 8 pixels of each image only
+        def forward(self, x):
+            return lin(x.flatten(1)[:, :8])
+
+    settings = make_cfg("trades", attack={"eps": 0.1, "steps": 2}).train.attack
+    x, _ = batch(4, 9)
+    torch.manual_seed(3)
+    x_adv = trades_mod.trades_adversary(Half(), x, settings)
+    torch.manual_seed(3)
+    start = LinfBall(0.1).project(x, x + 0.001 * torch.randn_like(x))
+    assert torch.equal(x_adv.flatten(1)[:, 8:], start.flatten(1)[:, 8:])
+    assert not torch.equal(x_adv.flatten(1)[:, :8], start.flatten(1)[:, :8])

@@ -281,8 +281,9 @@ def fixed_predictions(tr, correct):
     tr.model = Fixed(tr.model)
 
 
-def test_best_pt_is_selected_on_union_accuracy(tmp_path, monkeypatch):
-    tr = make_trainer(tmp_path, model=CNN, attacks=[LINF, L2], val_attack_steps=2)
+@pytest.mark.parametrize("steps", [1, 2])
+def test_best_pt_is_selected_on_union_accuracy(tmp_path, monkeypatch, steps):
+    tr = make_trainer(tmp_path, model=CNN, attacks=[LINF, L2], val_attack_steps=steps)
     fixed_predictions(tr, torch.tensor([1, 1, 1, 1, 1, 1, 0, 0], dtype=torch.bool))   # clean 0.75
     masks = iter([torch.tensor([1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool),    # L-inf: 0.5
                   torch.tensor([0, 0, 0, 1, 1, 1, 1, 0], dtype=torch.bool)])   # L2: 0.5, union 0.125
@@ -295,7 +296,7 @@ def test_best_pt_is_selected_on_union_accuracy(tmp_path, monkeypatch):
     monkeypatch.setattr(mng, "per_sample_robust", fake)
     out = tr.validate()
     # every norm attacked with val_attack_steps, seeded by the run, the whole subset in one batch
-    assert calls == [(LinfBall, 2, 0, 8), (L2Ball, 2, 0, 8)]
+    assert calls == [(LinfBall, steps, 0, 8), (L2Ball, steps, 0, 8)]
     assert out["clean_acc"] == 0.75
     assert out["pgd_linf_acc"] == 0.5 and out["pgd_l2_acc"] == 0.5 and out["union_acc"] == 0.125
     assert out["select"] == pytest.approx(0.125 + 1e-3 * 0.75)

@@ -419,7 +419,7 @@ class FakePGD:
 
     made: list = []
     seen: list = []
-    mask = torch.tensor([True, False, False, True, False, True, True, False])
+    mask = torch.tensor([True, False, False, False, False, True, True, False])
 
     def __init__(self, model, threat, **kw):
         FakePGD.made.append((threat, kw))
@@ -472,8 +472,9 @@ def test_validation_selects_best_pt_on_the_pgd_accuracy_of_val_subset(tmp_path, 
     _, kw = FakePGD.made[1]
     assert kw == {"steps": val_steps, "step_size": 0.03 if val_steps == 1 else None, "random_start": False,
                   "eot": 1, "seed": 0}
-    robust = float((correct & ~FakePGD.mask).float().mean())
+    robust = float((correct & ~FakePGD.mask).float().mean())  # 3 / 8
     assert 0 < robust < clean, "the mask must matter for the test to mean something"
+    assert robust != float((~correct & ~FakePGD.mask).float().mean())
     assert out["pgd_acc"] == pytest.approx(robust)
     assert out["select"] == pytest.approx(robust + 1e-3 * clean)
 
@@ -545,3 +546,13 @@ def test_expected_accuracy_is_the_fraction_of_draws_default_20():
     assert torch.allclose(S.expected_accuracy(Noisy(), x, y), torch.full((3,), 0.75))  # 15 of 20
     Noisy.calls = 0
     assert torch.allclose(S.expected_accuracy(Noisy(), x, y, draws=2, batch_size=2), torch.tensor([1.0, 1.0, 0.5]))
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")  # the scheduler alone, without optimizer steps
+def test_lr_milestones_scale_by_the_configured_gamma(tmp_path):
+    tr = base_trainer(tmp_path, optim={"name": "sgd", "lr": 0.08, "milestones": [1, 2], "gamma": 0.5})
+    lrs = []
+    for _ in range(3):
+        lrs.append(tr.optimizer.param_groups[0]["lr"])
+        tr.scheduler.step()
+    assert lrs == pytest.approx([0.08, 0.04, 0.02])

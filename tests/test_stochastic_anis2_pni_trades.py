@@ -88,7 +88,8 @@ def record_ema_inputs(model):
 
 def test_anis2_ema_follows_the_slides_through_the_trainer(tmp_path):
     alpha = 0.9  # where (1 - a) sigma + a std and a sigma + (1 - a) std differ
-    trainer = make_trainer("anis2", tmp_path, alpha=alpha, gamma_init=0.3, gamma_max=0.5, teacher_epochs=1)
+    trainer = make_trainer("anis2", tmp_path, alpha=alpha, gamma_init=0.3, gamma_max=0.5, teacher_epochs=1,
+                           gamma_step_every=1)  # r = 1: the first step's gamma (0.4) differs from gamma_init
     layers = dict(S.noise_layers(trainer.model))
     assert layers and all(isinstance(m, S.StocReLUEMA) and m.alpha == alpha for m in layers.values())
     assert all(m.gamma == pytest.approx(0.3) for m in layers.values()), "the student starts at gamma_init"

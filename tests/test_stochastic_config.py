@@ -154,3 +154,12 @@ def test_generator_arguments():
             S.NoiseGenerator(ch, hidden=hid)
     with pytest.raises(ConfigError, match="projection"):
         S.NoiseGenerator(1, projection="clip")
+
+
+def test_grouped_optimizer_defaults_to_plain_momentum():
+    from robustsuite.config import OptimConfig
+    from robustsuite.stochastic.adversarial import build_grouped_optimizer
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = build_grouped_optimizer([{"params": [p]}, {"params": []}], OptimConfig(name="sgd", lr=0.1))
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["nesterov"] is False
+    assert opt.param_groups[0]["momentum"] == 0.9

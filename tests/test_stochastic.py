@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import robustsuite.stochastic as S
 from robustsuite import models
+from robustsuite.attacks import Attack, per_sample_robust
 from robustsuite.certify.checks import is_stochastic
 from robustsuite.training.config import load_config, validate
 from robustsuite.errors import ConfigError, RobustSuiteError, UnknownNameError
@@ -243,6 +244,7 @@ def test_trainer_resumes_to_the_same_result(method, tmp_path):
     if method == "mng_ac":
         for k, v in a["extra"]["generator"].items():
             assert torch.equal(v, b["extra"]["generator"][k])
+            assert torch.equal(v, a["generator_state"][k])  # the checkpoint holds the trained generator
     if method in S.KINDS:
         assert a["model_spec"]["stochastic"]["kind"] == method
         model = S.build_from_spec(a["model_spec"])
@@ -310,6 +312,14 @@ def test_anis2_teacher_checkpoint_must_match(tmp_path):
                       "train": good.train.model_dump()})
     with pytest.raises(ConfigError, match="same deterministic architecture"):
         train(other, tmp_path / "student2", quiet=True)
+    # a stochastic checkpoint of the same base architecture is no teacher either
+    from robustsuite.training.checkpoint import save_checkpoint
+    ckpt = {k: v for k, v in load_checkpoint(done.last).items() if k not in ("format", "version")}
+    ckpt["model_spec"] = {**ckpt["model_spec"], "stochastic": {"kind": "pni", "init": 0.25, "shared": False}}
+    save_checkpoint(tmp_path / "noisy.pt", **ckpt)
+    noisy = run_cfg("anis2", teacher_checkpoint=str(tmp_path / "noisy.pt"), epochs=1)
+    with pytest.raises(ConfigError, match="same deterministic architecture"):
+        train(noisy, tmp_path / "student3", quiet=True)
 
 
 def test_shipped_configs_validate():
@@ -342,3 +352,225 @@ def test_expected_and_multi_norm_accuracy_on_a_deterministic_model():
                                               "b": PGD(model, L2Ball(0.0), steps=1)})
     assert res["union"] == res["a"] == res["b"] == pytest.approx(float(acc.mean()))
     assert res["average"] == pytest.approx(res["a"])
+
+
+# ------------------------------------------------------------------------------------- the shared base
+# (robustsuite.stochastic.adversarial: PGD-AT's loss, the grouped optimizer, the training and validation
+# PGDs, best.pt's selection score), each through a trainer, against the test's own recomputation.
+def base_trainer(tmp_path, method="pgd_at", **extra):
+    from robustsuite.training.run import build_datasets, build_model, trainer_class
+    cfg = run_cfg(method, **extra)
+    torch.manual_seed(0)
+    tr, va, _ = build_datasets(cfg)
+    return trainer_class(method)(build_model(cfg, (1, 8, 8), 10), tr, va, cfg, tmp_path, torch.device("cpu"),
+                                 quiet=True)
+
+
+OPTIMS = {"sgd-nesterov": ({"name": "sgd", "momentum": 0.9}, True),
+          "sgd-momentum": ({"name": "sgd", "momentum": 0.9}, False),
+          "sgd-plain": ({"name": "sgd", "momentum": 0.0}, True),   # Nesterov needs momentum: plain SGD
+          "adam": ({"name": "adam"}, False)}
+
+
+@pytest.mark.parametrize("optim", list(OPTIMS))
+def test_pgd_at_step_mixes_clean_and_adversarial_and_steps_the_configured_optimizer(tmp_path, optim):
+    """loss = (1 - w) CE(f(x_adv)) + w CE(f(x)) with w = clean_weight (0.3 here), the logged loss and
+    adversarial accuracy, and one step of exactly the configured optimizer (lr, momentum, weight decay,
+    Nesterov only with momentum)."""
+    o, nesterov = OPTIMS[optim]
+    opt_cfg = {**o, "lr": 0.05, "weight_decay": 0.1, "grad_clip": None}
+    tr = base_trainer(tmp_path, clean_weight=0.3, nesterov=nesterov, optim=opt_cfg)
+    x, y = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 10
+    x_adv = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
+    calls = []
+    tr.adversarial = lambda xx, yy: calls.append((xx, yy)) or x_adv
+    ref = copy.deepcopy(tr.model).train()
+    tr.model.train()
+    stats = tr.train_step(x, y, 0)
+    assert len(calls) == 1 and calls[0][0] is x and calls[0][1] is y
+    logits_adv = ref(x_adv)
+    loss = 0.7 * F.cross_entropy(logits_adv, y) + 0.3 * F.cross_entropy(ref(x), y)
+    assert float(stats["loss"]) == pytest.approx(float(loss.detach()), rel=1e-6)
+    assert float(stats["adv_acc"]) == pytest.approx(float((logits_adv.argmax(1) == y).float().mean()))
+    loss.backward()
+    if o["name"] == "adam":
+        opt = torch.optim.Adam(ref.parameters(), lr=0.05, weight_decay=0.1)
+    else:
+        opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=o["momentum"], weight_decay=0.1,
+                              nesterov=nesterov and o["momentum"] > 0)
+    opt.step()
+    for (name, p), p_ref in zip(tr.model.named_parameters(), ref.parameters()):
+        assert torch.allclose(p, p_ref, atol=1e-6), f"{optim}: {name} is not the configured optimizer's step"
+
+
+@pytest.mark.parametrize("decay", [False, True])
+def test_pni_noise_scales_get_weight_decay_only_when_asked(tmp_path, decay):
+    tr = base_trainer(tmp_path, "pni", noise_weight_decay=decay, optim={"name": "sgd", "lr": 0.05, "weight_decay": 0.1})
+    alphas = [m.alpha for _, m in S.noise_layers(tr.model)]
+    groups = tr.optimizer.param_groups
+    assert len(groups) == 2 and [p for p in groups[1]["params"]] == alphas
+    ids = {id(a) for a in alphas}
+    assert [p for p in groups[0]["params"]] == [p for p in tr.model.parameters() if id(p) not in ids]
+    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == (0.1 if decay else 0.0)
+
+
+class FakePGD(Attack):
+    """Stands in for robustsuite.attacks.PGD in the trainers: records how it is built and what it
+    attacks; ``run`` reports success on the samples of ``mask``."""
+
+    made: list = []
+    seen: list = []
+    mask = torch.tensor([True, False, False, False, False, True, True, False])
+    labels_are_targets = False
+
+    def __init__(self, model, threat, **kw):  # no checks: it only records
+        self.threat = threat
+        FakePGD.made.append((threat, kw))
+
+    def _perturb(self, x, y):  # pragma: no cover - run() is overridden
+        raise NotImplementedError
+
+    def __call__(self, x, y):
+        return x
+
+    def run(self, x, y):
+        from robustsuite.attacks import AttackResult
+        FakePGD.seen.append((x, y))
+        part = FakePGD.mask[:len(y)]
+        zeros = torch.zeros(len(y))
+        return AttackResult(x_adv=x, success=part, distance=zeros, queries=zeros.long(), steps=0,
+                            pred=torch.where(part, (y + 1) % 10, y))
+
+
+@pytest.mark.parametrize("val_steps", [2, 1, 0])
+def test_validation_selects_best_pt_on_the_pgd_accuracy_of_val_subset(tmp_path, monkeypatch, val_steps):
+    """The training PGD is train.attack's (its steps, step size, random start; global RNG); the
+    validation PGD attacks the first val_subset held-out samples with val_attack_steps steps (the
+    default step size unless the steps are the training ones), seeded by the run's seed; the
+    selection score is robust accuracy + 1e-3 clean accuracy (clean accuracy alone without steps)."""
+    import robustsuite.stochastic.adversarial as adv_mod
+    from robustsuite.data import as_tensors
+    monkeypatch.setattr(adv_mod, "PGD", FakePGD)
+    FakePGD.made, FakePGD.seen = [], []
+    atk = {"eps": 0.1, "steps": 1, "step_size": 0.03, "random_start": False}
+    tr = base_trainer(tmp_path, "pni", attack=atk, val_subset=8, val_attack_steps=val_steps)
+    threat, kw = FakePGD.made[0]
+    assert isinstance(threat, LinfBall) and threat.eps == 0.1
+    assert kw == {"steps": 1, "step_size": 0.03, "random_start": False, "eot": 1, "seed": None}
+    x, y = as_tensors(tr.val_set, limit=8)
+    correct = torch.tensor([True, True, False, True, True, False, True, False])
+
+    class Fixed(torch.nn.Module):  # the noisy model inside (its noise scales), predictions fixed
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, xx):
+            assert torch.equal(xx, x), "validation must see the first val_subset held-out samples"
+            return F.one_hot(torch.where(correct, y, (y + 1) % 10), 10).float()
+
+    tr.model = Fixed(tr.model)
+    out = tr.validate()
+    clean = float(correct.float().mean())
+    assert out["clean_acc"] == pytest.approx(clean)
+    assert out["noise_scale"] == pytest.approx(0.25)
+    if val_steps == 0:
+        assert len(FakePGD.made) == 1 and "pgd_acc" not in out and out["select"] == pytest.approx(clean)
+        return
+    assert len(FakePGD.seen) == 1 and torch.equal(FakePGD.seen[0][0], x) and torch.equal(FakePGD.seen[0][1], y)
+    _, kw = FakePGD.made[1]
+    assert kw == {"steps": val_steps, "step_size": 0.03 if val_steps == 1 else None, "random_start": False,
+                  "eot": 1, "seed": 0}
+    robust = float((correct & ~FakePGD.mask).float().mean())  # 3 / 8
+    assert 0 < robust < clean, "the mask must matter for the test to mean something"
+    assert robust != float((~correct & ~FakePGD.mask).float().mean())
+    assert out["pgd_acc"] == pytest.approx(robust)
+    assert out["select"] == pytest.approx(robust + 1e-3 * clean)
+
+
+def test_training_pgd_keeps_the_l1_fraction_and_validation_without_val_set(tmp_path, monkeypatch):
+    import robustsuite.stochastic.adversarial as adv_mod
+    monkeypatch.setattr(adv_mod, "PGD", FakePGD)
+    FakePGD.made = []
+    tr = base_trainer(tmp_path, attack={"norm": "l1", "eps": 2.0, "steps": 3, "l1_fraction": 0.2})
+    threat, kw = FakePGD.made[0]
+    assert type(threat).__name__ == "L1Ball" and kw["l1_fraction"] == 0.2 and kw["steps"] == 3
+    tr.val_set = []
+    assert tr.validate() == {"noise_scale": 0.0}
+
+
+# ------------------------------------------------------------------------------------- evaluation helpers
+class MaskAttack(Attack):
+    """run(x, y) reports success where ``mask`` (over the whole set) is True, chunk by chunk: a stand-in
+    attack (it never moves x) whose outcome the test decides."""
+
+    labels_are_targets = False
+    threat = None
+
+    def __init__(self, mask):  # no model or threat: run() is the whole attack
+        self.mask, self.start, self.sizes = mask, 0, []
+
+    def _perturb(self, x, y):  # pragma: no cover - run() is overridden
+        raise NotImplementedError
+
+    def run(self, x, y):
+        from robustsuite.attacks import AttackResult
+        part = self.mask[self.start:self.start + len(y)]
+        self.start += len(y)
+        self.sizes.append(len(y))
+        zeros = torch.zeros(len(y))
+        return AttackResult(x_adv=x, success=part, distance=zeros, queries=zeros.long(), steps=0,
+                            pred=torch.where(part, (y + 1) % 10, y))
+
+
+def test_per_sample_and_multi_norm_accuracy_in_chunks():
+    """robust = clean-correct and not attacked successfully, per sample, over chunks of batch_size;
+    the union is robust to every attack, the average the mean of the per-attack accuracies."""
+    y = torch.arange(7) % 10
+    correct = torch.tensor([1, 1, 0, 1, 1, 1, 0], dtype=torch.bool)
+    pred = torch.where(correct, y, (y + 1) % 10)
+
+    class Model(torch.nn.Module):
+        def forward(self, x):  # x carries its sample index / 10 in pixel 0 (images stay in [0, 1])
+            return F.one_hot(pred[(x[:, 0, 0, 0] * 10).round().long()], 10).float()
+
+    x = (torch.arange(7).float() / 10).view(7, 1, 1, 1).expand(7, 1, 2, 2).contiguous()
+    a = torch.tensor([1, 0, 0, 0, 1, 0, 0], dtype=torch.bool)
+    b = torch.tensor([0, 1, 0, 0, 1, 0, 1], dtype=torch.bool)
+    atk = MaskAttack(a)
+    r = per_sample_robust(Model(), x, y, atk, batch_size=3, clean="after").robust  # as the trainers call it
+    assert atk.sizes == [3, 3, 1] and torch.equal(r, correct & ~a)
+    res = S.multi_norm_accuracy(Model(), x, y, {"a": MaskAttack(a), "b": MaskAttack(b)}, batch_size=3)
+    assert res["a"] == pytest.approx(3 / 7) and res["b"] == pytest.approx(3 / 7)
+    assert res["union"] == pytest.approx(float((correct & ~a & ~b).float().mean()))  # 2 / 7
+    assert res["average"] == pytest.approx(3 / 7)
+    atk = MaskAttack(a)
+    S.multi_norm_accuracy(Model(), x, y, {"a": atk}, batch_size=2)
+    assert atk.sizes == [2, 2, 2, 1]
+
+
+def test_expected_accuracy_is_the_fraction_of_draws_default_20():
+    y = torch.tensor([0, 1, 2])
+
+    class Noisy(torch.nn.Module):  # right on 3 of every 4 calls (a stand-in for a noise draw)
+        calls = 0
+
+        def forward(self, x):
+            Noisy.calls += 1
+            yb = y[x[:, 0, 0, 0].long()]
+            return F.one_hot(yb if Noisy.calls % 4 else (yb + 1) % 10, 10).float()
+
+    x = torch.arange(3).float().view(3, 1, 1, 1).expand(3, 1, 2, 2).contiguous()
+    assert torch.allclose(S.expected_accuracy(Noisy(), x, y), torch.full((3,), 0.75))  # 15 of 20
+    Noisy.calls = 0
+    assert torch.allclose(S.expected_accuracy(Noisy(), x, y, draws=2, batch_size=2), torch.tensor([1.0, 1.0, 0.5]))
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")  # the scheduler alone, without optimizer steps
+def test_lr_milestones_scale_by_the_configured_gamma(tmp_path):
+    tr = base_trainer(tmp_path, optim={"name": "sgd", "lr": 0.08, "milestones": [1, 2], "gamma": 0.5})
+    lrs = []
+    for _ in range(3):
+        lrs.append(tr.optimizer.param_groups[0]["lr"])
+        tr.scheduler.step()
+    assert lrs == pytest.approx([0.08, 0.04, 0.02])

@@ -88,9 +88,11 @@ def record_ema_inputs(model):
 
 def test_anis2_ema_follows_the_slides_through_the_trainer(tmp_path):
     alpha = 0.9  # where (1 - a) sigma + a std and a sigma + (1 - a) std differ
-    trainer = make_trainer("anis2", tmp_path, alpha=alpha, gamma_init=0.3, gamma_max=0.5, teacher_epochs=1)
+    trainer = make_trainer("anis2", tmp_path, alpha=alpha, gamma_init=0.3, gamma_max=0.5, teacher_epochs=1,
+                           gamma_step_every=1)  # r = 1: the first step's gamma (0.4) differs from gamma_init
     layers = dict(S.noise_layers(trainer.model))
     assert layers and all(isinstance(m, S.StocReLUEMA) and m.alpha == alpha for m in layers.values())
+    assert all(m.gamma == pytest.approx(0.3) for m in layers.values()), "the student starts at gamma_init"
     seen, hooks = record_ema_inputs(trainer.model)
     x1, y1 = batch(16, 1)
     x2, y2 = batch(16, 2)
@@ -385,10 +387,11 @@ def test_trades_adversary_is_pgd_with_the_kl_loss_bit_for_bit(norm, eps, step_si
     assert train_a and train_b, "the model's mode is left as it is"
 
 
-@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
-def test_trades_inner_maximization_raises_the_kl(norm, eps, tmp_path, monkeypatch):
+@pytest.mark.parametrize("norm,eps,step", [("linf", 0.1, 0.1 / 3), ("l2", 1.0, 1 / 3), ("linf", 0.1, None)])
+def test_trades_inner_maximization_raises_the_kl(norm, eps, step, tmp_path, monkeypatch):
+    """... with train.attack.step_size, or by default 2.5 * eps / steps."""
     seen = spy_adversary(monkeypatch)
-    trainer = make_trainer("trades", tmp_path, attack={"norm": norm, "eps": eps, "steps": 3, "step_size": eps / 3})
+    trainer = make_trainer("trades", tmp_path, attack={"norm": norm, "eps": eps, "steps": 3, "step_size": step})
     before = copy.deepcopy(trainer.model)
     x, y = batch(16, 4)
     trainer.train_step(x, y, 0)
@@ -401,7 +404,7 @@ def test_trades_inner_maximization_raises_the_kl(norm, eps, tmp_path, monkeypatc
     assert kl_adv > kl_start + 1e-4, f"the inner maximization did not raise the KL: {kl_start} -> {kl_adv}"
     ball = LinfBall(eps) if norm == "linf" else L2Ball(eps)
     assert torch.all(ball.distance(x, x_adv) <= eps + 1e-5) and x_adv.min() >= 0 and x_adv.max() <= 1
-    want = reference_ascent(before, x, norm, eps, eps / 3, 3, ball.project(x, start))
+    want = reference_ascent(before, x, norm, eps, step or 2.5 * eps / 3, 3, ball.project(x, start))
     assert torch.allclose(x_adv, want, atol=1e-5), "x_adv is not the ascent of KL(p(x) || p(x'))"
 
 
@@ -421,6 +424,7 @@ def test_trades_outer_loss_through_the_trainer(beta, tmp_path, monkeypatch):
     assert float(robust.detach()) > 1e-4, "the KL term must matter for the test to mean something"
     assert float(stats["kl"]) == pytest.approx(float(robust.detach()), rel=1e-4)
     assert float(stats["loss"]) == pytest.approx(float(loss.detach()), rel=1e-5)
+    assert float(stats["adv_acc"]) == pytest.approx(float((logits_adv.argmax(1) == y).float().mean()))
     loss.backward()
     after = dict(trainer.model.named_parameters())
     for name, p in before.named_parameters():
@@ -441,9 +445,104 @@ def test_anis2_student_loss_mixes_clean_and_adversarial_with_one_ema_update(tmp_
     sigmas = [m.sigma.clone() for _, m in S.noise_layers(ref)]
     with S.ema_paused(ref):
         ce_clean = F.cross_entropy(ref(x), y)
+    adv_only = copy.deepcopy(trainer.model).train()
+    adv_only(x_adv)
     trainer.model.train()
     loss, _ = trainer._student_loss(x, x_adv, y)
     expected = (1 - w) * ce_adv + w * ce_clean if w > 0 else ce_adv
     assert torch.allclose(loss, expected, atol=1e-6), (float(loss), float(expected))
     for s, (_, m) in zip(sigmas, S.noise_layers(trainer.model)):
         assert torch.equal(m.sigma, s), "the clean forward must not update sigma"
+    # no clean forward at all without a clean weight (BatchNorm's running statistics see x_adv only)
+    for (name, b), b_ref, b_adv in zip(trainer.model.named_buffers(), ref.buffers(), adv_only.buffers()):
+        assert torch.allclose(b.float(), (b_ref if w > 0 else b_adv).float(), atol=1e-6), name
+    # the whole step: the logged loss and adversarial accuracy are the mixed loss's
+    seen = {}
+    inner = trainer._student_loss
+
+    def spy(*args):
+        seen["out"] = inner(*args)
+        return seen["out"]
+    trainer._student_loss = spy
+    stats = trainer.train_step(x, y, 0)
+    step_loss, logits = seen["out"]
+    assert float(stats["loss"]) == pytest.approx(float(step_loss.detach()))
+    assert float(stats["adv_acc"]) == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_anis2_teacher_is_trained_with_the_teacher_settings(tmp_path, monkeypatch, adversarial):
+    """The teacher (trained in fit when no teacher_checkpoint is given) is a deterministic model of the
+    student's architecture trained for teacher_epochs with teacher_optim on the student's batches, by
+    CE (or PGD-AT with the student's attack when teacher_adversarial), in OUT/teacher, resuming."""
+    import robustsuite.stochastic.anis2 as anis2_mod
+    made = []
+
+    class Spy:
+        def __init__(self, model, train_set, val_set, cfg, out_dir, device, quiet=False):
+            made.append((type(self), model, train_set, val_set, cfg, out_dir))
+
+        def fit(self, resume=True):
+            made.append(("fit", resume))
+
+    std, adv = type("Std", (Spy,), {}), type("Adv", (Spy,), {})
+    real_std = anis2_mod.StandardTrainer
+    monkeypatch.setattr(anis2_mod, "StandardTrainer", std)
+    monkeypatch.setattr(anis2_mod, "PGDATTrainer", adv)
+    trainer = make_trainer("anis2", tmp_path, teacher_epochs=3, batch_size=16, checkpoint_every=2,
+                           teacher_adversarial=adversarial, attack={"eps": 0.2, "steps": 2},
+                           teacher_optim={"name": "sgd", "lr": 0.02, "momentum": 0.5})
+    trainer._train_teacher(trainer.teacher, trainer._teacher_train_set, True)
+    cls, model, train_set, val_set, cfg, out_dir = made[0]
+    assert cls is (adv if adversarial else std) and made[1] == ("fit", True)
+    assert model is trainer.teacher and train_set is trainer._teacher_train_set and val_set is None
+    assert out_dir == tmp_path / "teacher" and cfg.seed == trainer.cfg.seed and cfg.data == trainer.cfg.data
+    t, s = cfg.train, trainer.tcfg
+    assert (t.method, t.epochs, t.batch_size, t.checkpoint_every) == ("pgd_at", 3, 16, 2)
+    assert t.optim == s.teacher_optim and t.attack == s.attack and t.val_attack_steps == 0
+    # the plain teacher's step: CE on the clean batch, and what it logs
+    teacher = real_std(trainer.teacher, trainer._teacher_train_set, None, cfg, tmp_path / "t2", torch.device("cpu"))
+    ref = copy.deepcopy(teacher.model).train()
+    teacher.model.train()
+    x, y = batch(16, 7)
+    stats = teacher.train_step(x, y, 0)
+    logits = ref(x)
+    assert float(stats["loss"]) == pytest.approx(float(F.cross_entropy(logits, y).detach()), rel=1e-6)
+    assert float(stats["acc"]) == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+
+
+@pytest.mark.parametrize("method", ["pni", "learn2perturb", "anis2"])
+def test_noise_options_reach_the_layers(tmp_path, method):
+    """noise.init and noise.shared (shared for ANIS2) configure the noise layers the trainer inserts."""
+    from robustsuite.training.run import trainer_class
+    extra = {"shared": True} if method == "anis2" else {"noise": {"init": 0.4, "shared": True}}
+    if method == "learn2perturb":
+        extra.update(noise_start=1, adv_start=1)
+    cfg = make_cfg(method, **extra)
+    torch.manual_seed(0)
+    tr, va, _ = build_datasets(cfg)
+    trainer = trainer_class(method)(build_model(cfg, (1, 8, 8), 10), tr, va, cfg, tmp_path, torch.device("cpu"))
+    layers = [m for _, m in S.noise_layers(trainer.model)]
+    assert layers and all(m.shared for m in layers)
+    if method != "anis2":
+        assert all(float(m.noise_scale()) == pytest.approx(0.4) for m in layers)
+
+
+def test_trades_ascent_leaves_pixels_without_gradient_where_they_start():
+    """A sign step moves a coordinate only along its gradient's sign: pixels the model does not see
+    (gradient exactly 0) stay at the start point."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 10)
+
+    class Half(torch.nn.Module):  # looks at the first 8 pixels of each image only
+        def forward(self, x):
+            return lin(x.flatten(1)[:, :8])
+
+    settings = make_cfg("trades", attack={"eps": 0.1, "steps": 2}).train.attack
+    x, _ = batch(4, 9)
+    torch.manual_seed(3)
+    x_adv = trades_mod.trades_adversary(Half(), x, settings)
+    torch.manual_seed(3)
+    start = LinfBall(0.1).project(x, x + 0.001 * torch.randn_like(x))
+    assert torch.equal(x_adv.flatten(1)[:, 8:], start.flatten(1)[:, 8:])
+    assert not torch.equal(x_adv.flatten(1)[:, :8], start.flatten(1)[:, :8])

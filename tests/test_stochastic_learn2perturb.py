@@ -215,6 +215,8 @@ def test_loss_mixes_clean_and_adversarial(tmp_path, monkeypatch, variant, w):
     loss = (1 - w) * F.cross_entropy(ref(x_adv), y) + w * F.cross_entropy(ref(x), y)
     assert float(stats["loss"]) == pytest.approx(float(loss.detach()), rel=1e-6)
     assert "adv_acc" in stats and "reg" not in stats
+    with torch.no_grad():
+        assert float(stats["adv_acc"]) == pytest.approx(float((ref(x_adv).argmax(1) == y).float().mean()))
     params = [v for k, v in named(ref).items() if not is_theta(k)]
     grads = torch.autograd.grad(loss, params)
     expect = {k: v.detach() - 0.05 * g for (k, v), g in zip([kv for kv in named(ref).items() if not is_theta(kv[0])],
@@ -265,8 +267,9 @@ def test_noise_delay_and_harmonic_tau_inside_the_trainer(tmp_path, monkeypatch, 
     if w0 is not None:
         assert not torch.equal(tr.model.fc.weight, w0)  # W trains during the delay
     for epoch in (2, 3, 4):
-        tr.train_step(x, y, epoch * spe)
+        stats = tr.train_step(x, y, epoch * spe)
         assert all(m.noise_on for m in layers)
+        assert float(stats["reg"]) < 0  # gamma * g(theta), logged in both variants
     assert [g for g, _ in seen] == [0.01] * 3
     assert [t for _, t in seen] == pytest.approx([1.0, 1.5, 1 + 1 / 2 + 1 / 3])
     assert not all(torch.equal(a, b) for a, b in zip(tr.thetas(), theta0))
@@ -320,3 +323,25 @@ def test_perturbation_injection_is_x_plus_theta_times_standard_normal(shared):
     torch.testing.assert_close(out, x + layer.theta.detach() * z, rtol=0, atol=1e-6)
     layer.noise_on = False
     assert torch.equal(layer(x), x)
+
+
+def test_best_pt_only_once_noise_and_adversarial_loss_are_on(tmp_path):
+    """best.pt may be chosen only after the first epoch trained with noise on and the adversarial loss
+    (epoch > max(noise_start, adv_start)), or at the end when adv_start is past the last epoch; the
+    validation reports the mean noise scale theta."""
+    tr = make_trainer(tmp_path, epochs=6, noise_start=1, adv_start=3)
+    ok = []
+    for e in range(7):
+        tr.epoch = e
+        ok.append(tr.selectable())
+    assert ok == [False, False, False, False, True, True, True]
+    late = make_trainer(tmp_path / "late", epochs=4, noise_start=1, adv_start=10)
+    late.epoch = 3
+    assert not late.selectable()
+    late.epoch = 4
+    assert late.selectable()
+    with torch.no_grad():
+        tr.thetas()[0].fill_(0.5)
+    n = len(tr.thetas())
+    tr.val_set = []
+    assert tr.validate()["noise_scale"] == pytest.approx((0.5 + 0.25 * (n - 1)) / n)

@@ -67,7 +67,7 @@ from .adversarial import AdversarialTrainer, build_grouped_optimizer
 from .builders import add_noise
 from .config import Learn2PerturbConfig
 from .losses import harmonic_tau, learn2perturb_regularizer
-from .noise import PerturbationInjection, clamp_noise_scales, mean_noise_scale, set_noise
+from .noise import PerturbationInjection, clamp_noise_scales, set_noise
 
 __all__ = ["Learn2PerturbTrainer"]
 
@@ -102,10 +102,6 @@ class Learn2PerturbTrainer(AdversarialTrainer):
         scale = self.optimizer.param_groups[0]["lr"] / self.tcfg.optim.lr
         for g in self.theta_optimizer.param_groups:
             g["lr"] = self._theta_base_lr() * scale
-
-    def parameters(self):
-        ids = {id(t) for t in self.thetas()}
-        return [p for p in self.model.parameters() if id(p) not in ids]
 
     def extra_state(self) -> dict:
         return {"theta_optimizer": self.theta_optimizer.state_dict()}
@@ -187,11 +183,6 @@ class Learn2PerturbTrainer(AdversarialTrainer):
         if noisy:
             self.theta_optimizer.step()
             clamp_noise_scales(self.model)
-
-    def validate(self) -> dict[str, float]:
-        out = super().validate()
-        out["noise_scale"] = mean_noise_scale(self.model)
-        return out
 
     def selectable(self) -> bool:
         # best.pt only once the model is trained as it will be used (noise on, adversarial loss).

@@ -467,8 +467,10 @@ def test_validation_selects_best_pt_on_the_pgd_accuracy_of_val_subset(tmp_path, 
 
         def forward(self, xx):
             assert torch.equal(xx, x), "validation must see the first val_subset held-out samples"
+            order.append(len(FakePGD.seen))  # attacks run so far
             return F.one_hot(torch.where(correct, y, (y + 1) % 10), 10).float()
 
+    order = []
     tr.model = Fixed(tr.model)
     out = tr.validate()
     clean = float(correct.float().mean())
@@ -486,6 +488,9 @@ def test_validation_selects_best_pt_on_the_pgd_accuracy_of_val_subset(tmp_path, 
     assert robust != float((~correct & ~FakePGD.mask).float().mean())
     assert out["pgd_acc"] == pytest.approx(robust)
     assert out["select"] == pytest.approx(robust + 1e-3 * clean)
+    # clean accuracy, the attack, then the clean pass of the robust mask (clean="after": a noisy
+    # model's draws come in the order the package has always used, so its numbers stay the same)
+    assert order == [0, 1]
 
 
 def test_training_pgd_keeps_the_l1_fraction_and_validation_without_val_set(tmp_path, monkeypatch):
@@ -547,6 +552,21 @@ def test_per_sample_and_multi_norm_accuracy_in_chunks():
     atk = MaskAttack(a)
     S.multi_norm_accuracy(Model(), x, y, {"a": atk}, batch_size=2)
     assert atk.sizes == [2, 2, 2, 1]
+    # each chunk's clean pass runs after its attack (clean="after": one fresh noise draw each, in the
+    # order the trainers' validation uses)
+    events = []
+
+    class Logged(Model):
+        def forward(self, x):
+            events.append("model")
+            return super().forward(x)
+
+    class LoggedAttack(MaskAttack):
+        def run(self, x, y):
+            events.append("attack")
+            return super().run(x, y)
+    S.multi_norm_accuracy(Logged(), x, y, {"a": LoggedAttack(a)}, batch_size=4)
+    assert events == ["attack", "model", "attack", "model"]
 
 
 def test_expected_accuracy_is_the_fraction_of_draws_default_20():

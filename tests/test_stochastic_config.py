@@ -163,3 +163,58 @@ def test_grouped_optimizer_defaults_to_plain_momentum():
     opt = build_grouped_optimizer([{"params": [p]}, {"params": []}], OptimConfig(name="sgd", lr=0.1))
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["nesterov"] is False
     assert opt.param_groups[0]["momentum"] == 0.9
+
+
+# ------------------------------------------------------------------------------- the noise registry
+@pytest.fixture
+def clean_noise_registry():
+    """A kind registered by a test is gone afterwards (the tests share a process)."""
+    from robustsuite.stochastic import noise as noise_mod
+    kinds, defaults = dict(noise_mod._KINDS), dict(noise_mod.KINDS)
+    yield noise_mod
+    for table, before in ((noise_mod._KINDS, kinds), (noise_mod.KINDS, defaults)):
+        table.clear()
+        table.update(before)
+
+
+@pytest.mark.parametrize("sites", ["noise_sites", "block_activations"])
+def test_register_noise_records_the_kind_and_add_noise_uses_its_sites(clean_noise_registry, sites):
+    """The built-in kinds register at import time (before mutmut's mutant is active), so the registry's
+    own code is exercised here, by registering a kind the way a user would."""
+    noise_mod = clean_noise_registry
+
+    @noise_mod.register_noise("toy_gain", sites=sites)
+    class ToyGain(noise_mod.NoiseLayer):
+        def __init__(self, gain: float = 2.0, shared: bool = False) -> None:
+            super().__init__(shared)
+            self.gain = gain
+
+        def forward(self, x):
+            return x * self.gain
+
+        def noise_scale(self):
+            return torch.tensor(0.0)
+
+    assert noise_mod.noise_kind("toy_gain") == noise_mod.NoiseKind("toy_gain", ToyGain, sites,
+                                                                   {"gain": 2.0, "shared": False})
+    assert S.KINDS["toy_gain"] == {"gain": 2.0, "shared": False}
+    model = small_model()
+    expected = models.block_activations(model) if sites == "block_activations" else models.noise_sites(model)
+    noisy = S.add_noise(model, "toy_gain", gain=3.0)
+    layers = S.noise_layers(noisy)
+    assert [n for n, _ in layers] == expected and all(m.gain == 3.0 for _, m in layers)
+
+
+@pytest.mark.parametrize("sites", ["NOISE_SITES", "Block_activations", "activations", None])
+def test_register_noise_refuses_unknown_sites(clean_noise_registry, sites):
+    with pytest.raises(ValueError, match=r"register_noise\('toy_bad'\): sites must be 'noise_sites' or "
+                                         r"'block_activations'"):
+        clean_noise_registry.register_noise("toy_bad", sites=sites)
+    assert "toy_bad" not in S.KINDS
+
+
+def test_unknown_noise_kind_names_the_field_the_value_and_the_kinds():
+    from robustsuite.errors import UnknownNameError
+    with pytest.raises(UnknownNameError, match=r"^stochastic\.kind: unknown value 'nois'; choose one of: anis2, "
+                                               r"learn2perturb, pni"):
+        S.add_noise(small_model(), "nois")

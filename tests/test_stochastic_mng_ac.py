@@ -291,13 +291,14 @@ def test_best_pt_is_selected_on_union_accuracy(tmp_path, monkeypatch, steps):
 
     def fake(model, x, y, attack, batch_size=256, **options):
         from types import SimpleNamespace  # a stand-in PerSampleRecord
-        calls.append((type(attack.threat), attack.steps, attack.seed, batch_size))
+        calls.append((type(attack.threat), attack.steps, attack.seed, batch_size, options.get("clean")))
         assert x.shape[0] == 8 and y.shape[0] == 8
         return SimpleNamespace(robust=next(masks))
     monkeypatch.setattr(mng, "per_sample_robust", fake)
     out = tr.validate()
-    # every norm attacked with val_attack_steps, seeded by the run, the whole subset in one batch
-    assert calls == [(LinfBall, steps, 0, 8), (L2Ball, steps, 0, 8)]
+    # every norm attacked with val_attack_steps, seeded by the run, the whole subset in one batch, the
+    # clean pass after the attack (a noisy model's draws in the order of the other trainers' validation)
+    assert calls == [(LinfBall, steps, 0, 8, "after"), (L2Ball, steps, 0, 8, "after")]
     assert out["clean_acc"] == 0.75
     assert out["pgd_linf_acc"] == 0.5 and out["pgd_l2_acc"] == 0.5 and out["union_acc"] == 0.125
     assert out["select"] == pytest.approx(0.125 + 1e-3 * 0.75)

@@ -31,6 +31,23 @@ def test_wrong_type_and_out_of_range_values_name_the_field():
     assert "device" in _err({**BASE, "device": "tpu"})
 
 
+def test_unknown_model_and_data_set_names_are_refused_at_load(tmp_path, capsys):
+    """A typo in model.name or data.name is a config error naming the field and the registered names,
+    before anything runs: the CLI exits 2 and takes no output folder."""
+    msg = _err({**BASE, "model": {"name": "cnn_smal"}})
+    assert "model.name: unknown model; choose one of: " in msg and "cnn_small" in msg and "'cnn_smal'" in msg
+    msg = _err({**BASE, "data": {"name": "mnistt"}})
+    assert "data.name: unknown data set; choose one of: digits, " in msg and "'mnistt'" in msg
+    assert validate({**BASE, "model": {"name": "mlp"}, "data": {"name": "mnist"}}).model.name == "mlp"
+    from robustsuite.cli import main
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text(yaml.safe_dump({**BASE, "name": "typo", "model": {"name": "cnn_smal"}}))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "model.name: unknown model" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_booleans_are_not_numbers_but_ints_are_floats():
     """Strict numbers: ``true`` is refused where a number belongs (lax pydantic read it as 1), in
     any config class (stochastic trainers' too) and inside lists; an int still fills a float field."""

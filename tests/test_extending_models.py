@@ -100,7 +100,9 @@ class TestToyModel:
         cfg = _write_config(tmp_path / "bad.yaml", {"name": "toy_nett"}, {"name": "digits", "train_subset": 40})
         assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 2
         err = capsys.readouterr().err
-        assert "unknown value 'toy_nett'" in err and "toy_net" in err.split("choose one of:")[1]
+        assert "model.name: unknown model" in err and "'toy_nett'" in err  # refused at load, before the run starts
+        assert "toy_net" in err.split("choose one of:")[1]
+        assert not (tmp_path / "run").exists()
 
     def test_a_checkpoint_of_an_unregistered_model_is_a_clear_error(self, toy_model, tmp_path):
         from robustsuite.training.checkpoint import save_checkpoint

@@ -19,7 +19,9 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from ..data.registry import available as data_names
 from ..errors import ConfigError
+from ..models.registry import available as model_names
 from ..settings import (DeviceName, LinfRadius, SafeName, Strict, _format_error, apply_overrides, load_yaml)
 from .registry import methods, train_config_class
 
@@ -38,12 +40,28 @@ class DataConfig(Strict):
     train_subset: Optional[int] = Field(None, gt=0)
     test_subset: Optional[int] = Field(None, gt=0)
 
+    @field_validator("name")
+    @classmethod
+    def _known_data_set(cls, v: str) -> str:
+        # checked at load, not when the data is built: a typo stops the run before it takes its folder
+        if v not in data_names():
+            raise ValueError(f"unknown data set; choose one of: {', '.join(data_names())}")
+        return v
+
 
 class ModelConfig(Strict):
     """A model of the zoo (``robustsuite.models.build``) and its options."""
 
     name: str = "cnn_small"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        # checked at load, not when the model is built: a typo stops the run before it takes its folder
+        if v not in model_names():
+            raise ValueError(f"unknown model; choose one of: {', '.join(model_names())}")
+        return v
 
 
 class OptimConfig(Strict):

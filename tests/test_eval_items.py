@@ -242,3 +242,24 @@ def test_self_checks_leave_the_random_streams_alone(net, data, monkeypatch):
     monkeypatch.setattr(checks, "zero_gradient_count", lambda *a, **k: 0)
     again = evaluate({"n": Noisy(net)}, (x, y), suite, device="cpu")
     assert again.records == ref.records
+
+
+def test_an_item_kind_must_implement_the_protocol():
+    """EvalItem is abstract: a kind that forgets ``run`` (or any other part of the protocol) cannot be
+    built, instead of failing in the middle of an evaluation."""
+
+    class Incomplete(EvalItem):
+        kind: ClassVar[str] = "incomplete"
+
+        def expand(self, suite, entry):
+            return [self]
+
+        key = columns = stage = property(lambda self: "x")
+
+        def describe(self):
+            return {}
+
+    with pytest.raises(TypeError, match="abstract.*run"):
+        Incomplete()
+    with pytest.raises(TypeError, match="abstract"):
+        EvalItem()

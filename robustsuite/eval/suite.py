@@ -24,6 +24,7 @@ record columns (the protocol of :mod:`robustsuite.eval.items`); the evaluator kn
 """
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
 
@@ -61,8 +62,11 @@ def _positive_eps(v: list[float]) -> list[float]:
     return [float(e) for e in v]
 
 
-class EvalItem(Strict):
+class EvalItem(Strict, abc.ABC):
     """Base of the suite entries the evaluator runs (see :mod:`robustsuite.eval.items` for the protocol).
+
+    Abstract: a kind of item implements ``expand``, ``key``, ``columns``, ``stage``, ``describe`` and
+    ``run`` (pydantic's model metaclass is an ``ABCMeta``, so a subclass missing one cannot be built).
 
     An entry of the suite may hold several radii; :meth:`expand` gives its items, copies that hold
     one radius each (``eps == [e]``), which ``applies`` / ``run`` act on.
@@ -75,28 +79,28 @@ class EvalItem(Strict):
     # position of the entry in its suite list (``report.items[...]["entry"]``)
     _entry: int = PrivateAttr(0)
 
+    @abc.abstractmethod
     def expand(self, suite: "Suite", entry: int) -> list["EvalItem"]:
         """The items of this entry (position ``entry`` in its list), in report order."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def key(self) -> str:
         """The item's name in ``report.not_applicable`` (unique within a suite)."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def columns(self) -> list[str]:
         """The record keys the item fills (see :mod:`robustsuite.eval.metrics`)."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def stage(self) -> str:
         """The item's row in the report's timings (items of one stage add up)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """The item as ``report.items`` lists it (plain data)."""
-        raise NotImplementedError
 
     def fingerprint(self, suite: "Suite") -> dict[str, Any]:
         """Everything the item's columns depend on besides the model, the samples, the seed and the
@@ -111,13 +115,13 @@ class EvalItem(Strict):
         """Why the item does not apply to the model described by ``info``, or None when it does."""
         return None
 
+    @abc.abstractmethod
     def run(self, ctx: RunContext) -> dict[str, list]:
         """The item's columns for the samples of ``ctx`` (one value per sample, in order).
 
         Raises:
             NotApplicable: the model turned out not to fit (the reason is recorded).
         """
-        raise NotImplementedError
 
 
 class _ThreatItem(EvalItem):

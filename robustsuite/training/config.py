@@ -29,6 +29,14 @@ __all__ = ["DataConfig", "ModelConfig", "OptimConfig", "TrainBase", "VerifyConfi
            "load_config", "dump_yaml"]
 
 
+def _registered(name: str, what: str, known: list[str]) -> str:
+    """``name`` if a registry holds it. Checked when the config is loaded, not when the thing is built,
+    so a typo stops the run before it takes its output folder."""
+    if name not in known:
+        raise ValueError(f"unknown {what}; choose one of: {', '.join(known)}")
+    return name
+
+
 class DataConfig(Strict):
     """Which data set, and how to split it."""
 
@@ -43,10 +51,7 @@ class DataConfig(Strict):
     @field_validator("name")
     @classmethod
     def _known_data_set(cls, v: str) -> str:
-        # checked at load, not when the data is built: a typo stops the run before it takes its folder
-        if v not in data_names():
-            raise ValueError(f"unknown data set; choose one of: {', '.join(data_names())}")
-        return v
+        return _registered(v, "data set", data_names())
 
 
 class ModelConfig(Strict):
@@ -58,10 +63,7 @@ class ModelConfig(Strict):
     @field_validator("name")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        # checked at load, not when the model is built: a typo stops the run before it takes its folder
-        if v not in model_names():
-            raise ValueError(f"unknown model; choose one of: {', '.join(model_names())}")
-        return v
+        return _registered(v, "model", model_names())
 
 
 class OptimConfig(Strict):

@@ -1,31 +1,56 @@
-"""Make auto_LiRPA 0.3 (the only PyPI release) run correctly on torch 2.x.
+"""Make auto_LiRPA run correctly on torch 2.x: PyPI's 0.3 (the default) and upstream 0.7.x.
 
 This is the only module of robustsuite that patches third-party code. It is applied once, by
 ``robustsuite.certify.lirpa`` (the single place that imports auto_LiRPA), and is idempotent.
-Every patch checks that what it provides is missing, or probes the behaviour it fixes, so newer
-auto_LiRPA releases or older torch versions get only the patches they need. What was applied is
-recorded in ``APPLIED_PATCHES``; ``LIRPA_COMPAT_SKIP=P8,P11`` disables patches for experiments
-(the tests use it to show each patch is needed). The labels follow
+Every patch applies only where the installed release needs it: it checks the installed version
+(read from ``auto_LiRPA/__init__.py`` before the import, :func:`lirpa_version`), that what it
+provides is missing, or probes the behaviour it fixes. What was applied is recorded in
+``APPLIED_PATCHES``; ``LIRPA_COMPAT_SKIP=P8,P11`` disables patches for experiments (the tests
+use it to show each patch is needed). The labels follow
 ``shared/notes/auto-lirpa-0.3-on-torch-2.md``, which has the measured causes and symptoms.
 
 Pre-import (must run before ``import auto_LiRPA``):
   P1  ``torch.onnx.symbolic_helper._set_opset_version`` (removed in torch 1.13).
   P2  ``torch.onnx.utils._optimize_graph`` (moved into the TorchScript exporter package).
   P3  ``torch._C.Node.__getitem__`` (removed; 0.3 reads ONNX node attributes with ``node[name]``).
-  P12 import the opset 11/12 symbolic modules, or conversion at opset 12 silently uses opset 9/10
-      symbolics (``gather`` -> ``OneHot``: loss fusion breaks).
+  P12 import the symbolic modules of opsets 11 up to the export opset (12 for 0.3, the
+      exporter's default, 20 on torch 2.14, for 0.7.x): torch >= 2.9 imports only opsets 9/10,
+      so conversion silently uses their symbolics (``gather`` -> ``OneHot``: loss fusion breaks).
   P4  numpy 2: ``numpy.lib.arraysetops`` is private (0.3 imports ``isin`` from it).
   G   undo the import's global side effects: root logging handler, ``warnings.simplefilter``,
       TorchScript's profiling executor switched off, jit deprecation warnings.
 Post-import:
   P5  ``BoundedModule.register_parameter`` uses the removed ``torch._six``.
-  P6  ``parse_module`` leaves the process-wide ONNX exporter opset changed.
+  P6  ``parse_module`` leaves the process-wide ONNX exporter state changed (0.3: the opset;
+      0.7.x: ``autograd_inlining``).
   P8  ``BoundedModule._named_members`` lacks ``remove_duplicate`` (``parameters()`` raises).
   P9  torch >= 2.14 gives ``clamp`` a zero subgradient at its bounds, so alpha-CROWN never moves
       its slopes and silently returns CROWN (behaviour probe, not a version check).
   P10 0.3 bug: ``alpha_indices`` not reset when a full alpha is created (>90 % unstable neurons).
   P11 ``x.view(x.size(0), -1)`` bakes the trace batch size into the graph: export the batch axis
       as dynamic, then restore the input's concrete type for 0.3's shape check.
+
+Which patches each release needs on torch 2.14.1 / numpy 1.26 (measured one by one: each
+applied patch skipped with ``LIRPA_COMPAT_SKIP`` brings its symptom back,
+``tests/test_lirpa_compat.py``; 0.7.1 runs the certify soundness subset without the others):
+
+  ====  ==========================  ==============================================================
+  P     0.3                         0.7.1
+  ====  ==========================  ==============================================================
+  P1    yes (ImportError)           no: calls ``_set_opset_version`` only on torch < 2
+  P2    no (torch 2.14 re-exports)  no
+  P3    yes (Node not subscriptable) no: reads attributes with ``_node_get``
+  P12   yes, opsets 11-12 (OneHot)  yes, opsets 11-20 (loss fusion: OneHot)
+  P4    only with numpy 2           no: no longer imports ``numpy.lib.arraysetops``
+  G     yes                         yes (``simplefilter('once')``, ``basicConfig``, jit executor)
+  P5    yes (``torch._six``)        no: checks ``str``
+  P6    yes (opset left at 12)      yes (``autograd_inlining`` left False)
+  P8    yes (``remove_duplicate``)  no: accepts it
+  P9    yes (alpha-CROWN == CROWN)  yes (alpha-CROWN == CROWN); the replacement keeps 0.7.x's
+                                    LeakyReLU floor (slopes clamped to [negative_slope, 1])
+  P10   yes (shape mismatch)        no: fixed upstream
+  P11   yes (batch size baked in)   no: exports the batch axis as dynamic itself
+  ====  ==========================  ==============================================================
 """
 from __future__ import annotations
 
@@ -45,6 +70,8 @@ import torch
 log = logging.getLogger(__name__)
 
 APPLIED_PATCHES: list[str] = []
+#: what a patch replaced, by label (the tests compare a replacement with the original)
+ORIGINALS: dict[str, Any] = {}
 _STATE: dict[str, Any] = {"pre": False, "post": False, "module": None}
 _MARK = "_robustsuite_compat"
 _VERSION_CACHE: tuple[int, ...] | None = None
@@ -274,6 +301,7 @@ def _post_import() -> None:
     relu = BoundRelu
     if hasattr(relu, "_relu_mask_alpha") and not getattr(relu, _MARK + "_p9", False) \
             and _clamp_kills_boundary_gradient() and not _skipped("P9"):
+        ORIGINALS["P9"] = relu._relu_mask_alpha
         relu._relu_mask_alpha = staticmethod(relu_mask_alpha)
         setattr(relu, _MARK + "_p9", True)
         _record("P9")

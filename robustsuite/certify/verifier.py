@@ -24,11 +24,27 @@ from ..threats import Box, ThreatModel, check_images
 from .bounds import canonical_method, compute_bounds, spec_matrix, strict_fp32
 from .checks import check_boundable, check_deterministic
 from .graph_check import SUPPORTED, build_checked
+from .graph_check import _version as lirpa_version_text
 
 log = logging.getLogger(__name__)
 
-#: default chunk sizes: full CROWN's memory grows with layer width times output size.
-DEFAULT_MAX_BATCH = {"ibp": 1024, "crown-ibp": 256, "crown": 64, "alpha-crown": 32}
+#: default chunk sizes per device type and method (``max_batch``). CPU: measured by
+#: ``benchmarks/bench_verifier.py`` (``results/verifier.json``; 1 thread, the demo's digits CNN
+#: and CNN-7+BN on 8x8 inputs): IBP is fastest in one large chunk; CROWN-IBP is flat from 64 to
+#: 256 per chunk and best at 128; full CROWN and alpha-CROWN are 1.7-2x faster per sample in
+#: chunks of 8 than of 64 / 32 (their cost grows faster than linearly with the chunk, since every
+#: intermediate layer is bounded for the whole chunk at once), with the same bounds. CUDA: not
+#: measured in this release (no GPU was available); the earlier defaults, which keep full CROWN's
+#: memory (layer width times output size per sample) in bounds. Other devices use the CUDA row.
+DEFAULT_MAX_BATCH = {
+    "cpu": {"ibp": 1024, "crown-ibp": 128, "crown": 8, "alpha-crown": 8},
+    "cuda": {"ibp": 1024, "crown-ibp": 256, "crown": 64, "alpha-crown": 32},
+}
+
+
+def default_max_batch(device: torch.device, method: str) -> int:
+    """The default chunk size for ``method`` (canonical name) on ``device`` (see ``DEFAULT_MAX_BATCH``)."""
+    return DEFAULT_MAX_BATCH["cpu" if device.type == "cpu" else "cuda"][method]
 
 
 #: samples on which every call compares the bounded graph's clean logits with ``model(x)`` (the
@@ -132,8 +148,10 @@ class Verifier:
         method: ``ibp``, ``crown-ibp`` (IBP intermediate bounds, CROWN at the output), ``crown``
             or ``alpha-crown`` (CROWN with optimized ReLU slopes).
         device: ``auto`` | ``cpu`` | ``cuda``; the model is moved there.
-        max_batch: largest chunk bounded at once (default per method); a chunk that runs out of
-            memory is halved and retried, so large sets never fail for memory.
+        max_batch: largest chunk bounded at once (default per device and method,
+            :data:`DEFAULT_MAX_BATCH`, chosen from a measurement; chunking never changes the
+            bounds, only the time and memory); a chunk that runs out of memory is halved and
+            retried, so large sets never fail for memory.
         alpha_iterations, alpha_lr: alpha-CROWN optimization settings.
         conv_mode: auto_LiRPA's convolution mode, ``patches`` (fast) or ``matrix``.
     """
@@ -154,7 +172,7 @@ class Verifier:
         self.device = resolve_device(device)
         self.input_shape = shape
         self.model = model.to(self.device)
-        self.max_batch = int(max_batch) if max_batch else DEFAULT_MAX_BATCH[self.method]
+        self.max_batch = int(max_batch) if max_batch else default_max_batch(self.device, self.method)
         if self.max_batch < 1:
             raise InputError(f"max_batch: must be >= 1, got {max_batch}")
         self._bound_opts = {"conv_mode": conv_mode,
@@ -236,6 +254,8 @@ class Verifier:
             if state == self._checked:
                 k = 0  # nothing the graph could depend on changed since the last passing comparison
             xs = x[: max(self.max_batch if chunk_logits else 0, k)]
+            if xs.shape[0] == 0:
+                return x.new_zeros(0, self.num_classes)
             with eval_mode(self.model), torch.no_grad(), strict_fp32():
                 want = self.model(xs)
                 if k == 0:
@@ -321,8 +341,8 @@ class Verifier:
         return self._chunked(x.shape[0], one)
 
     def _compute(self, x: Tensor, threat: ThreatModel, **kw) -> tuple:
-        """:func:`compute_bounds` on the bounded graph. auto_LiRPA 0.3's alpha-CROWN fails an internal
-        assertion on some models (``alpha_lookup_idx``); plain CROWN bounds are valid there (alpha
+        """:func:`compute_bounds` on the bounded graph. auto_LiRPA's alpha-CROWN fails an internal
+        assertion on some models (0.3: ``alpha_lookup_idx``; 0.7.1: LayerNorm); plain CROWN bounds are valid there (alpha
         only tightens them), so the chunk is bounded with CROWN on a rebuilt graph, with a warning."""
         try:
             return compute_bounds(self._bm, x, threat, self.method, **kw)
@@ -330,7 +350,7 @@ class Verifier:
             if self.method != "alpha-crown":
                 self.refresh()
                 raise
-            log.warning("alpha-CROWN failed inside auto_LiRPA 0.3 on this chunk; using CROWN bounds for it")
+            log.warning("alpha-CROWN failed inside %s on this chunk; using CROWN bounds for it", lirpa_version_text())
             self.refresh()
             return compute_bounds(self._bm, x, threat, "crown", **kw)
 

@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 #: default chunk sizes per device type and method (``max_batch``). CPU: measured by
 #: ``benchmarks/bench_verifier.py`` (``results/verifier.json``; 1 thread, the demo's digits CNN
 #: and CNN-7+BN on 8x8 inputs): IBP is fastest in one large chunk; CROWN-IBP is flat from 64 to
-#: 256 per chunk and best at 128; full CROWN and alpha-CROWN are 1.7-2x faster per sample in
-#: chunks of 8 than of 64 / 32 (their cost grows faster than linearly with the chunk, since every
-#: intermediate layer is bounded for the whole chunk at once), with the same bounds. CUDA: not
+#: 256 per chunk and best at 128 (CNN-7); full CROWN is fastest in chunks of 4 on both models
+#: (digits CNN: 2.0x faster per sample than 64; CNN-7: 2.0x than 16, 1.6x than 8), alpha-CROWN
+#: too (1.8x faster than 16, 1.3x than 8), with the same bounds (their cost grows faster than
+#: linearly with the chunk: every intermediate layer is bounded for the whole chunk). CUDA: not
 #: measured in this release (no GPU was available); the earlier defaults, which keep full CROWN's
 #: memory (layer width times output size per sample) in bounds. Other devices use the CUDA row.
 DEFAULT_MAX_BATCH = {
-    "cpu": {"ibp": 1024, "crown-ibp": 128, "crown": 8, "alpha-crown": 8},
+    "cpu": {"ibp": 1024, "crown-ibp": 128, "crown": 4, "alpha-crown": 4},
     "cuda": {"ibp": 1024, "crown-ibp": 256, "crown": 64, "alpha-crown": 32},
 }
 

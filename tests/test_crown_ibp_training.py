@@ -51,6 +51,7 @@ def test_beta_and_kappa_move_from_one_to_their_final_values():
 
 
 # --------------------------------------------------------------------------- the loss
+@pytest.mark.lirpa071  # also run under auto_LiRPA 0.7.1 (tests/test_lirpa071_subprocess.py)
 def test_robust_loss_upper_bounds_the_cross_entropy_inside_the_ball():
     torch.manual_seed(0)
     from robustsuite.models import build
@@ -156,6 +157,7 @@ def test_batchnorm_statistics_reach_the_saved_model(tmp_path):
     assert means and all(m.abs().sum() > 0 for m in means), "BN running statistics were never copied back"
 
 
+@pytest.mark.lirpa071  # also run under auto_LiRPA 0.7.1 (tests/test_lirpa071_subprocess.py)
 def test_loss_fusion_trains_and_its_loss_bounds_the_cross_entropy(tmp_path):
     cfg = _cfg(loss_fusion=True, epochs=2)
     res = train(cfg, tmp_path, quiet=True)

@@ -2,6 +2,7 @@
 back, in a fresh process) and, applied, makes the behaviour it fixes work."""
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import subprocess
@@ -18,6 +19,13 @@ from robustsuite.certify.lirpa import BoundedModule, BoundedTensor, CrossEntropy
 from robustsuite.certify import lirpa_compat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODERN = lirpa_compat._modern()  # auto_LiRPA >= 0.7 (tests/test_lirpa071_subprocess.py runs this file under 0.7.1)
+
+
+
+def _pythonpath() -> str:
+    """This checkout first, then whatever PYTHONPATH selected the auto_LiRPA under test."""
+    return os.pathsep.join([ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 
 class ViewNet(nn.Module):
@@ -45,22 +53,53 @@ def _box(x, eps):
 
 def _run_without(patch: str, body: str) -> subprocess.CompletedProcess:
     """Run ``body`` in a fresh interpreter with one patch disabled."""
-    env = dict(os.environ, LIRPA_COMPAT_SKIP=patch, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, LIRPA_COMPAT_SKIP=patch, PYTHONPATH=_pythonpath(), OMP_NUM_THREADS="1")
     code = "import torch\nfrom robustsuite.certify.lirpa import *\n" + textwrap.dedent(body)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
 
 
 # --------------------------------------------------------------------- applied behaviour
+@pytest.mark.lirpa071
 def test_patches_applied_are_recorded_and_apply_is_idempotent():
     before = list(lirpa.APPLIED_PATCHES)
     assert lirpa_compat.apply() is lirpa.auto_LiRPA
     assert lirpa.APPLIED_PATCHES == before
-    for label in ("P1", "P3", "P8", "P11", "G"):
-        assert label in before, f"{label} is needed on torch {torch.__version__} but was not applied"
+    # The table in lirpa_compat's docstring (torch 2.14, numpy 1.26).
+    needed = {"P12", "G", "P6"} if MODERN else {"P1", "P3", "P12", "G", "P5", "P6", "P8", "P10", "P11"}
+    for label in needed:
+        assert label in before, f"{label} is needed by auto_LiRPA {lirpa.VERSION} but was not applied"
+    if MODERN:
+        assert not set(before) & {"P1", "P3", "P4", "P5", "P8", "P10", "P11"}, before
     if lirpa_compat._clamp_kills_boundary_gradient():
         assert "P9" in before
 
 
+@pytest.mark.lirpa071
+def test_p9_replacement_has_the_original_values_and_gradient_one_at_the_ends():
+    if "P9" not in lirpa.APPLIED_PATCHES:
+        pytest.skip(f"P9 is not needed on torch {torch.__version__}")
+    original = lirpa_compat.ORIGINALS["P9"]
+    leaky = [0.0, 0.1] if "leaky_alpha" in inspect.signature(original).parameters else [0.0]
+    g = torch.Generator().manual_seed(0)
+    lower, upper = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    lower, upper = torch.minimum(lower, upper), torch.maximum(lower, upper)
+    for a in leaky:
+        d = torch.rand(2, 4, 6, generator=g) * 1.4 - 0.2
+        d[0, 0, :3] = torch.tensor([a, 1.0, 0.5])
+        kw = {"leaky_alpha": a} if a else {}
+        want = original(lower, upper, d.clone(), d.clone(), **kw)
+        got = lirpa_compat.relu_mask_alpha(lower, upper, d.clone(), d.clone(), **kw)
+        for w, o in zip(want[:2], got[:2]):
+            torch.testing.assert_close(o, w, rtol=0, atol=0)
+        assert bool(want[2]) == bool(got[2])
+        t = torch.tensor([a, 1.0], requires_grad=True)
+        lo, up = torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0])
+        out, _, _ = lirpa_compat.relu_mask_alpha(lo, up, t, None, **kw)
+        (grad,) = torch.autograd.grad(out.sum(), t)
+        assert torch.equal(grad, torch.ones(2)), grad
+
+
+@pytest.mark.lirpa071
 def test_bounded_module_parameters_work():  # P8
     bm = BoundedModule(_mlp(), torch.zeros(2, 1, 8, 8))
     params = list(bm.parameters())
@@ -68,6 +107,7 @@ def test_bounded_module_parameters_work():  # P8
     torch.optim.Adam(bm.parameters(), lr=1e-3)
 
 
+@pytest.mark.lirpa071
 def test_bounds_at_a_batch_size_other_than_the_trace():  # P11
     torch.manual_seed(0)
     model = ViewNet().eval()
@@ -77,6 +117,7 @@ def test_bounds_at_a_batch_size_other_than_the_trace():  # P11
     assert lb.shape == (5, 10) and (lb <= model(x) + 1e-5).all() and (model(x) <= ub + 1e-5).all()
 
 
+@pytest.mark.lirpa071
 def test_loss_fusion_wrapper_parses_and_bounds():  # P12
     model = _mlp()
     bm = BoundedModule(CrossEntropyWrapper(model), (torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)),
@@ -86,6 +127,7 @@ def test_loss_fusion_wrapper_parses_and_bounds():  # P12
     assert ub.shape == (3, 1) and torch.isfinite(ub).all()
 
 
+@pytest.mark.lirpa071
 def test_alpha_crown_strictly_tighter_than_crown():  # P9 on torch >= 2.14, P10
     model = _mlp(width=64, seed=3)
     torch.manual_seed(1)
@@ -118,18 +160,19 @@ def test_import_leaves_logging_warnings_and_jit_executor_alone():  # G
         now = torch._C._jit_set_profiling_executor(True); torch._C._jit_set_profiling_executor(now)
         assert now == state, "TorchScript profiling executor changed"
     """
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=_pythonpath(), OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(body)], env=env, capture_output=True, text=True,
                          timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "jit.script" not in out.stderr and out.stdout == ""
 
 
+@pytest.mark.lirpa071
 def test_parsing_leaves_the_exporter_opset_alone():  # P6
     glb = lirpa_compat._exporter_globals()
-    before = glb.export_onnx_opset_version
+    before = glb.export_onnx_opset_version, getattr(glb, "autograd_inlining", None)
     BoundedModule(_mlp(), torch.zeros(2, 1, 8, 8))
-    assert glb.export_onnx_opset_version == before
+    assert (glb.export_onnx_opset_version, getattr(glb, "autograd_inlining", None)) == before
 
 
 def test_ibp_matches_hand_written_interval_arithmetic():
@@ -174,10 +217,28 @@ def test_ibp_matches_hand_written_interval_arithmetic():
      """, "OneHot"),
     ("P3", "BoundedModule(torch.nn.Sequential(torch.nn.Linear(4, 2)), torch.zeros(1, 4))",
      "not subscriptable"),
+    ("P9", """
+        torch.manual_seed(3)
+        m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+        bm = BoundedModule(m, torch.zeros(2, 1, 8, 8))
+        x = torch.rand(4, 1, 8, 8)
+        ptb = PerturbationLpNorm(norm=float("inf"), eps=None, x_L=(x - 0.03).clamp(0, 1), x_U=(x + 0.03).clamp(0, 1))
+        crown, _ = bm.compute_bounds(x=(BoundedTensor(x, ptb),), method="CROWN", bound_upper=False)
+        alpha, _ = bm.compute_bounds(x=(BoundedTensor(x, ptb),), method="CROWN-Optimized", bound_upper=False)
+        assert (alpha - crown).sum() > 1e-3, "alpha-CROWN returned plain CROWN bounds"
+     """, "alpha-CROWN returned plain CROWN bounds"),
+    ("P6", """
+        from robustsuite.certify import lirpa_compat
+        glb = lirpa_compat._exporter_globals()
+        before = glb.export_onnx_opset_version, getattr(glb, "autograd_inlining", None)
+        BoundedModule(torch.nn.Sequential(torch.nn.Linear(4, 2)), torch.zeros(1, 4))
+        after = glb.export_onnx_opset_version, getattr(glb, "autograd_inlining", None)
+        assert after == before, f"exporter state changed: {before} -> {after}"
+     """, "exporter state changed"),
 ])
 def test_skipping_a_patch_brings_its_failure_back(patch, body, symptom):
     if patch not in lirpa.APPLIED_PATCHES:
-        pytest.skip(f"{patch} is not needed on torch {torch.__version__}")
+        pytest.skip(f"{patch} is not needed by auto_LiRPA {lirpa.VERSION} on torch {torch.__version__}")
     ok = _run_without("", body)
     assert ok.returncode == 0, ok.stderr[-2000:]
     broken = _run_without(patch, body)

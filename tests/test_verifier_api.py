@@ -256,3 +256,94 @@ def test_alpha_crown_failing_inside_auto_lirpa_falls_back_to_crown(model, batch,
     monkeypatch.setattr(vmod, "compute_bounds", failing)
     out = Verifier(model, SHAPE, method="alpha-crown", device="cpu").margin_bounds(x, y, LinfBall(0.02))
     torch.testing.assert_close(out, crown)
+
+
+# --- issue 18 item 6: chunk sizes per device and method, the cheaper per-call checks ------------
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown", "alpha-crown"])
+def test_chunking_never_changes_the_bounds(model, batch, method):
+    x, y = batch
+    whole = Verifier(model, SHAPE, method=method, device="cpu", max_batch=64, alpha_iterations=5)
+    parts = Verifier(model, SHAPE, method=method, device="cpu", max_batch=3, alpha_iterations=5)
+    a, b = whole.margin_bounds(x, y, LinfBall(0.02)), parts.margin_bounds(x, y, LinfBall(0.02))
+    if method != "alpha-crown":
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    else:  # the slopes are optimized per chunk (auto_LiRPA stops on the chunk's total): both valid
+        crown = Verifier(model, SHAPE, method="crown", device="cpu").margin_bounds(x, y, LinfBall(0.02))
+        assert (a >= crown - 1e-6).all() and (b >= crown - 1e-6).all()
+
+
+def test_default_chunks_follow_the_device_and_method(model):
+    from robustsuite.certify.verifier import DEFAULT_MAX_BATCH
+
+    for method, size in DEFAULT_MAX_BATCH["cpu"].items():
+        assert Verifier(model, SHAPE, method=method, device="cpu").max_batch == size
+    # measured on a CPU: full CROWN and alpha-CROWN are fastest in small chunks
+    assert DEFAULT_MAX_BATCH["cpu"]["crown"] <= 8 and DEFAULT_MAX_BATCH["cpu"]["alpha-crown"] <= 8
+
+
+class _Scaled(nn.Module):
+    """Logits times a Python float: a traced graph freezes it as a constant."""
+
+    def __init__(self, net, scale=1.0):
+        super().__init__()
+        self.net, self.scale = net, scale
+
+    def forward(self, x):
+        return self.net(x) * self.scale
+
+
+def test_a_replaced_weight_after_construction_is_noticed(batch):
+    x, y = batch
+    torch.manual_seed(3)
+    net = build("cnn_small", SHAPE, 10, width=0.5, linear=32).eval()
+    v = Verifier(net, SHAPE, method="crown", device="cpu")
+    v.verify(x, y, LinfBall(0.01))
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    last.weight = nn.Parameter(torch.randn_like(last.weight))  # a new object: not shared with the graph
+    with torch.no_grad():
+        last.bias.add_(0.3)  # in place: shared
+    after = v.verify(x, y, LinfBall(0.01))
+    fresh = Verifier(net, SHAPE, method="crown", device="cpu").verify(x, y, LinfBall(0.01))
+    torch.testing.assert_close(after.margin_lower, fresh.margin_lower)
+    assert torch.equal(after.clean_correct, fresh.clean_correct)
+
+
+def test_a_changed_attribute_is_noticed_by_the_graph_check(batch, monkeypatch):
+    x, y = batch
+    torch.manual_seed(3)
+    net = _Scaled(build("cnn_small", SHAPE, 10, width=0.5, linear=32)).eval()
+    v = Verifier(net, SHAPE, method="crown-ibp", device="cpu")
+    v.verify(x, y, LinfBall(0.01))
+    v.verify(x, y, LinfBall(0.01))
+    net.scale = 3.0  # no parameter or buffer changes: only the logit comparison can see it
+    monkeypatch.setattr(Verifier, "_stale", lambda self: False)
+    after = v.margin_bounds(x, y, LinfBall(0.01))
+    monkeypatch.undo()
+    fresh = Verifier(net, SHAPE, method="crown-ibp", device="cpu").margin_bounds(x, y, LinfBall(0.01))
+    torch.testing.assert_close(after, fresh)
+
+
+def test_the_graph_forward_runs_only_when_the_model_may_have_changed(model, batch):
+    """The bounded graph's forward (the largest fixed cost of a call) is compared with model(x) at
+    the first call after a build and after any change of the model's state, not at every call."""
+    x, y = batch
+    v = Verifier(model, SHAPE, method="crown-ibp", device="cpu")
+    calls = []
+    real = v._bm.forward
+
+    def counting(*a, **k):
+        calls.append(a[0].shape[0])
+        return real(*a, **k)
+    v._bm.forward = counting
+    first = v.verify(x, y, LinfBall(0.01))
+    assert calls == [10]  # the whole first chunk
+    v.verify(x, y, LinfBall(0.01))
+    v.margin_bounds(x, y, LinfBall(0.01))
+    assert calls == [10], "the graph was compared again although nothing changed"
+    p = next(model.parameters())
+    with torch.no_grad():
+        p.mul_(1.0)  # an in-place update (as an optimizer step): compared again, on a few samples
+    again = v.verify(x, y, LinfBall(0.01))
+    assert len(calls) == 2 and calls[1] <= 4
+    torch.testing.assert_close(again.margin_lower, first.margin_lower)

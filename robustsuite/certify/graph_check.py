@@ -18,6 +18,26 @@ Rules:
   it came from (when it has parameters), its attributes, the method, and the fix.
 
 The check runs once per built graph (``Verifier.refresh`` and the certified trainer), never per call.
+
+auto_LiRPA 0.7.x (installed from source; PyPI has 0.3) bounds more operations soundly; under it,
+and only under it, the allowlist also accepts (each with a soundness test in
+``tests/test_certify_lirpa071.py``, run under 0.7.1 by ``tests/test_lirpa071_subprocess.py``):
+
+* ``softmax`` (``BoundSoftmax``) along a non-batch axis;
+* ``LayerNorm`` (its traced pattern: mean, centering, square, mean, + eps, sqrt, reciprocal,
+  product of the centered input with the reciprocal; nowhere else is a product of two
+  input-dependent tensors, a square, a square root or a reciprocal accepted), except under
+  alpha-CROWN, which fails inside 0.7.1 there;
+* average pooling with any kernel, stride and padding (with ``count_include_pad=True``; 0.7.1
+  still computes ``count_include_pad=False`` with padding as a different function), under
+  every method;
+* LeakyReLU under every method (alpha-CROWN included);
+* a mean over any non-batch axes.
+
+0.7.x's interval pass through ``torch.cat`` fails on per-element boxes (a numpy error), so
+concatenation is refused under ``ibp`` and ``crown-ibp`` there. Max pooling stays refused
+under alpha-CROWN on both versions (0.3 fails; 0.7.1 was looser than CROWN and, in 2 of ~27
+runs, unsound).
 """
 from __future__ import annotations
 
@@ -25,6 +45,8 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator
+
+import torch
 
 from ..errors import UnsupportedModelError
 
@@ -38,7 +60,9 @@ SUPPORTED = ("Conv2d, Linear (with or without bias), ReLU / F.relu, BatchNorm1d/
              "negation, torch.cat along a non-batch axis, AvgPool2d(k=s, padding=0) and "
              "AdaptiveAvgPool2d(1) / x.mean((2, 3)) (any average pooling under 'ibp'), MaxPool2d(k=s, "
              "padding=0) ('crown-ibp', 'crown'; any kernel/stride/padding under 'ibp'; none under "
-             "'alpha-crown'), Dropout (identity in eval mode)")
+             "'alpha-crown'), Dropout (identity in eval mode); with auto_LiRPA >= 0.7 also softmax, LayerNorm, "
+             "LeakyReLU and AvgPool2d with any kernel/stride/padding (count_include_pad=True) under every "
+             "method (LayerNorm not under 'alpha-crown'), and torch.cat only under 'crown' / 'alpha-crown'")
 
 #: ops that may appear where nothing depends on the perturbed input: auto_LiRPA computes their
 #: value exactly with the ordinary forward pass (lower = upper = value), so any deterministic op is
@@ -47,7 +71,22 @@ CONSTANT_OPS = frozenset({
     "BoundParams", "BoundBuffers", "BoundConstant", "BoundPrimConstant", "BoundShape", "BoundGather",
     "BoundUnsqueeze", "BoundSqueeze", "BoundConcat", "BoundReshape", "BoundTranspose", "BoundCast",
     "BoundConstantOfShape", "BoundSlice", "BoundAdd", "BoundSub", "BoundMul", "BoundDiv", "BoundNeg",
+    "BoundReciprocal",  # 0.7.x traces a division by a constant as Mul(x, Reciprocal(constant))
 })
+
+
+def modern() -> bool:
+    """The installed auto_LiRPA is 0.7 or newer (the extra operations above are accepted)."""
+    from .lirpa_compat import _modern
+
+    return _modern()
+
+
+def _version() -> str:
+    from .lirpa_compat import lirpa_version
+
+    v = lirpa_version()
+    return "auto_LiRPA " + (".".join(map(str, v)) if v else "(unknown version)")
 
 #: a hint at the torch code an unsupported ONNX op usually comes from.
 _ORIGIN = {
@@ -147,14 +186,70 @@ def _matmul(node, method, g):
 
 def _add_sub(node, method, g):
     shapes = {tuple(i.output_shape) for i in node.inputs if g.is_perturbed(i)}
-    if len(shapes) > 1:
+    if len(shapes) > 1 and not (modern() and _is_centered(node)):  # LayerNorm's x - mean(x) broadcasts
         return f"operands of different shapes {sorted(shapes)} are broadcast (not supported)"
     return None
 
 
 def _mul(node, method, g):
     if sum(g.is_perturbed(i) for i in node.inputs) > 1:
+        if modern() and any(_cls(i) == "BoundReciprocal" and _reciprocal(i, method, g) is None
+                            for i in node.inputs):
+            return None  # LayerNorm: (x - mean) * 1 / sqrt(var + eps)
         return "product of two input-dependent tensors (x * x is not linear)"
+    return None
+
+
+def _cls(node) -> str:
+    return type(node).__name__
+
+
+def _is_centered(node) -> bool:
+    """``a - mean(a)``, as LayerNorm computes it."""
+    return (_cls(node) == "BoundSub" and _cls(node.inputs[1]) == "BoundReduceMean"
+            and node.inputs[1].inputs[0] is node.inputs[0])
+
+
+def _sqr(node, method, g):
+    if modern() and _is_centered(node.inputs[0]):
+        return None  # LayerNorm's variance
+    return "x * x / x ** 2 (x * x is not linear; accepted only inside LayerNorm under auto_LiRPA >= 0.7)"
+
+
+def _sqrt(node, method, g):
+    a = node.inputs[0]
+    if modern() and _cls(a) == "BoundAdd":
+        parts = {_cls(i): i for i in a.inputs}
+        mean = parts.get("BoundReduceMean")
+        eps = next((i for i in a.inputs if not g.is_perturbed(i)), None)
+        val = None if eps is None else _constant(eps)
+        if (mean is not None and _cls(mean.inputs[0]) == "BoundSqr" and _sqr(mean.inputs[0], method, g) is None
+                and val is not None and bool((torch.as_tensor(val) > 0).all())):
+            return None  # sqrt(var + eps), eps > 0: LayerNorm
+    return "square root of an input-dependent tensor (accepted only inside LayerNorm under auto_LiRPA >= 0.7)"
+
+
+def _reciprocal(node, method, g):
+    if modern() and _cls(node.inputs[0]) == "BoundSqrt" and _sqrt(node.inputs[0], method, g) is None:
+        if method == "alpha-crown":
+            return (f"alpha-CROWN through LayerNorm fails inside {_version()} (a shape mismatch in its "
+                    "optimized slopes); use method 'crown'")
+        return None  # 1 / sqrt(var + eps): LayerNorm
+    return "division by an input-dependent tensor"
+
+
+def _softmax(node, method, g):
+    if not modern():
+        return f"softmax is not bounded soundly by {_version()} (it is with auto_LiRPA >= 0.7)"
+    axis = _attr(node, "axis", -1)
+    if axis % len(node.output_shape) == 0:
+        return "softmax over the batch axis"
+    return None
+
+
+def _leaky_relu(node, method, g):
+    if not modern():
+        return f"LeakyReLU is not bounded soundly by {_version()} (it is with auto_LiRPA >= 0.7)"
     return None
 
 
@@ -185,6 +280,9 @@ def _reshape(node, method, g):
 
 
 def _concat(node, method, g):
+    if modern() and method in ("ibp", "crown-ibp"):
+        return (f"torch.cat under interval bounds fails inside {_version()} on per-element boxes; use "
+                "method 'crown' or 'alpha-crown' (or auto_LiRPA 0.3)")
     axis = _attr(node, "axis", 0)
     rank = len(node.output_shape)
     if axis % rank == 0:
@@ -196,7 +294,7 @@ def _concat(node, method, g):
 
 def _pool_common(node, kind: str) -> str | None:
     if _attr(node, "ceil_mode", 0):
-        return (f"{kind} with ceil_mode=True: auto_LiRPA 0.3 ignores ceil_mode (its forward pass differs "
+        return (f"{kind} with ceil_mode=True: {_version()} ignores ceil_mode (its forward pass differs "
                 f"from the model's); use ceil_mode=False")
     return None
 
@@ -207,8 +305,10 @@ def _avg_pool(node, method, g):
         return bad
     k, s, p = list(_attr(node, "kernel_shape")), list(_attr(node, "strides")), list(_attr(node, "pads", [0, 0, 0, 0]))
     if any(p) and not _attr(node, "count_include_pad", 1):
-        return ("AvgPool2d with padding and count_include_pad=False: auto_LiRPA 0.3 computes it with "
+        return (f"AvgPool2d with padding and count_include_pad=False: {_version()} computes it with "
                 "count_include_pad=True (a different function); use AvgPool2d(k=s, padding=0)")
+    if modern():
+        return None  # 0.7.x's backward pass handles any window (tests/test_certify_lirpa071.py)
     if method in BACKWARD_METHODS and (k != s or any(p)):
         return (f"average pooling with kernel {k} != stride {s} or padding {p} gives unsound "
                 f"CROWN bounds in auto_LiRPA 0.3; use AvgPool2d(k=s, padding=0) or AdaptiveAvgPool2d(1) "
@@ -221,9 +321,10 @@ def _max_pool(node, method, g):
     if bad:
         return bad
     if any(d != 1 for d in _attr(node, "dilations", [1, 1])):
-        return "MaxPool2d with dilation: auto_LiRPA 0.3 ignores dilation; use dilation=1"
+        return f"MaxPool2d with dilation: {_version()} ignores dilation; use dilation=1"
     if method == "alpha-crown":
-        return "alpha-crown does not support max pooling in auto_LiRPA 0.3; use 'crown' or 'crown-ibp'"
+        return ("alpha-crown does not support max pooling (auto_LiRPA 0.3 fails; 0.7.1 is looser than CROWN "
+                "there and was unsound in 2 of ~27 runs); use 'crown' or 'crown-ibp'")
     k, s, p = list(_attr(node, "kernel_shape")), list(_attr(node, "strides")), list(_attr(node, "pads", [0, 0, 0, 0]))
     if method in BACKWARD_METHODS and (k != s or any(p)):
         return (f"max pooling with kernel {k} != stride {s} or padding {p} is not supported by "
@@ -231,10 +332,31 @@ def _max_pool(node, method, g):
     return None
 
 
+def _constant(node):
+    """The value of a node that does not depend on the input (None when it has none)."""
+    for key in ("value", "forward_value"):
+        val = getattr(node, key, None)
+        if val is not None:
+            return val
+    return None
+
+
+def _axes(node) -> list[int]:
+    """A reduction's axes: an attribute up to ONNX opset 17, its second input from opset 18 (0.7.x)."""
+    axes = _attr(node, "axes", None)
+    if axes is None and len(node.inputs) > 1:
+        val = _constant(node.inputs[1])
+        axes = [] if val is None else [int(a) for a in torch.as_tensor(val).flatten().tolist()]
+    rank = len(node.inputs[0].output_shape)
+    return [int(a) % rank for a in (axes or [])]
+
+
 def _reduce_mean(node, method, g):
-    axes = [a % len(node.inputs[0].output_shape) for a in _attr(node, "axes", [])]
+    axes = _axes(node)
     if not axes or 0 in axes:
         return "mean over the batch axis"
+    if modern():
+        return None  # a mean over non-batch axes is affine
     if len(node.inputs[0].output_shape) != 4 or sorted(axes) != [2, 3]:
         return f"mean over axes {_attr(node, 'axes')} (only the spatial mean x.mean((2, 3)) is supported)"
     return None
@@ -272,6 +394,14 @@ ALLOWLIST: dict[str, Rule] = {
     "BoundMaxPool": Rule(_max_pool, "monotone (IBP); CROWN relaxation for k = s, no padding",
                          "test_accepted_relu_graphs_contain_random_and_pgd_points"),
     "BoundDropout": Rule(_dropout, "the identity in eval mode", "test_accepted_affine_graphs_are_exact"),
+    # auto_LiRPA >= 0.7 only (each rule refuses under 0.3); tests in tests/test_certify_lirpa071.py.
+    "BoundSoftmax": Rule(_softmax, "0.7.x's softmax relaxation", "test_lirpa071_nonlinear_layers_contain_random_and_pgd_points"),
+    "BoundLeakyRelu": Rule(_leaky_relu, "0.7.x's LeakyReLU relaxation (alpha-CROWN slopes in [alpha, 1])",
+                           "test_lirpa071_nonlinear_layers_contain_random_and_pgd_points"),
+    "BoundSqr": Rule(_sqr, "LayerNorm's variance only", "test_lirpa071_nonlinear_layers_contain_random_and_pgd_points"),
+    "BoundSqrt": Rule(_sqrt, "LayerNorm's sqrt(var + eps) only", "test_lirpa071_nonlinear_layers_contain_random_and_pgd_points"),
+    "BoundReciprocal": Rule(_reciprocal, "LayerNorm's 1 / sqrt(var + eps) only",
+                            "test_lirpa071_nonlinear_layers_contain_random_and_pgd_points"),
 }
 
 
@@ -380,7 +510,7 @@ def build_checked(model, dummy, method: str, **kwargs):
                     pass
             named_ops = f"unsupported operation(s) {', '.join(dict.fromkeys(ops))}; " if ops else ""
             raise UnsupportedModelError(
-                f"model: auto_LiRPA 0.3 cannot trace it for method {method!r} ({named_ops}"
+                f"model: {_version()} cannot trace it for method {method!r} ({named_ops}"
                 f"{type(e).__name__}: {e}). Supported: {SUPPORTED}.") from e
     bm.eval()
     check_graph(bm, method)

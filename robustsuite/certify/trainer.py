@@ -152,14 +152,17 @@ class CertifiedTrainer(Trainer):
         # Training must not bound through an operation the verifier refuses (graph_check's allowlist);
         # build_checked also turns auto_LiRPA's own tracing failures into an error naming the op.
         method = "ibp" if self.bound_method() == "ibp" else "crown-ibp"
+        # bound_opts: only keys both auto_LiRPA 0.3 and 0.7.x read ('conv_mode', 'loss_fusion'). The
+        # ReLU relaxation stays at its default, 'adaptive', in both (0.3 names the key 'relu', 0.7.x
+        # 'activation_bound_option').
         if self.tcfg.loss_fusion:
             build_checked(self.model, dummy, method, device=self.device)  # the classifier's own graph
             self.bm = BoundedModule(CrossEntropyWrapper(self.model),
                                     (dummy, torch.zeros(2, dtype=torch.long, device=self.device)),
-                                    bound_opts={"relu": "adaptive", "loss_fusion": True}, device=self.device)
+                                    bound_opts={"loss_fusion": True}, device=self.device)
         else:
             self.bm = build_checked(self.model, dummy, method,
-                                    bound_opts={"relu": "adaptive", "conv_mode": "patches"}, device=self.device)
+                                    bound_opts={"conv_mode": "patches"}, device=self.device)
 
     def on_resume(self) -> None:
         self._build_bounded()  # the bounded copy's BatchNorm buffers come from the restored model

@@ -99,7 +99,20 @@ class AutoAttack(Attack):
     * with ``per_attack=True``, ``per_attack_success``: ``{name: (B,) bool}``, each component's own
       success on every clean-correct sample (False on the misclassified ones), as the
       reference's ``run_standard_evaluation_individual``: the cascade's run where the component
-      ran, plus one extra run on the clean-correct samples that earlier components broke first.
+      ran, plus one extra run on the clean-correct samples that earlier components broke first;
+    * ``records``: what a suite item stores per sample (:meth:`record_names`): ``by`` (the name
+      of the component that broke the sample, ``robust`` or ``clean``) and with ``per_attack``
+      ``atk/NAME`` (each component's own success).
+
+    In a suite (``- {name: autoattack, norm: linf, eps: [0.1]}``, any setting above as a key) the
+    item's columns are ``atk|autoattack|SET`` (the cascade's success: the ``worst|SET`` column
+    of the set includes it), ``dist|autoattack|SET``, ``by|autoattack|SET`` and with
+    ``per_attack: true`` ``atk|autoattack/NAME|SET`` per component; the report lists
+    ``broken|autoattack|SET|NAME``, the share of samples each component broke first. On a
+    stochastic model the plain item runs ``standard`` (the report warns) and the EOT run
+    ``autoattack+eot`` runs ``rand`` with the suite's ``eot.samples`` draws (the reference uses
+    20: set ``eot: {samples: 20}`` for its exact ``rand``); a model that declares noise whose
+    outputs do not vary gets ``rand`` marked not applicable.
 
     Differences from the reference (``pyautoattack`` 0.2.0), each also marked in the code:
     the components are robustsuite's (``APGD``, ``FAB``, ``Square``; their own docstrings list

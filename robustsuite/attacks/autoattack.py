@@ -33,6 +33,7 @@ from torch import Tensor
 from ..errors import InputError, InputTypeError
 from ..threats import ThreatModel
 from .base import Attack, AttackResult, Perturbation, check_bool, check_int, check_optional_int
+from .eot import outputs_vary
 from .registry import register_attack
 
 __all__ = ["AutoAttack", "COMPONENTS", "VERSIONS", "NOT_BROKEN", "CLEAN_MISCLASSIFIED", "ROBUST_LABEL",
@@ -261,10 +262,8 @@ class AutoAttack(Attack):
     # --- the randomness probe ------------------------------------------------------------------
     def _check_randomness(self, x: Tensor) -> None:
         """``rand`` refuses a model whose two forward passes on ``x`` agree; the others warn when
-        they differ (the probe of :mod:`robustsuite.eval.checks`, as the reference's
-        ``check_randomized``)."""
-        from ..eval.checks import outputs_vary  # eval imports attacks: imported here, not at the top
-
+        they differ (:func:`~robustsuite.attacks.eot.outputs_vary`, the evaluator's probe too, as
+        the reference's ``check_randomized``)."""
         varies = outputs_vary(self.model, x)
         if self.version == "rand" and not varies:
             raise InputError("version: 'rand' is for randomized models, but two forward passes on the same batch "

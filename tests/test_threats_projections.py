@@ -1,16 +1,23 @@
-"""The exact sort-based L2 / L1 ball-and-box projections (``threats.project_l2_box`` /
-``project_l1_box``) against a high-precision reference and against the projection's own optimality
-condition, on random and edge cases, in float64 and float32."""
+"""The exact L2 / L1 ball-and-box projections (``threats.project_l2_box``: Newton from below with
+the sort-based solver as exact fallback; ``project_l1_box``: sort-based) against a high-precision
+reference and against the projection's own optimality condition, on random and edge cases, in
+float64 and float32. ``l2`` is the default path (two Newton steps, the unsettled samples by the
+sort), ``l2_sort`` the sort alone, ``l2_newton1`` one Newton step (more samples left to the sort)."""
 from __future__ import annotations
+
+from functools import partial
 
 import pytest
 import torch
 
 from robustsuite import L1Ball, L2Ball
-from robustsuite.threats import project_l1_box, project_l2_box
+from robustsuite.errors import InputError
+from robustsuite.threats import _l2_newton, project_l1_box, project_l2_box
 
-PROJ = {"l2": project_l2_box, "l1": project_l1_box}
-P = {"l2": 2.0, "l1": 1.0}
+PROJ = {"l2": project_l2_box, "l2_sort": partial(project_l2_box, newton_steps=0),
+        "l2_newton1": partial(project_l2_box, newton_steps=1), "l1": project_l1_box}
+P = {"l2": 2.0, "l2_sort": 2.0, "l2_newton1": 2.0, "l1": 1.0}
+L2_PATHS = ["l2", "l2_sort", "l2_newton1"]
 
 
 def bisection_reference(norm: str, v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, eps: float,
@@ -20,7 +27,7 @@ def bisection_reference(norm: str, v: torch.Tensor, lo: torch.Tensor, hi: torch.
     v, lo, hi = (t.double() for t in (v, lo, hi))
     d_full = torch.maximum(torch.minimum(v, hi), lo)
     B = v.shape[0]
-    if norm == "l2":
+    if P[norm] == 2.0:
         t_lo, t_hi = v.new_zeros(B, 1), v.new_ones(B, 1)
         for _ in range(steps):
             t = (t_lo + t_hi) / 2
@@ -90,7 +97,7 @@ def in_set(norm, d, lo, hi, eps, rtol):
     return ok_norm & ok_box
 
 
-@pytest.mark.parametrize("norm", ["l2", "l1"])
+@pytest.mark.parametrize("norm", L2_PATHS + ["l1"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_projection_matches_the_high_precision_reference(norm, case):
     """float64: in the set, as close to v as the 200-step float64 bisection (1e-9 relative) and the
@@ -105,7 +112,7 @@ def test_projection_matches_the_high_precision_reference(norm, case):
     torch.testing.assert_close(d, ref, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("norm", ["l2", "l1"])
+@pytest.mark.parametrize("norm", L2_PATHS + ["l1"])
 @pytest.mark.parametrize("case", cases(torch.float32), ids=[c[0] for c in CASES])
 def test_projection_in_float32_is_feasible_and_optimal(norm, case):
     """float32: in the set (norm within 1e-6 relative; box exact), distance to v within 1e-5
@@ -120,7 +127,7 @@ def test_projection_in_float32_is_feasible_and_optimal(norm, case):
     torch.testing.assert_close(d.double(), ref, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("norm", ["l2", "l1"])
+@pytest.mark.parametrize("norm", L2_PATHS + ["l1"])
 def test_projection_satisfies_the_variational_inequality(norm):
     """Independent of any multiplier: ``p`` is the projection of ``v`` onto the convex set C iff
     ``<v - p, q - p> <= 0`` for every ``q`` in C. Checked against many feasible ``q``: random points
@@ -175,27 +182,102 @@ def test_ball_projection_keeps_image_shape_and_points_already_inside(threat):
     assert far.shape == x.shape and threat.contains(x, far, atol=1e-6).all()
 
 
-@pytest.mark.parametrize("norm", ["l2", "l1"])
-def test_projection_is_one_pass_without_host_sync(norm):
-    """The projection is a fixed, short sequence of tensor ops (one sort), not an iteration, and never
-    reads a value back to the host (``aten::_local_scalar_dense`` is what ``.item()``/``bool()`` run),
-    so on a GPU it does not stall the attack's pipeline. The 60-step bisection it replaced ran ~500 ops
-    and synced once per call."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+class _CountOps:
+    """Records the aten ops a block runs (``TorchDispatchMode``)."""
 
-    class Count(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
+        ops = self.ops = []
 
-    x = torch.rand(8, 1, 8, 8)
-    v = torch.randn_like(x)
-    with Count() as c:
-        PROJ[norm](v, -x, 1 - x, 0.5)
-    assert not [op for op in c.ops if "_local_scalar_dense" in op]
-    assert sum("sort" in op for op in c.ops) == 1
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                ops.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+    def count(self, name: str) -> int:
+        return sum(name in op for op in self.ops)
+
+
+def pgd_like(shape=(64, 1, 8, 8), eps=0.5):
+    """``(v, lo, hi)``: a point of the L2 sphere ∩ box around images ``x`` plus a step of eps / 4,
+    what PGD and APGD hand the projection at every iteration."""
+    g = torch.Generator().manual_seed(6)
+    x = (torch.rand(shape, generator=g) * 1.4 - 0.2).clamp(0, 1)  # some pixels at 0 and 1, as in digits
+    u = torch.randn(shape, generator=g)
+    d = project_l2_box(eps * 2 * u / u.flatten(1).norm(dim=1).view(-1, 1, 1, 1), -x, 1 - x, eps)
+    step = torch.randn(shape, generator=g)
+    return d + eps / 4 * step / step.flatten(1).norm(dim=1).view(-1, 1, 1, 1), -x, 1 - x
+
+
+@pytest.mark.parametrize("norm", ["l2_sort", "l1"])
+def test_sort_projections_are_one_pass_without_host_sync(norm):
+    """The sort solvers are a fixed, short sequence of tensor ops (one sort), not an iteration, and
+    never read a value back to the host (``aten::_local_scalar_dense`` is what ``.item()``/``bool()``
+    run; ``nonzero`` syncs on a GPU), so on a GPU they do not stall the attack's pipeline. The
+    60-step bisection they replaced ran ~500 ops and synced once per call."""
+    v, lo, hi = pgd_like()
+    with _CountOps() as c:
+        PROJ[norm](v, lo, hi, 0.5)
+    assert c.count("_local_scalar_dense") == 0 and c.count("nonzero") == 0
+    assert c.count("sort") == 1
     assert len(c.ops) < 80
+
+
+def test_l2_default_path_settles_a_pgd_iterate_by_newton_without_sorting():
+    """On what PGD/APGD project (a point of the sphere plus a step) two Newton steps settle every
+    sample, so the default path runs no sort, a bounded number of ops, and one host-side check."""
+    v, lo, hi = pgd_like()
+    *_, done = _l2_newton(v.flatten(1), lo.flatten(1), hi.flatten(1), 0.5, 2)
+    assert done.all()
+    with _CountOps() as c:
+        project_l2_box(v, lo, hi, 0.5)
+    assert c.count("sort") == 0 and c.count("_local_scalar_dense") == 0 and c.count("nonzero") == 1
+    assert len(c.ops) < 90
+
+
+def test_l2_newton_leaves_far_points_to_the_sort_and_the_mix_is_exact():
+    """Far outside the ball Newton may need more steps than it is given: those samples are flagged
+    unsettled (never a wrong answer) and the sort finishes them, in the same batch as the settled
+    ones (the case is one where both kinds occur)."""
+    _, v, lo, hi, eps = next(c for c in CASES if c[0] == "random_eps3.0")
+    *_, done = _l2_newton(v, lo, hi, eps, 2)
+    assert 0 < int(done.sum()) < len(done)
+    torch.testing.assert_close(project_l2_box(v, lo, hi, eps), bisection_reference("l2", v, lo, hi, eps),
+                               rtol=0, atol=1e-9)
+
+
+def test_l2_newton_steps_must_be_a_count():
+    v = torch.zeros(1, 4)
+    with pytest.raises(InputError, match="newton_steps"):
+        project_l2_box(v, v - 1, v + 1, 0.5, newton_steps=-1)
+
+
+@pytest.mark.parametrize("norm", L2_PATHS + ["l1"])
+def test_gradient_flows_through_the_projection_at_fixed_multiplier(norm):
+    """The noise generator fits its output with the exact projection and trains through it: the
+    gradient is that of ``clip(t v)`` (L2) / the capped soft threshold (L1) with the multiplier held
+    fixed, the same as the bisection gave; the value is the no-grad projection's."""
+    _, v, lo, hi, eps = next(c for c in CASES if c[0] == "random_eps1.0")
+    with torch.no_grad():
+        want = PROJ[norm](v, lo, hi, eps)
+    vg = v.clone().requires_grad_(True)
+    d = PROJ[norm](vg, lo, hi, eps)
+    assert torch.equal(d.detach(), want)
+    w = torch.randn(v.shape, generator=torch.Generator().manual_seed(7), dtype=v.dtype)
+    (grad,) = torch.autograd.grad((d * w).sum(), vg)
+    # coordinates strictly inside their range (the rounding guard may leave a clipped one an ulp inside)
+    moving = ((d - lo).abs() > 1e-9) & ((d - hi).abs() > 1e-9) & (d.abs() > 1e-9)
+    if P[norm] == 2.0:
+        t_row = torch.where(moving, d / v, 0).max(1, keepdim=True).values   # d = t v there
+        assert (t_row > 0).all()
+        torch.testing.assert_close(grad, torch.where(moving, w * t_row, 0), rtol=1e-6, atol=1e-12)
+    else:
+        torch.testing.assert_close(grad, torch.where(moving, w, 0), rtol=1e-6, atol=1e-12)

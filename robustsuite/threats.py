@@ -10,10 +10,11 @@ A threat model is a value. Every set is intersected with the image domain [0, 1]
 
 Norms are taken per sample over all of C*H*W, in pixel units of [0, 1] images. Projections are exact
 Euclidean projections onto the set intersected with [0, 1]: a clamp for L-inf balls and boxes; for
-L2 and L1 balls the single multiplier of the norm constraint is found exactly by sorting the
-breakpoints where coordinates reach the box or zero and solving on the right segment in closed form
-(:func:`project_l2_box`, :func:`project_l1_box`; batched, one sort per call, no loop over samples
-and no host sync).
+L2 and L1 balls the single multiplier of the norm constraint is found exactly, batched, with no loop
+over samples: for L2 by Newton steps from below that are verified exact (the set of clipped
+coordinates did not change), with a sort-based solver for the samples they leave
+(:func:`project_l2_box`); for L1 by sorting the breakpoints where coordinates reach the box or zero
+and solving on the right segment in closed form (:func:`project_l1_box`).
 """
 from __future__ import annotations
 

@@ -313,7 +313,8 @@ class Box(ThreatModel):
 def _expand(v: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(v, lo, hi)`` flattened to (B, n) with ``lo``/``hi`` broadcast to ``v``."""
     B = v.shape[0]
-    return v.reshape(B, -1), torch.broadcast_to(lo, v.shape).reshape(B, -1), torch.broadcast_to(hi, v.shape).reshape(B, -1)
+    return (v.reshape(B, -1), torch.broadcast_to(lo, v.shape).reshape(B, -1),
+            torch.broadcast_to(hi, v.shape).reshape(B, -1))
 
 
 def _into_ball(d: Tensor, norm: Tensor, eps: float) -> tuple[Tensor, Tensor]:

@@ -307,7 +307,8 @@ class Box(ThreatModel):
 # sort-based solver for what Newton leaves; L1: sort-based), batched over samples. The multiplier is
 # solved without autograd; where the caller needs gradients (the noise generator's 'exact' fit), ``d`` is
 # rebuilt from the detached multiplier, so the gradient is that of ``clip(t v)`` / the soft threshold at
-# fixed ``t`` / ``lam`` (as with the bisection before). A last rescaling by ``min(1, eps / ||d||)`` (which
+# fixed ``t`` / ``lam`` (for L2 as with the bisection before; the L1 bisection's multiplier leaked a
+# gradient into the largest |v_i|, the top of its bracket). A last rescaling by ``min(1, eps / ||d||)`` (which
 # stays in the box because it contains 0) absorbs the final rounding so the result is never outside the ball.
 
 def _expand(v: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:

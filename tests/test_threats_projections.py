@@ -264,7 +264,8 @@ def test_l2_newton_steps_must_be_a_count():
 def test_gradient_flows_through_the_projection_at_fixed_multiplier(norm):
     """The noise generator fits its output with the exact projection and trains through it: the
     gradient is that of ``clip(t v)`` (L2) / the capped soft threshold (L1) with the multiplier held
-    fixed, the same as the bisection gave; the value is the no-grad projection's."""
+    fixed; the value is the no-grad projection's. (For L2 the bisection gave the same; for L1 its
+    multiplier carried a spurious gradient into the largest ``|v_i|``, the top of its bracket.)"""
     _, v, lo, hi, eps = next(c for c in CASES if c[0] == "random_eps1.0")
     with torch.no_grad():
         want = PROJ[norm](v, lo, hi, eps)

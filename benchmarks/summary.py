@@ -164,8 +164,9 @@ def budgets_context(results: Path) -> str:
 
 
 def pgd_speed(results: Path) -> str:
-    parts = [f"batch {r['batch']} PGD-{r['steps']}: {r['ours_over_floor']:.3f}x floor / "
-             f"{r['ours_over_torchattacks']:.3f}x torchattacks" for r in _load("attacks_pgd.json", results)["results"]]
+    parts = [f"{'L2 ' if r.get('norm') == 'l2' else ''}batch {r['batch']} PGD-{r['steps']}: "
+             f"{r['ours_over_floor']:.3f}x floor / {r['ours_over_torchattacks']:.3f}x torchattacks"
+             f"{' PGDL2' if r.get('norm') == 'l2' else ''}" for r in _load("attacks_pgd.json", results)["results"]]
     return "; ".join(parts)
 
 

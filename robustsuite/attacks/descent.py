@@ -10,8 +10,9 @@ stochastic model from being cherry-picked.
 
 The loop has no per-sample Python loop; the only per-step work besides the model's forward and
 backward pass is the step and a clamp against bounds computed once (L-inf, Box: no host sync) or
-the threat's exact projection (L2, L1: ``threats.project_l2_box``/``project_l1_box``, a batched
-bisection that syncs once per call to skip itself when every sample is already inside).
+the threat's exact projection (``threats.project_l2_box``: two verified Newton steps on the
+multiplier, a few elementwise passes and one host-side check per call, a sort only for samples they
+leave; ``project_l1_box``: one batched sort and a closed-form multiplier, no host sync).
 """
 from __future__ import annotations
 

@@ -81,9 +81,19 @@ def _train(model: nn.Module, seed: int, epochs: int) -> nn.Module:
 
 
 @functools.lru_cache(maxsize=None)
-def trained_cnn(seed: int = 0, epochs: int = 12) -> nn.Module:
-    """The deterministic digits CNN (about 92 % test accuracy), trained once per process."""
+def _trained_cnn(seed: int, epochs: int) -> nn.Module:
     return _train(digits_cnn(), seed, epochs)
+
+
+def trained_cnn(seed: int = 0, epochs: int = 12) -> nn.Module:
+    """The deterministic digits CNN (about 92 % test accuracy), trained once per process. Shared by
+    every test of a worker, so the parameter gradients a reference library leaves behind (torchattacks,
+    pyautoattack call backward() through the parameters) are cleared each time it is handed out: tests
+    that check an attack leaves no gradient must not depend on which test ran before."""
+    model = _trained_cnn(seed, epochs)
+    for p in model.parameters():
+        p.grad = None
+    return model
 
 
 def held_out(n: int = 128) -> tuple[torch.Tensor, torch.Tensor]:

@@ -167,14 +167,16 @@ def test_every_registered_attack_has_a_quick_entry():
 
 def test_the_registry_declares_what_other_parts_read():
     """What EOT, the masking check and the suite need, read from the classes (the tables they replaced)."""
-    assert attack_names(gradient=True) == ["apgd", "bim", "cw", "fab", "fgsm", "mim", "pgd"]
+    assert attack_names(gradient=True) == ["apgd", "autoattack", "bim", "cw", "fab", "fgsm", "mim", "pgd"]
     assert attack_names(gradient=False, by_name=False) == ["boundary", "pixel", "square", "transfer"]
     assert {n: ATTACKS[n].eot_kind() for n in attack_names(eot=True, gradient=False)} == {
         "boundary": "vote", "square": "vote"}
     assert attack_names(eot=False, by_name=False) == ["fab", "pixel", "transfer"]  # FAB: no EOT mode yet
     assert ATTACKS["square"].query_budgets == ("n_queries",) and ATTACKS["boundary"].query_budgets == ("max_queries",)
     for name in attack_names(gradient=True, eot=True):
-        assert issubclass(ATTACKS[name], GradientAttack) and ATTACKS[name].eot_kind() == "gradient"
+        # AutoAttack is an ensemble, not a GradientAttack: its eot setting reaches its APGD components
+        assert issubclass(ATTACKS[name], GradientAttack) or name == "autoattack"
+        assert ATTACKS[name].eot_kind() == "gradient"
     assert ATTACKS["pgd"].default_settings()["steps"] == 10
 
 

@@ -37,6 +37,7 @@ QUICK_SETTINGS: dict[str, dict] = {
     "pixel": {"pixels": 2, "population": 20, "iterations": 3},
     "square": {"n_queries": 50},
     "fab": {"steps": 5, "n_target_classes": 2},
+    "autoattack": {"steps": 5, "n_queries": 30, "n_target_classes": 2},
 }
 
 

@@ -163,6 +163,18 @@ def test_attack_prints_robust_accuracy_and_asr(trained, capsys):
     assert rc == 0 and "robust accuracy" in text and "ASR" in text
 
 
+def test_attack_autoattack_prints_the_breakdown_and_bad_settings_exit_2(trained, tmp_path):
+    ckpt = str(trained / "best.pt")
+    p = _cli(["attack", ckpt, "--attack", "autoattack", "--eps", "0.1", "--subset", "16", "--device", "cpu",
+              "--steps", "2", "--option", "n_queries=10", "--option", "n_target_classes=1"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-1500:]
+    assert "robust accuracy" in p.stdout and "broken first by:" in p.stdout, p.stdout
+    _assert_one_paragraph_error(_cli(["attack", ckpt, "--attack", "autoattack", "--eps", "0.1", "--option",
+                                      "version=plus"], cwd=tmp_path), "version: unknown value 'plus'")
+    _assert_one_paragraph_error(_cli(["attack", ckpt, "--attack", "autoattack", "--eps", "0.1", "--norm", "l1"],
+                                     cwd=tmp_path), "choose one of: LinfBall, L2Ball")
+
+
 def test_eval_writes_a_report_that_passes_the_consistency_check(trained, tmp_path, capsys):
     suite = tmp_path / "suite.yaml"
     suite.write_text("certify:\n  - {method: ibp, norm: linf, eps: [0.05]}\n"

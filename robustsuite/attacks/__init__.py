@@ -14,7 +14,8 @@ Any of them averages gradients over a stochastic model's randomness with ``eot=n
 :class:`EOT`. Black-box: :class:`Square` (score-based random search, L-inf/L2), :class:`BoundaryAttack`
 (decision-based, labels only); both take ``eot=n`` (majority-vote oracle) for stochastic models;
 :class:`PixelAttack` (few-pixel, differential evolution), :class:`TransferAttack` (crafted on a
-source model). By name: :data:`ATTACKS`, :func:`make_attack`; evaluation: :func:`per_sample_robust`
+source model). Ensemble: :class:`AutoAttack` (APGD-CE, APGD-T, FAB-T and Square in cascade; ``rand``
+for stochastic models). By name: :data:`ATTACKS`, :func:`make_attack`; evaluation: :func:`per_sample_robust`
 (per-sample records, the one batched routine every part uses) and its summary :func:`robust_accuracy`.
 
 Adding an attack: subclass :class:`Attack` (or :class:`GradientAttack`), decorate it with
@@ -28,6 +29,7 @@ mode (a stochastic model keeps its noise on), never leave gradients on its param
 ``x.device`` and take a ``seed`` where they draw random numbers.
 """
 from .apgd import APGD
+from .autoattack import AutoAttack
 from .base import Attack, AttackResult, GradientAttack, RestartAttack
 from .bim import BIM
 from .boundary import BoundaryAttack
@@ -47,7 +49,7 @@ from .transfer import TransferAttack
 __all__ = [
     "Attack", "AttackResult", "GradientAttack", "RestartAttack",
     "FGSM", "BIM", "PGD", "MIM", "CW", "EOT", "APGD",
-    "BoundaryAttack", "PixelAttack", "Square", "TransferAttack", "FAB",
+    "BoundaryAttack", "PixelAttack", "Square", "TransferAttack", "FAB", "AutoAttack",
     "ATTACKS", "register_attack", "attack_class", "attack_names", "make_attack", "attack_settings",
     "robust_accuracy", "per_sample_robust", "PerSampleRecord", "AttackFactory",
     "LOSSES", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss", "kl_loss",

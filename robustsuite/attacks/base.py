@@ -177,6 +177,21 @@ class Attack(abc.ABC):
             return None
         return "gradient" if cls.uses_gradient else "vote"
 
+    @classmethod
+    def eot_settings(cls, samples: int, settings: dict[str, Any]) -> dict[str, Any]:
+        """What a suite's EOT run of the attack sets on top of the item's ``settings``: ``samples``
+        draws (AutoAttack also switches to its ``rand`` version)."""
+        return {"eot": samples}
+
+    @classmethod
+    def record_names(cls, settings: dict[str, Any]) -> list[str]:
+        """Per-sample records besides success and distance that ``run`` returns, with these
+        ``settings``, in ``extras["records"]`` (``{name: (B,) tensor or list of bool, int, float
+        or str}``); a suite item stores each as a column: ``"KIND"`` as ``KIND|ATTACK|SET``,
+        ``"KIND/SUB"`` as ``KIND|ATTACK/SUB|SET`` (see :mod:`robustsuite.eval.metrics`). None by
+        default (AutoAttack: which component broke each sample)."""
+        return []
+
     def __init__(self, model: Callable[[Tensor], Tensor], threat: ThreatModel | None, *,
                  targeted: bool = False, seed: int | None = 0):
         if not callable(model):

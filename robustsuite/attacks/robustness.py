@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..errors import InputError, InputTypeError
 from ..threats import Box, check_images
-from .base import Attack
+from .base import Attack, AttackResult
 
 __all__ = ["PerSampleRecord", "AttackFactory", "per_sample_robust", "robust_accuracy"]
 
@@ -118,7 +118,8 @@ def _checked(atk: Any) -> Attack:
 def per_sample_robust(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
                       attack: Union[Attack, AttackFactory], *, batch_size: int = 256,
                       device: str | torch.device | None = None,
-                      clean: Literal["before", "after", "none"] = "before") -> PerSampleRecord:
+                      clean: Literal["before", "after", "none"] = "before",
+                      on_batch: Callable[[AttackResult, slice], None] | None = None) -> PerSampleRecord:
     """Run an untargeted attack on ``(x, y)`` in batches and record every sample.
 
     Args:
@@ -134,6 +135,9 @@ def per_sample_robust(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
         clean: when the clean forward pass runs per batch: ``"before"`` the attack, ``"after"`` it,
             or ``"none"`` (then ``clean_pred`` is None and only ``success`` is known). For a
             stochastic model the order decides which noise draws each pass sees.
+        on_batch: called with each batch's :class:`AttackResult` and its slice of ``x``, in order
+            (e.g. to collect an attack's per-sample ``extras``, as the evaluator does for AutoAttack's
+            ``broken_by``).
 
     Returns:
         A :class:`PerSampleRecord` with (N,) CPU tensors.
@@ -182,6 +186,8 @@ def per_sample_robust(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
         atk = factory(xb, yb, rows)
         pred = clean_pred(xb) if clean == "before" else None
         res = atk.run(xb, yb)
+        if on_batch is not None:
+            on_batch(res, rows)
         if clean == "after":
             pred = clean_pred(xb)
         if pred is not None:  # moved after the attack: no host sync before it starts

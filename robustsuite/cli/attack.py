@@ -8,7 +8,7 @@ from .data_args import add_data_arguments, load_test_tensors
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from ..attacks import make_attack, robust_accuracy
+    from ..attacks import make_attack, per_sample_robust
     from ..settings import parse_override
     from ..threats import threat_from_name
     from ..training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -24,10 +24,21 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.steps is not None:
         settings["steps"] = args.steps
     atk = make_attack(args.attack, model, threat_from_name(args.norm, args.eps), **settings)
-    res = robust_accuracy(model, x, y, atk)
+    broken_by: list[str] = []  # an ensemble's (AutoAttack's) record of which attack broke each sample
+
+    def collect(res, rows) -> None:
+        broken_by.extend(res.extras.get("records", {}).get("by", []))
+
+    res = per_sample_robust(model, x, y, atk, on_batch=collect).summary()
     print(f"{args.attack} ({args.norm}, eps={args.eps}) on {x.shape[0]} samples: clean accuracy "
           f"{100 * res['clean_accuracy']:.2f}%, robust accuracy {100 * res['robust_accuracy']:.2f}%, "
           f"ASR {100 * res['asr']:.2f}% (over clean-correct samples)")
+    if broken_by:
+        from collections import Counter
+        counts = Counter(broken_by)
+        parts = [f"{name} {c}" for name, c in counts.items() if name not in ("robust", "clean")]
+        print(f"broken first by: {', '.join(parts) or 'none'}; robust {counts.get('robust', 0)}, "
+              f"misclassified without perturbation {counts.get('clean', 0)} (of {len(broken_by)})")
     return 0
 
 
@@ -38,6 +49,7 @@ def add_parser(sub) -> None:
                        description="A quick empirical check: run one attack on the test split of the checkpoint's "
                                    "data set and print clean accuracy, robust accuracy and ASR.",
                        epilog="examples:\n  robustsuite attack runs/crown_ibp/best.pt --attack pgd --norm linf --eps 0.1 --steps 40\n"
+                              "  robustsuite attack runs/crown_ibp/best.pt --attack autoattack --eps 0.1\n"
                               "  robustsuite attack runs/crown_ibp/best.pt --eps 0.1 --data npz --data-option path=mine.npz")
     a.add_argument("checkpoint")
     from ..attacks.registry import attack_names  # read when the parser is built: a registered attack is listed

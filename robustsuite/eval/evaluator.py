@@ -177,6 +177,11 @@ def evaluate(models: Mapping[str, nn.Module] | nn.Module, data, suite: Suite | M
             infos[name], found = probe_model(name, model, x_all, y_all, batch_size=suite.batch_size, device=dev,
                                              seed=seed, gradient_check=_uses_gradients(suite))
             warnings += found
+            # what the items say about running on this model (e.g. AutoAttack standard on a stochastic one)
+            notes = list(dict.fromkeys(n for it in items for n in it.notes(infos[name])))
+            for w in notes:
+                log.warning(w)
+            warnings += notes
         for name, model in models.items():
             t_model = time.perf_counter()
             if idx_mine:

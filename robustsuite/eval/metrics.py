@@ -7,6 +7,10 @@ Records are columns (a dict of equal-length lists), one row per (model, repeat, 
 * ``atk|ATTACK|SET``: the attack changed the prediction (bool); ``dist|ATTACK|SET``: its
   perturbation norm (float; the set's norm); ``ATTACK`` is the attack name, ``+eot`` appended for
   the EOT run on a stochastic model;
+* ``by|ATTACK|SET`` (AutoAttack): which component of the cascade broke the sample first (its name,
+  ``robust`` when none did, ``clean`` when it is misclassified without perturbation, as the attack's
+  own clean pass saw it); with the item's ``per_attack: true`` also ``atk|ATTACK/COMPONENT|SET``,
+  each component's own success on every clean-correct sample (an attack column like the others);
 * ``smooth_pred|SIGMA`` (class or -1 = abstain), ``smooth_radius|SIGMA`` (L2 radius, 0 if abstained).
 
 ``SET`` is ``NORM@EPS`` (``linf@0.1``) for a uniform ball, ``learned-rhoRHO@EPS`` for a learned
@@ -16,7 +20,9 @@ bounds, in repeats > 0 of a stochastic model, which run once).
 Metric names (each per model, as ``{"mean", "std", "values"}`` over the repeats):
 ``clean_accuracy``; ``certified|METHOD|SET`` and ``verified_error|METHOD|SET``;
 ``robust|ATTACK|SET`` (correct and not broken, over all samples) and ``asr|ATTACK|SET`` (broken among
-clean-correct samples); ``worst|SET`` (survives every attack of that set), ``worst|NORM`` (every
+clean-correct samples); ``broken|ATTACK|SET|COMPONENT`` (share of all samples that a component of
+an AutoAttack cascade broke first; over the components they add up to ``asr`` times the clean
+accuracy of the attack's own clean pass); ``worst|SET`` (survives every attack of that set), ``worst|NORM`` (every
 attack of that norm, any eps); ``union`` (every attack of the suite) and ``average`` (mean of the
 ``worst|NORM`` over norms); ``smooth|SIGMA|certified@R``, ``smooth|SIGMA|abstention``,
 ``smooth|SIGMA|mcr`` (mean certified radius, 0 for wrong/abstained samples).
@@ -90,6 +96,14 @@ def _one_run(records: dict[str, list], rows: np.ndarray, radii: dict[str, Sequen
             n_clean = int(clean.sum())
             out[f"asr|{parts[1]}|{parts[2]}"] = float((clean & success).sum()) / n_clean if n_clean else math.nan
             attack_cols[parts[2]].append(success)
+        elif parts[0] == "by":
+            vals = [records[key][i] for i in rows]
+            if len(vals) == 0 or any(v is None for v in vals):
+                continue
+            # every component named anywhere in the column gets a value (0 in a repeat where it broke none)
+            components = sorted({v for v in records[key] if v is not None} - {"robust", "clean"})
+            for comp in components:
+                out[f"broken|{parts[1]}|{parts[2]}|{comp}"] = sum(v == comp for v in vals) / n
     # worst case per set, per norm; union and average over norms
     by_norm: dict[str, list[np.ndarray]] = defaultdict(list)
     for set_id, cols in attack_cols.items():
@@ -210,7 +224,10 @@ def _gradient_free(label: str) -> bool:
     ``uses_gradient``. A name not registered in this process counts as a gradient attack, as an
     unknown attack always has."""
     from ..attacks.registry import ATTACKS
-    cls = ATTACKS.get(label.split("+")[0])
+    name = label.split("+")[0]
+    # a component of an ensemble (AutoAttack's per-attack column autoattack/square) by its own name
+    name = name.split("/", 1)[1] if "/" in name else name
+    cls = ATTACKS.get(name)
     return cls is not None and not cls.uses_gradient
 
 

@@ -63,7 +63,8 @@ def metric_label(name: str) -> str:
 
 def _metric_order(name: str) -> tuple:
     head = name.split("|", 1)[0]
-    order = ["clean_accuracy", "certified", "verified_error", "robust", "asr", "worst", "union", "average", "smooth"]
+    order = ["clean_accuracy", "certified", "verified_error", "robust", "asr", "broken", "worst", "union", "average",
+             "smooth"]
     return (order.index(head) if head in order else len(order), name)
 
 
@@ -164,6 +165,7 @@ class Report:
         sections = [("Accuracy and certified accuracy", ["clean_accuracy", "certified"]),
                     ("Robust accuracy under attack (over all samples)", ["robust"]),
                     ("Attack success rate (over clean-correct samples)", ["asr"]),
+                    ("AutoAttack: share of all samples each component broke first (the cascade)", ["broken"]),
                     ("Worst case per set and norm, union and average over norms", ["worst", "union", "average"]),
                     ("Randomized smoothing (certified accuracy at L2 radius, abstention, mean certified radius)", ["smooth"])]
         for title, prefixes in sections:

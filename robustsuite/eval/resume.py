@@ -94,8 +94,19 @@ class Finished:
     seconds: float
 
 
+#: a label cell (AutoAttack's ``by|...`` columns: the component that broke a sample, ``robust``, ``clean``)
+_LABEL = re.compile(r"^[A-Za-z0-9][\w.+-]{0,63}$")
+
+
 def _cell_ok(v: Any) -> bool:
     return v is None or isinstance(v, (bool, int, float))
+
+
+def _column_ok(key: str, values: list) -> bool:
+    """Every cell a value the column holds: numbers (or None), and in a ``by|`` column short labels."""
+    if key.startswith("by|"):
+        return all(v is None or (isinstance(v, str) and _LABEL.match(v)) for v in values)
+    return all(map(_cell_ok, values))
 
 
 class ColumnStore:
@@ -135,7 +146,7 @@ class ColumnStore:
             return None
         cols, reason, seconds = d.get("columns"), d.get("not_applicable"), d.get("seconds")
         if not (isinstance(cols, dict) and list(cols) == list(columns)
-                and all(isinstance(v, list) and len(v) == n and all(map(_cell_ok, v)) for v in cols.values())
+                and all(isinstance(v, list) and len(v) == n and _column_ok(k, v) for k, v in cols.items())
                 and (reason is None or isinstance(reason, str))
                 and isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0):
             log.warning("resume: ignoring malformed %s; the item runs again", p)

@@ -115,6 +115,11 @@ class EvalItem(Strict, abc.ABC):
         """Why the item does not apply to the model described by ``info``, or None when it does."""
         return None
 
+    def notes(self, info: ModelInfo) -> list[str]:
+        """Warnings for the report about running the item on the model described by ``info``
+        (e.g. AutoAttack 'standard' on a stochastic model); none by default."""
+        return []
+
     @abc.abstractmethod
     def run(self, ctx: RunContext) -> dict[str, list]:
         """The item's columns for the samples of ``ctx`` (one value per sample, in order).
@@ -239,8 +244,9 @@ class AttackItem(_ThreatItem):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     kind: ClassVar[str] = "attack"
-    # the EOT run of the attack on stochastic models (an item of an entry, see expand)
+    # the EOT run of the attack on stochastic models (an item of an entry, see expand), and its draws
     _eot: bool = PrivateAttr(False)
+    _eot_samples: int = PrivateAttr(0)
 
     name: str
     norm: Literal["linf", "l2", "l1"] = "linf"
@@ -330,6 +336,7 @@ class AttackItem(_ThreatItem):
             for eot in variants:
                 v = item.model_copy()
                 v._entry, v._eot = entry, eot
+                v._eot_samples = suite.eot.samples if eot else 0
                 out.append(v)
         return out
 
@@ -338,8 +345,31 @@ class AttackItem(_ThreatItem):
         return f"atk|{self.label}|{self.set_id}"
 
     @property
+    def run_settings(self) -> dict[str, Any]:
+        """The settings the attack runs with: the item's, and for the EOT run what the attack's
+        ``eot_settings`` adds (the suite's ``eot.samples`` draws; AutoAttack: version ``rand``)."""
+        settings = self.settings
+        if self._eot:
+            from ..attacks.registry import attack_class
+            settings.update(attack_class(self.name).eot_settings(self._eot_samples, settings))
+        return settings
+
+    def _record_columns(self) -> dict[str, str]:
+        """The attack's extra per-sample records (``record_names``) -> their record keys:
+        ``KIND`` -> ``KIND|LABEL|SET``, ``KIND/SUB`` -> ``KIND|NAME/SUB[+eot]|SET``."""
+        from ..attacks.registry import attack_class
+        if self.name == "transfer":
+            return {}
+        out = {}
+        for rec in attack_class(self.name).record_names(self.run_settings):
+            kind, _, sub = rec.partition("/")
+            label = f"{self.name}/{sub}" + ("+eot" if self._eot else "") if sub else self.label
+            out[rec] = f"{kind}|{label}|{self.set_id}"
+        return out
+
+    @property
     def columns(self) -> list[str]:
-        return [self.key, f"dist|{self.label}|{self.set_id}"]
+        return [self.key, f"dist|{self.label}|{self.set_id}", *self._record_columns().values()]
 
     @property
     def stage(self) -> str:
@@ -363,24 +393,35 @@ class AttackItem(_ThreatItem):
             return reason
         if self._eot and not info.stochastic:
             return "deterministic model: EOT not needed (same as the attack without EOT)"
+        if self._eot and self.name == "autoattack" and not info.varies:
+            return ("AutoAttack rand: the model declares noise but two forward passes on the same input agree "
+                    "(its noise is off); the item without EOT (standard) applies")
         if self.name == "transfer" and self.source == info.name:
             return "the transfer source itself (its white-box attack is a separate item)"
         if self.name == "transfer" and self.budgets == "learned":
             return "transfer attacks use uniform sets only"
         return None
 
+    def notes(self, info: ModelInfo) -> list[str]:
+        if self.name == "autoattack" and not self._eot and info.stochastic \
+                and str(self.settings.get("version", "standard")).lower() == "standard":
+            return [f"model {info.name}: AutoAttack 'standard' on a stochastic model follows single draws of its "
+                    "noise and may overestimate robustness; its version 'rand' (APGD-CE and APGD-DLR with EOT) "
+                    "is the item's EOT run (autoattack+eot; set `eot:` in the suite)"]
+        return []
+
     def run(self, ctx: RunContext) -> dict[str, list]:
-        """The attack changed the prediction (bool) and the perturbation's norm (float) per sample."""
+        """The attack changed the prediction (bool) and the perturbation's norm (float) per sample,
+        and the attack's extra records (:meth:`_record_columns`, e.g. AutoAttack's ``by``)."""
         # looked up at run time (not import time), so a patched make_attack is used
         from ..attacks import TransferAttack, attack_class, make_attack, per_sample_robust
-        settings = dict(self.settings)
+        settings = self.run_settings
         cls = attack_class(self.attack or self.name)
         known = cls.default_settings()
         if "seed" in known:
             settings.setdefault("seed", ctx.seed + ctx.repeat)
         if self._eot:
-            samples = ctx.suite.eot.samples
-            settings["eot"] = samples
+            samples = self._eot_samples
             # query budgets count model evaluations, every EOT draw included: scale them so the EOT run
             # makes as many decisions (iterations) as the one-draw run, as gradient attacks keep their
             # steps under EOT
@@ -395,9 +436,19 @@ class AttackItem(_ThreatItem):
                 return TransferAttack(make_attack(self.attack, ctx.models[self.source], threat, **settings), ctx.model)
             return make_attack(self.name, ctx.model, threat, **settings)
 
+        extra = self._record_columns()
+        collected: dict[str, list] = {k: [] for k in extra}
+
+        def collect(res, rows: slice) -> None:
+            records = res.extras.get("records", {})
+            for k in extra:
+                v = records[k]
+                collected[k] += v.tolist() if hasattr(v, "tolist") else list(v)
+
         rec = per_sample_robust(ctx.model, ctx.x, ctx.y, attack, batch_size=ctx.suite.batch_size,
-                                device=ctx.device, clean="none")
-        return {self.columns[0]: rec.success.tolist(), self.columns[1]: rec.distance.tolist()}
+                                device=ctx.device, clean="none", on_batch=collect if extra else None)
+        return {self.columns[0]: rec.success.tolist(), self.columns[1]: rec.distance.tolist(),
+                **{extra[k]: v for k, v in collected.items()}}
 
 
 def _check_settings(attack: str, kind: str, eps: float, settings: dict[str, Any]) -> None:
@@ -413,14 +464,16 @@ def _check_settings(attack: str, kind: str, eps: float, settings: dict[str, Any]
 
     threat = Box(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)) if kind == "box" else threat_from_name(kind, eps)
     model = torch.nn.Identity()
-    for key, value in settings.items():
-        try:
-            make_attack(attack, model, threat, **{key: value})
-        except RobustSuiteError as e:
-            raise SubkeyError(key, str(e).removeprefix(f"{key}: "), value) from None
     try:
         make_attack(attack, model, threat, **settings)
     except RobustSuiteError as e:
+        # settings that are only valid together (AutoAttack's version: custom with its attacks) pass
+        # the whole first; on an error, each alone names the key when one is wrong by itself
+        for key, value in settings.items():
+            try:
+                make_attack(attack, model, threat, **{key: value})
+            except RobustSuiteError as e_key:
+                raise SubkeyError(key, str(e_key).removeprefix(f"{key}: "), value) from None
         raise ValueError(str(e)) from None
 
 

@@ -332,10 +332,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="result file (default benchmarks/results/autoattack.json)")
     args = ap.parse_args(argv)
+    for flag, value in (("--n", args.n), ("--repeats", args.repeats), ("--component-repeats", args.component_repeats),
+                        ("--threads", args.threads)):
+        if value is not None and value < 1:
+            ap.error(f"{flag}: must be >= 1, got {value}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device: not a torch device: {args.device!r} (e.g. cpu, cuda, cuda:1)")
     repeats = args.repeats or (1 if args.quick else 3)
     settings = {"repeats": repeats, "component_repeats": args.component_repeats, "threads": args.threads,
                 "device": str(device), "seed": SEED, "quick": args.quick, "threats": {k: THREATS[k][1] for k in args.norms},
@@ -353,7 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else RESULTS / f"autoattack_cifar_{device.type}.json"
     else:
         n = args.n or (150 if args.quick else 450)
-        paths = dict(a.split("=", 1) for a in args.models)
+        paths = {}
+        for item in args.models:
+            name, sep, path = item.partition("=")
+            if not sep or name not in ("crown_ibp", "pgd_at") or not Path(path).is_file():
+                ap.error(f"--models: expected NAME=PATH with NAME crown_ibp or pgd_at and PATH a checkpoint file, "
+                         f"got {item!r}")
+            paths[name] = path
         x, y = digits_test(n)
         x, y = x.to(device), y.to(device)
         settings.update(n=n, data="digits test split, first n", models={

@@ -133,7 +133,7 @@ def test_unknown_loss_is_rejected_with_the_known_ones():
 
 
 def test_registry_rejects_unknown_attacks_and_settings():
-    with pytest.raises(UnknownNameError, match="attack.*'deepfool'.*apgd, bim, boundary"):
+    with pytest.raises(UnknownNameError, match="attack.*'deepfool'.*apgd, autoattack, bim, boundary"):
         make_attack("deepfool", trained_cnn(), LinfBall(0.1))
     with pytest.raises(InputError, match="unknown setting.*'stepz'.*steps"):
         make_attack("pgd", trained_cnn(), LinfBall(0.1), stepz=3)

@@ -33,6 +33,7 @@ from torch import Tensor
 from ..errors import InputError, InputTypeError
 from ..threats import ThreatModel
 from .base import Attack, AttackResult, Perturbation, check_bool, check_int, check_optional_int
+from .eot import outputs_vary
 from .registry import register_attack
 
 __all__ = ["AutoAttack", "COMPONENTS", "VERSIONS", "NOT_BROKEN", "CLEAN_MISCLASSIFIED", "ROBUST_LABEL",
@@ -99,7 +100,20 @@ class AutoAttack(Attack):
     * with ``per_attack=True``, ``per_attack_success``: ``{name: (B,) bool}``, each component's own
       success on every clean-correct sample (False on the misclassified ones), as the
       reference's ``run_standard_evaluation_individual``: the cascade's run where the component
-      ran, plus one extra run on the clean-correct samples that earlier components broke first.
+      ran, plus one extra run on the clean-correct samples that earlier components broke first;
+    * ``records``: what a suite item stores per sample (:meth:`record_names`): ``by`` (the name
+      of the component that broke the sample, ``robust`` or ``clean``) and with ``per_attack``
+      ``atk/NAME`` (each component's own success).
+
+    In a suite (``- {name: autoattack, norm: linf, eps: [0.1]}``, any setting above as a key) the
+    item's columns are ``atk|autoattack|SET`` (the cascade's success: the ``worst|SET`` column
+    of the set includes it), ``dist|autoattack|SET``, ``by|autoattack|SET`` and with
+    ``per_attack: true`` ``atk|autoattack/NAME|SET`` per component; the report lists
+    ``broken|autoattack|SET|NAME``, the share of samples each component broke first. On a
+    stochastic model the plain item runs ``standard`` (the report warns) and the EOT run
+    ``autoattack+eot`` runs ``rand`` with the suite's ``eot.samples`` draws (the reference uses
+    20: set ``eot: {samples: 20}`` for its exact ``rand``); a model that declares noise whose
+    outputs do not vary gets ``rand`` marked not applicable.
 
     Differences from the reference (``pyautoattack`` 0.2.0), each also marked in the code:
     the components are robustsuite's (``APGD``, ``FAB``, ``Square``; their own docstrings list
@@ -248,10 +262,8 @@ class AutoAttack(Attack):
     # --- the randomness probe ------------------------------------------------------------------
     def _check_randomness(self, x: Tensor) -> None:
         """``rand`` refuses a model whose two forward passes on ``x`` agree; the others warn when
-        they differ (the probe of :mod:`robustsuite.eval.checks`, as the reference's
-        ``check_randomized``)."""
-        from ..eval.checks import outputs_vary  # eval imports attacks: imported here, not at the top
-
+        they differ (:func:`~robustsuite.attacks.eot.outputs_vary`, the evaluator's probe too, as
+        the reference's ``check_randomized``)."""
         varies = outputs_vary(self.model, x)
         if self.version == "rand" and not varies:
             raise InputError("version: 'rand' is for randomized models, but two forward passes on the same batch "

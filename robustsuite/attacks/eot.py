@@ -18,7 +18,24 @@ from ..errors import InputTypeError
 from .base import Attack, GradientAttack, check_int, check_optional_int
 from .registry import attack_names
 
-__all__ = ["EOT", "eot_logits", "majority_vote", "vote_labels"]
+__all__ = ["EOT", "eot_logits", "majority_vote", "vote_labels", "outputs_vary", "VARY_TOLERANCE"]
+
+#: two outputs differ when their L2-normalized rows differ by more than this anywhere (AutoAttack's
+#: threshold: tolerant of the last bits a GPU kernel may change between calls, not of noise layers)
+VARY_TOLERANCE = 1e-6
+
+
+def outputs_vary(model: Callable[[Tensor], Tensor], x: Tensor) -> bool:
+    """The determinism probe: two forward passes on ``x`` (B, C, H, W) differ (other predicted
+    classes, or L2-normalized output rows more than :data:`VARY_TOLERANCE` apart). Used by the
+    evaluator's model checks (:mod:`robustsuite.eval.checks`) and AutoAttack's versions."""
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    if not torch.equal(a.argmax(1), b.argmax(1)):
+        return True
+    na = a / (a.norm(dim=1, keepdim=True) + 1e-10)
+    nb = b / (b.norm(dim=1, keepdim=True) + 1e-10)
+    return bool(((na - nb).abs() > VARY_TOLERANCE).any())
 
 
 def eot_logits(model: Callable[[Tensor], Tensor], x: Tensor, n: int, max_batch: int | None = None

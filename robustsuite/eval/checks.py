@@ -18,6 +18,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
+# the determinism probe lives with the attacks (AutoAttack's rand/standard check uses it too)
+from ..attacks.eot import VARY_TOLERANCE, outputs_vary
 from .items import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -25,9 +27,6 @@ log = logging.getLogger(__name__)
 __all__ = ["outputs_vary", "output_kind", "zero_gradient_count", "probe_model", "declares_noise",
            "VARY_TOLERANCE", "OUTPUT_TOLERANCE", "ZERO_GRADIENT_SHARE"]
 
-#: two outputs differ when their L2-normalized rows differ by more than this anywhere (AutoAttack's
-#: threshold: tolerant of the last bits a GPU kernel may change between calls, not of noise layers)
-VARY_TOLERANCE = 1e-6
 #: rows within this of summing (softmax) or exp-summing (log-softmax) to 1 (AutoAttack's alpha)
 OUTPUT_TOLERANCE = 1e-5
 #: warn when at least this share of the samples has an exactly zero input gradient
@@ -38,18 +37,6 @@ def declares_noise(model: nn.Module) -> bool:
     """Whether a submodule declares itself random (``is_stochastic = True``)."""
     from ..certify import is_stochastic
     return is_stochastic(model)
-
-
-def outputs_vary(model: nn.Module, x: Tensor) -> bool:
-    """Two forward passes on ``x`` (B, C, H, W) differ: other predicted classes, or L2-normalized
-    output rows more than :data:`VARY_TOLERANCE` apart."""
-    with torch.no_grad():
-        a, b = model(x), model(x)
-    if not torch.equal(a.argmax(1), b.argmax(1)):
-        return True
-    na = a / (a.norm(dim=1, keepdim=True) + 1e-10)
-    nb = b / (b.norm(dim=1, keepdim=True) + 1e-10)
-    return bool(((na - nb).abs() > VARY_TOLERANCE).any())
 
 
 def output_kind(model: nn.Module, x: Tensor) -> str | None:

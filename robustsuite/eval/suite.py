@@ -9,7 +9,9 @@ A suite is written in Python (``Suite(certify=[...], attacks=[...])``) or YAML (
       - {name: pgd, norm: linf, eps: [0.1], steps: 40}        # other keys: the attack's settings
       - {name: cw, norm: l2, eps: [1.0], steps: 100}
       - {name: transfer, source: pgd-at, attack: pgd, norm: linf, eps: [0.1], steps: 20}  # crafted on model 'pgd-at'
+      - {name: autoattack, norm: linf, eps: [0.1]}            # the ensemble; per_attack: true adds each component's column
     eot: {samples: 10}        # attacks with an eot setting (gradient, Square, boundary) run again with EOT on stochastic models
+                              # (AutoAttack's EOT run is its version rand, with these samples as its draws)
                               # (query budgets are multiplied by the samples: the same number of decisions)
     repeats: 5                # stochastic models: every metric R times (mean +- std)
     smoothing: {sigmas: [0.25], n0: 100, n: 1000, alpha: 0.001, radii: [0, 0.25, 0.5]}

@@ -20,6 +20,7 @@ BENCHMARKS = [
     ("bench_certified_training", [], ["--quick"]),
     ("bench_attacks", ["--repeats", "40"], []),
     ("bench_smoothing", ["--repeats", "11"], []),
+    ("bench_autoattack", [], ["--quick"]),
     ("bench_calibration", [], []),
     ("bench_budgets", [], ["--quick"]),
     ("bench_budget_layout", [], ["--quick"]),

@@ -183,6 +183,23 @@ def eval_stages(results: Path) -> str:
             f"(largest stage: CROWN {min(crown):.0f}-{max(crown):.0f} s per model); {d['violations']} violations")
 
 
+def autoattack(results: Path) -> str:
+    d = _load("autoattack.json", results)
+    st = d["settings"]
+    parts = []
+    for c in d["cells"]:
+        comps = ", ".join(f"{k['attack']} {k['cpu_ratio_ours_over_reference']:.2f}x" for k in c["components"] if k["n"])
+        parts.append(f"{c['model']} {'L-inf' if c['norm'] == 'linf' else 'L2'} {c['eps']:g}: robust "
+                     f"{c['robust_accuracy_ours']:.3f} vs {c['robust_accuracy_reference']:.3f}, CPU "
+                     f"{c['cpu_ratio_ours_over_reference']:.2f}x ({comps})")
+    quick = " (quick run)" if st.get("quick") else ""
+    verdict = "goals met" if d["goal_met"] else "missed: " + ", ".join(
+        f"{c['model']} {c['norm']} ({'strength' if not c['goal_strength_met'] else ''}"
+        f"{', ' if not c['goal_strength_met'] and not c['goal_speed_met'] else ''}"
+        f"{'speed' if not c['goal_speed_met'] else ''})" for c in d["cells"] if not c["goal_met"])
+    return f"{st['n']} digits{quick}; " + "; ".join(parts) + f"; {verdict}"
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
@@ -230,6 +247,10 @@ ROWS = [
     Row("boundary attack throughput", "label queries/s of BoundaryAttack vs a bare batched forward+argmax loop on "
         "the same batch; digits CNN, 400 queries/sample, 1 thread, CPU time", boundary, "<= 1.2", "same",
         "`results/attacks_boundary.json`"),
+    Row("AutoAttack standard", "our `AutoAttack` cascade vs pyautoattack 0.2.0's, both default settings, seed 0; "
+        "digits CROWN-IBP and PGD-AT demo models, L-inf 0.1 and L2 0.5; robust accuracy and CPU time ratio (1 thread), "
+        "per component on the same samples", autoattack, "robust <= reference + 1 sample, CPU <= 0.5x",
+        "`OMP_NUM_THREADS=1 python -m benchmarks.bench_autoattack`", "`results/autoattack.json`"),
     Row("evaluator per stage", "`configs/suites/demo.yaml` on the CROWN-IBP and PGD-AT digits models, 450 samples, "
         "2 threads", eval_stages, "<= 300 s", "`python -m benchmarks.bench_eval` (after `make demo`)",
         "`results/eval_stages.json`"),

@@ -327,6 +327,24 @@ def test_apgd_t_targets_are_the_top_non_true_classes_and_success_is_misclassific
     assert atk.labels_are_targets is False and atk.targeted is True
 
 
+def test_apgd_t_runs_one_target_at_a_time_on_a_cpu_by_default():
+    """On a CPU stacking the targets costs the same per row and runs broken samples again, so
+    the default is one target at a time (the reference's cost); another device stacks them all."""
+    from robustsuite.attacks import APGD
+    model = trained_cnn()
+    x, y = held_out(96)
+    kw = dict(loss="dlr", targeted=True, n_target_classes=3, steps=10)
+    auto = APGD(model, LinfBall(0.1), **kw)
+    assert auto.target_group(3, torch.device("cpu")) == 1
+    assert auto.target_group(3, torch.device("meta")) == 3
+    assert APGD(model, LinfBall(0.1), target_batch=2, **kw).target_group(3, "cpu") == 2
+    res = auto.run(x, y)
+    one = APGD(model, LinfBall(0.1), target_batch=1, **kw).run(x, y)
+    assert torch.equal(res.x_adv, one.x_adv) and torch.equal(res.queries, one.queries)
+    # a sample broken by its first target is not attacked for the other two
+    assert bool((res.queries == 1 + 11).any()) and bool((res.queries == 1 + 3 * 11).any())
+
+
 def test_apgd_t_is_at_least_as_strong_as_apgd_dlr_and_counts_queries():
     from robustsuite.attacks import APGD
     model = trained_cnn()

@@ -28,3 +28,20 @@ def test_summary_figures_follow_the_result_files(tmp_path):
     path.write_text(json.dumps(d))
     assert "cnn_small 1.234x" in summary.render(tmp_path)
     assert "cnn_small 1.234x" not in summary.render()
+
+
+def test_autoattack_row_reports_each_cell_and_names_the_missed_goals(tmp_path):
+    comp = {"attack": "apgd-ce", "n": 10, "cpu_ratio_ours_over_reference": 0.9}
+    cells = [{"model": "crown_ibp", "norm": "linf", "eps": 0.1, "robust_accuracy_ours": 0.88,
+              "robust_accuracy_reference": 0.89, "cpu_ratio_ours_over_reference": 0.8, "goal_met": False,
+              "goal_strength_met": True, "goal_speed_met": False, "components": [comp, {"attack": "square", "n": 0}]},
+             {"model": "pgd_at", "norm": "l2", "eps": 0.5, "robust_accuracy_ours": 0.6,
+              "robust_accuracy_reference": 0.6, "cpu_ratio_ours_over_reference": 0.4, "goal_met": True,
+              "goal_strength_met": True, "goal_speed_met": True, "components": [comp]}]
+    (tmp_path / "autoattack.json").write_text(json.dumps(
+        {"settings": {"n": 150, "quick": True}, "cells": cells, "goal_met": False}))
+    text = summary.autoattack(tmp_path)
+    assert text.startswith("150 digits (quick run); crown_ibp L-inf 0.1: robust 0.880 vs 0.890, CPU 0.80x (apgd-ce 0.90x)")
+    assert "pgd_at L2 0.5: robust 0.600 vs 0.600, CPU 0.40x" in text
+    assert text.endswith("missed: crown_ibp linf (speed)")
+    assert "square" not in text  # a component that had no sample left is not listed

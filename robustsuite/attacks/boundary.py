@@ -27,17 +27,26 @@ class BoundaryAttack(Attack):
        to ``init_attempts`` uniform-noise images that is adversarial (or ``starting_points``),
        then a binary line search (``line_search_steps``) towards ``x``.
     2. Each step proposes an orthogonal step on the sphere around ``x`` (relative size
-       ``spherical_step``) followed by a step towards ``x`` (relative size ``source_step``); both
-       proposals are labelled in one model call; the candidate is accepted when adversarial and
-       closer, so the distance never increases.
-    3. Step-size adaptation from success rates (every ``update_every`` steps): spherical success
-       rate over the last 100 steps > 0.5 multiplies both steps by ``step_adaptation``, < 0.2
-       divides them; candidate success rate over the last 30 steps > 0.25 / < 0.1 scales the source
-       step. A sample stops when its source step falls below ``source_step_convergence`` or its
-       query budget is spent.
+       ``spherical_step``) followed by a step towards ``x`` (relative size ``source_step``). The
+       candidate is labelled every step and accepted when adversarial and closer, so the distance
+       never increases; the spherical candidate is labelled only every ``update_every`` steps,
+       for the success-rate statistics (as foolbox's ``BoundaryAttack``).
+    3. Step-size adaptation at those check steps (foolbox's rule): when the spherical success
+       rate over the last 100 checks is > 0.5 both steps are multiplied by ``step_adaptation``,
+       < 0.2 divided; when the candidate success rate over the last 30 checks is > 0.25 / < 0.1
+       the source step is. A window is used only when full and is cleared after a change.
 
-    All samples advance together in batched tensor code; the loop syncs with the host only every
-    100 steps, to stop when every sample is done. ``queries`` counts labels asked per sample.
+    Queries: every label the attack asks for counts, ``eot`` per label: the clean check, the
+    start search, the line search, each step's candidate and each check step's spherical
+    candidate; only samples still walking are forwarded, so the model sees exactly
+    ``queries.sum()`` rows (plus ``run``'s final success check, which every attack makes). ``k``
+    walk steps cost ``eot * (k + k // update_every)``. A sample walks until its next step would
+    exceed ``max_queries`` (at most one label, ``eot`` queries, is left over), or stops earlier
+    for one of two reasons: its source step fell below ``source_step_convergence`` (the walk has
+    converged: foolbox's stop), or it got within eps of an ``L2Ball`` threat. The batch is
+    compacted when samples stop (one host sync per check step that stops some), so stopped
+    samples cost no model rows; the proposals' noise is drawn for the whole batch, so a sample's
+    walk does not depend on which others still run.
 
     EOT mode (``eot=n > 1``, for stochastic models): the label oracle is the majority vote of
     ``n`` draws (:func:`~robustsuite.attacks.eot.majority_vote`), for the start, the line
@@ -52,12 +61,14 @@ class BoundaryAttack(Attack):
     Arguments:
         model (callable): returns scores (B, K); only their argmax is used.
         threat (L2Ball | None): optional L2 budget. (Default: None)
-        max_queries (int): label queries per sample, initialization included, >= 1. (Default: 5000)
+        max_queries (int): queries per sample (labels times ``eot``), initialization included,
+            >= 1. (Default: 5000)
         spherical_step (float): initial relative orthogonal step, > 0. (Default: 1e-2)
         source_step (float): initial relative step towards x, > 0. (Default: 1e-2)
         step_adaptation (float): factor of the step-size updates, > 1. (Default: 1.5)
         source_step_convergence (float): a sample stops below this source step. (Default: 1e-7)
-        update_every (int): steps between step-size updates, >= 1. (Default: 10)
+        update_every (int): steps between check steps (spherical label, statistics, step-size
+            update), >= 1. (Default: 10)
         init_attempts (int): uniform-noise draws to find a start, >= 1. (Default: 100)
         line_search_steps (int): bisection steps from the start towards x, >= 0 (12 steps leave
             the start within 0.03 % of the segment from the boundary). (Default: 12)

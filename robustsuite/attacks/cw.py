@@ -40,12 +40,13 @@ class CW(GradientAttack):
       authors' ``l2_attack.py``; foolbox's ``L2CarliniWagnerAttack`` does the same on the whole
       batch), applied to the running samples only, so stalled samples cannot hold it open;
     - a sample stops (is dropped from the batch, so it costs no more forward passes) when neither
-      its least objective nor its least adversarial L2 of this search step went 0.01 % below their
-      values at the last check. Comparing least values, not the current iterate as the paper does
-      per batch, keeps a sample that oscillates across the boundary while its best adversarial
-      still shrinks; the previous per-sample rule (the current iterate's objective only) froze
-      such samples and lost distance (issue 17: median L2 0.7716 vs 0.7625 without abort on the
-      CROWN-IBP digits model) while they still cost a row of every forward pass.
+      its objective, nor its least objective, nor its least adversarial L2 of this search step
+      went 0.01 % below their values at the last check. The previous per-sample rule (the
+      current objective only, as the paper's per batch) froze samples that oscillate across the
+      boundary while their best adversarial still shrinks, and lost distance (issue 17: median
+      L2 0.7716 vs 0.7625 without abort on the CROWN-IBP digits model); the least values alone
+      would stop a sample whose iterate is on an excursion after an overshoot (large ``c``) and
+      on its way back, which its current objective shows.
 
     A stopped sample's success in the step counts for the binary search as in a full run. With
     the abort the median L2 equals the no-abort run's within 0.5 % on the digits models
@@ -164,10 +165,11 @@ class CW(GradientAttack):
                     # did not go 0.01 % below its value at the last check
                     if bool(objective.sum() > 0.9999 * st["last"].sum()):   # one host sync
                         break
-                    # a sample stalls when neither its least objective nor its least
-                    # adversarial L2 of this search step went 0.01 % below their values at the
-                    # last check (never adversarial: inf < inf, no progress)
-                    stalled = (st["obj"] > st["obj_ref"] * 0.9999) & ~(st["adv"] < st["adv_ref"] * 0.9999)
+                    # a sample stalls when neither its objective nor its least objective nor its
+                    # least adversarial L2 of this search step went 0.01 % below their values
+                    # at the last check (never adversarial: inf < inf, no progress)
+                    stalled = ((objective > st["last"] * 0.9999) & (st["obj"] > st["obj_ref"] * 0.9999)
+                               & ~(st["adv"] < st["adv_ref"] * 0.9999))
                 st["obj_ref"], st["adv_ref"], st["last"] = st["obj"], st["adv"], objective
                 if t == 0:
                     continue

@@ -88,6 +88,7 @@ class BoundaryAttack(Attack):
     Examples::
         >>> atk = BoundaryAttack(model, max_queries=5000)
         >>> res = atk.run(x, y)   # res.distance (L2), res.queries, res.extras['distance_history']
+        >>> res.extras['converged']   # (N,) bool: stopped because the source step converged
     """
 
     threats = ("l2", "none")
@@ -180,19 +181,22 @@ class BoundaryAttack(Attack):
         dist0 = x.new_zeros(B)
         history: list[Tensor] = []
         steps_run = 0
+        converged = torch.zeros(B, dtype=torch.bool, device=x.device)
         if live.numel() > 0:
             xl, yl = x[live], y[live]
             start = self._line_search(xl, yl, x0[live])
             dist0[live] = torch.linalg.vector_norm((start - xl).flatten(1), dim=1)
             q_l = queries[live] + self.line_search_steps * self.eot
-            adv_l, q_l, steps_run, hist_l = self._walk(xl, yl, start, q_l, generator)
+            adv_l, q_l, steps_run, hist_l, conv_l = self._walk(xl, yl, start, q_l, generator)
+            converged[live] = conv_l
             final[live] = adv_l
             queries[live] = q_l
             for h in hist_l:
                 d = dist0.clone()
                 d[live] = h
                 history.append(d)
-        extras = {"distance_history": torch.stack([dist0] + history), "start_found": found}
+        extras = {"distance_history": torch.stack([dist0] + history), "start_found": found,
+                  "converged": converged}
         return Perturbation(final, queries, steps_run, extras)
 
     def _affordable_steps(self, left: Tensor) -> Tensor:
@@ -228,6 +232,7 @@ class BoundaryAttack(Attack):
         diff_all = (xf_all - x_adv.flatten(1)).contiguous()      # x - x_adv: the state of the walk
         dist_all = torch.linalg.vector_norm(diff_all, dim=1)      # = ||x_adv - x||
         done_steps = torch.zeros(B, dtype=torch.long, device=x.device)
+        converged = torch.zeros(B, dtype=torch.bool, device=x.device)
         budget_steps = self._affordable_steps(self.max_queries - queries)
         eps = float(self.threat.eps) if self.threat is not None else None
         fac, conv = self.step_adaptation, self.source_step_convergence
@@ -309,10 +314,10 @@ class BoundaryAttack(Attack):
                 st["n_sph"] += 1
                 st["n_step"] += 1
                 st["sph"], st["src"] = self._adapt(st, sph_win, step_win, fac)
-                stop = st["src"] < conv
-                if eps is not None:
-                    stop |= st["dist"] <= eps
+                conv_now = st["src"] < conv
+                stop = conv_now if eps is None else conv_now | (st["dist"] <= eps)
                 if bool(stop.any()):          # one host sync per check step
+                    converged[idx[conv_now]] = True
                     compact(stop)
             if t % self.record_every == 0:
                 history.append(self._merged(dist_all, idx, st["dist"]))
@@ -320,7 +325,7 @@ class BoundaryAttack(Attack):
             history.append(dist_all.clone())  # the history always ends at the final distance
         x_out = (xf_all - diff_all).view_as(x)
         spent = eot * (done_steps + done_steps.div(ue, rounding_mode="floor"))
-        return x_out, queries + spent, t, history
+        return x_out, queries + spent, t, history, converged
 
     @staticmethod
     def _merged(full: Tensor, idx: Tensor, part: Tensor) -> Tensor:

@@ -7,8 +7,14 @@
     the ball intersected with [0, 1]; PGDL2 rescales into the ball and clips, which is cheaper and
     not the projection, so ours / PGDL2 is reported without a goal).
 (b) Boundary attack: label queries per second vs a bare loop of batched forward passes
-    (``model(x).argmax(1)`` on the same 2B-row batch the attack labels per step).
+    (``model(x).argmax(1)`` on the rows the attack labels per step: B, and 2B every 10th).
     Goal: bare / ours <= 1.2 (ours within 1.2x of the bare throughput).
+(c) C&W L2 early abort: median L2 and CPU time with abort, without, and foolbox's
+    ``L2CarliniWagnerAttack`` (same settings). Goals: median L2 abort / no-abort within 0.5 %,
+    CPU abort < foolbox. ``benchmarks/results/attacks_cw.json``.
+(d) Boundary attack at a 20k budget vs foolbox's ``BoundaryAttack`` given the same model rows:
+    median L2, queries spent, samples converged. ``benchmarks/results/attacks_boundary_foolbox.json``.
+    foolbox is optional: (c)/(d) record why it was skipped when it is not importable.
 
 Runs are interleaved (floor, ours, torchattacks, then rotated) on one intra-op thread by default,
 because the machine may be shared; the headline ratio is the median over repeats of the ratio
@@ -165,14 +171,16 @@ def bench_boundary(model, x, y, *, max_queries: int, repeats: int) -> dict:
     steps = res.steps
     x2 = torch.cat([x, x]).contiguous()
 
-    def bare():
+    every = atk.update_every
+
+    def bare():  # the walk's rows: the candidates every step, the spherical ones every 10th
         with torch.no_grad():
-            for _ in range(steps):
-                model(x2).argmax(1)
+            for t in range(1, steps + 1):
+                model(x2 if t % every == 0 else x).argmax(1)
 
     times = _interleaved({"bare": bare, "ours": lambda: atk.run(x, y)}, repeats)
     queries = int(res.queries.sum())          # labels the attack asked for (all phases)
-    bare_queries = 2 * B * steps              # rows the bare loop labels
+    bare_queries = B * (steps + steps // every)   # rows the bare loop labels
     # queries/s ratio bare/ours = (bare_queries / t_bare) / (queries / t_ours)
     scale = bare_queries / queries
     r = _ratios(times, "ours", "bare")
@@ -190,6 +198,112 @@ def bench_boundary(model, x, y, *, max_queries: int, repeats: int) -> dict:
         "median_l2_final": float(res.distance[res.success].median()),
         "all_s": times,
     }
+
+
+# --- (c) C&W early abort, (d) boundary attack vs foolbox ----------------------------------------------
+
+def _foolbox():
+    """foolbox (3.3) or the reason it is absent; install it apart from the project's venv, e.g.
+    ``pip install --target /tmp/fbx foolbox==3.3.4`` and run with ``PYTHONPATH=/tmp/fbx``."""
+    try:
+        import foolbox
+        return foolbox, None
+    except ImportError as e:  # optional reference
+        return None, f"foolbox not importable ({e}); install it apart and set PYTHONPATH"
+
+
+class _RowCounter(nn.Module):
+    """Counts the rows a model is asked for (foolbox's queries)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.rows = inner, 0
+
+    def forward(self, x):
+        self.rows += x.shape[0]
+        return self.inner(x)
+
+
+def _median_l2(x, x_adv, success) -> float:
+    """Median L2 over all samples, a failure counting as infinitely far."""
+    d = (x_adv - x).flatten(1).norm(dim=1)
+    return float(torch.where(success, d, torch.full_like(d, float("inf"))).median())
+
+
+def bench_cw(model, x, y, *, steps: int = 1000, search_steps: int = 9) -> dict:
+    """C&W L2 with and without early abort, and foolbox's ``L2CarliniWagnerAttack`` (same c0,
+    steps, search steps, lr, abort): median L2 and CPU time, one run each."""
+    from robustsuite.attacks import CW
+    out: dict = {"batch": int(x.shape[0]), "steps": steps, "search_steps": search_steps, "c": 1e-3, "lr": 1e-2}
+    for name, abort in (("no_abort", False), ("abort", True)):
+        counted = _RowCounter(model)
+        atk = CW(counted, steps=steps, search_steps=search_steps, abort_early=abort)
+        wall, cpu = timed(lambda: out.__setitem__("_r", atk.run(x, y)))
+        r = out.pop("_r")
+        out[name] = {"median_l2": _median_l2(x, r.x_adv, r.success), "success": int(r.success.sum()),
+                     "cpu_s": cpu, "wall_s": wall, "rows_per_sample": counted.rows / x.shape[0],
+                     "loop_iterations": r.steps}
+    fb, why = _foolbox()
+    if fb is None:
+        out["foolbox"] = {"skipped": why}
+    else:
+        counted = _RowCounter(model)
+        atk = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=search_steps, steps=steps, stepsize=1e-2,
+                                               confidence=0, initial_const=1e-3, abort_early=True)
+        fmodel = fb.PyTorchModel(counted, bounds=(0, 1))
+        wall, cpu = timed(lambda: out.__setitem__("_a", atk.run(fmodel, x, y)))
+        adv = out.pop("_a")
+        with torch.no_grad():
+            ok = model(adv).argmax(1) != y
+        out["foolbox"] = {"version": fb.__version__, "median_l2": _median_l2(x, adv, ok), "success": int(ok.sum()),
+                          "cpu_s": cpu, "wall_s": wall, "rows_per_sample": counted.rows / x.shape[0]}
+    out["abort_over_no_abort_median_l2"] = out["abort"]["median_l2"] / out["no_abort"]["median_l2"]
+    out["goal_l2_within_0.5pct_met"] = abs(out["abort_over_no_abort_median_l2"] - 1) <= 0.005
+    out["abort_over_no_abort_cpu"] = out["abort"]["cpu_s"] / out["no_abort"]["cpu_s"]
+    if "cpu_s" in out["foolbox"]:
+        out["abort_over_foolbox_cpu"] = out["abort"]["cpu_s"] / out["foolbox"]["cpu_s"]
+        out["goal_faster_than_foolbox_met"] = out["abort_over_foolbox_cpu"] < 1.0
+    return out
+
+
+def bench_boundary_vs_foolbox(model, x, y, *, max_queries: int = 20000) -> dict:
+    """Our boundary attack at ``max_queries`` against foolbox's ``BoundaryAttack`` given the same
+    number of model rows per sample (its steps = budget * 10/11, as it labels the spherical
+    candidate every 10th step; its start search is not counted by it, but by the wrapper here)."""
+    counted = _RowCounter(model)
+    atk = BoundaryAttack(counted, max_queries=max_queries, seed=0, record_every=10**9)
+    wall, cpu = timed(lambda: setattr(atk, "_res", atk.run(x, y)))
+    r = atk._res
+    walked = r.extras["distance_history"][0] > 0
+    out: dict = {"batch": int(x.shape[0]), "max_queries": max_queries,
+                 "ours": {"median_l2": _median_l2(x, r.x_adv, r.success), "success": int(r.success.sum()),
+                          "queries_median": float(r.queries.float().median()),
+                          "queries_min_walked": int(r.queries[walked].min()) if bool(walked.any()) else None,
+                          "converged": int(r.extras["converged"].sum()), "steps": r.steps,
+                          "rows_per_sample": counted.rows / x.shape[0], "cpu_s": cpu, "wall_s": wall}}
+    fb, why = _foolbox()
+    if fb is None:
+        out["foolbox"] = {"skipped": why}
+        return out
+    counted = _RowCounter(model)
+    steps = max(1, round(max_queries * 10 / 11))
+    fatk = fb.attacks.BoundaryAttack(steps=steps)
+    fmodel = fb.PyTorchModel(counted, bounds=(0, 1))
+    wall, cpu = timed(lambda: setattr(fatk, "_adv", fatk.run(fmodel, x, fb.criteria.Misclassification(y))))
+    adv = fatk._adv
+    with torch.no_grad():
+        ok = model(adv).argmax(1) != y
+    out["foolbox"] = {"version": fb.__version__, "steps": steps, "median_l2": _median_l2(x, adv, ok),
+                      "success": int(ok.sum()), "rows_per_sample": counted.rows / x.shape[0],
+                      "cpu_s": cpu, "wall_s": wall}
+    out["ours_over_foolbox_median_l2"] = out["ours"]["median_l2"] / out["foolbox"]["median_l2"]
+    return out
+
+
+def _correct(model, x, y, n):
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    return x[ok][:n].contiguous(), y[ok][:n].contiguous()
 
 
 def tune_malloc() -> bool:
@@ -235,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and smaller runs (smoke)")
+    ap.add_argument("--crown", default=None, help="CROWN-IBP digits checkpoint for the C&W section (optional)")
     ap.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc's malloc settings alone")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (default 1: stable timings on a shared machine)")
@@ -293,7 +408,39 @@ def main(argv: list[str] | None = None) -> int:
         boundary_rows.append(row)
     write_json(args.results / "attacks_boundary.json", {"benchmark": "boundary attack queries/s vs bare forward",
                                                     "environment": env, "results": boundary_rows})
+    bench_cw_and_boundary(model, x_all, y_all, env, quick=args.quick, crown=args.crown)
     return 0
+
+
+def bench_cw_and_boundary(model, x_all, y_all, env: dict, *, quick: bool, crown: str | None) -> None:
+    """(c) and (d): on held-out digits the model classifies correctly; C&W also on the CROWN-IBP
+    digits model when its checkpoint is given (``--crown runs/digits_crown_ibp/best.pt``)."""
+    from benchmarks.provenance import provenance
+    models = {"digits CNN 1x8x8 (conv16-conv32/2-fc64-fc10)": model}
+    if crown:
+        from robustsuite.eval.loading import load_models
+        models[f"CROWN-IBP digits ({crown})"] = next(iter(load_models([crown])[0].values())).eval()
+    rows = []
+    for name, m in models.items():
+        for p in m.parameters():
+            p.requires_grad_(False)
+        x, y = _correct(m, x_all[1500:], y_all[1500:], 40 if quick else 200)
+        row = bench_cw(m, x, y, steps=200 if quick else 1000)
+        row["model"] = name
+        log.info("C&W %s: median L2 abort/no-abort %.4f, CPU abort/no-abort %.2f, abort/foolbox %s", name,
+                 row["abort_over_no_abort_median_l2"], row["abort_over_no_abort_cpu"],
+                 f"{row['abort_over_foolbox_cpu']:.2f}" if "abort_over_foolbox_cpu" in row else row["foolbox"])
+        rows.append(row)
+    write_json(RESULTS / "attacks_cw.json", {"benchmark": "C&W early abort vs no abort vs foolbox",
+                                             "environment": env, "provenance": provenance(), "results": rows})
+    x, y = _correct(model, x_all[1500:], y_all[1500:], 20 if quick else 100)
+    row = bench_boundary_vs_foolbox(model, x, y, max_queries=2000 if quick else 20000)
+    row["model"] = "digits CNN 1x8x8 (conv16-conv32/2-fc64-fc10)"
+    log.info("boundary vs foolbox: median L2 ours %.4f, foolbox %s", row["ours"]["median_l2"],
+             row["foolbox"].get("median_l2", row["foolbox"].get("skipped")))
+    write_json(RESULTS / "attacks_boundary_foolbox.json", {"benchmark": "boundary attack vs foolbox, same rows",
+                                                           "environment": env, "provenance": provenance(),
+                                                           "results": [row]})
 
 
 if __name__ == "__main__":

@@ -92,6 +92,44 @@ def test_cw_binary_search_keeps_the_smallest_success():
     assert float(search.distance[both].mean()) < float(single.distance[both].mean())
 
 
+class _Rows(torch.nn.Module):
+    """Counts the rows a model is asked for."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.rows = inner, 0
+
+    def forward(self, x):
+        self.rows += x.shape[0]
+        return self.inner(x)
+
+
+def test_cw_early_abort_costs_no_distance_and_drops_stalled_samples():
+    """With c = 1 the per-sample rule of before (stop when the current objective stalls) froze
+    samples whose best adversarial was still shrinking: median L2 0.617 against 0.550 without
+    abort. The abort keeps the no-abort median and forwards only the samples still running."""
+    x, y = held_out(32)
+    model = trained_cnn()
+    free = CW(model, c=1.0, steps=1000, search_steps=1, abort_early=False).run(x, y)
+    counted = _Rows(model)
+    early = CW(counted, c=1.0, steps=1000, search_steps=1).run(x, y)
+    assert torch.equal(early.success, free.success)
+    ok = free.success
+    assert float(early.distance[ok].median()) <= float(free.distance[ok].median()) * 1.005
+    assert counted.rows == int(early.queries.sum()) + x.shape[0]   # + run's final success check
+    assert int(early.queries.sum()) < 1000 * x.shape[0]
+
+
+def test_cw_early_abort_ends_a_search_step_when_every_sample_stalls():
+    """c far too small to succeed: the objective stalls at once for every sample, and each search
+    step ends at its second check instead of running all its iterations."""
+    x, y = held_out(16)
+    res = CW(trained_cnn(), c=1e-6, steps=1000, search_steps=2).run(x, y)
+    assert not bool(res.success.any())
+    assert res.steps <= 2 * 201
+    assert bool((res.queries <= 2 * 201).all())
+
+
 def test_cw_confidence_margin_holds_at_the_returned_points():
     x, y = held_out(32)
     model = trained_cnn()

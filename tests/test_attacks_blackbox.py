@@ -1,6 +1,7 @@
 """Black-box attacks: boundary (labels only), few-pixel (differential evolution), transfer."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -31,7 +32,7 @@ class Counting(nn.Module):
 def test_boundary_attack_works_on_a_label_only_model_and_its_distance_shrinks():
     model = LabelOnly(trained_cnn())
     x, y = held_out(32)
-    res = BoundaryAttack(model, max_queries=600, seed=0).run(x, y)
+    res = BoundaryAttack(model, max_queries=1000, seed=0).run(x, y)
     found = res.extras["start_found"]
     assert bool(found.all())
     assert bool(res.success.all())  # found starts stay adversarial: only adversarial moves are taken
@@ -41,8 +42,42 @@ def test_boundary_attack_works_on_a_label_only_model_and_its_distance_shrinks():
     walked = hist[0] > 0
     assert float(hist[-1][walked].median()) < 0.7 * float(hist[0][walked].median())
     assert torch.allclose(hist[-1], res.distance, atol=1e-5)
-    assert bool((res.queries <= 600).all())
+    assert bool((res.queries <= 1000).all())
     assert model.rows >= int(res.queries.sum())
+
+
+@pytest.mark.parametrize("eot", [1, 3])
+def test_boundary_attack_counts_every_forwarded_row_and_spends_its_budget(eot):
+    """Every row the model is asked for is a counted query (start search, line search, each
+    step's candidate, each check step's spherical candidate); without a convergence stop every
+    walking sample spends its budget, but for at most one label."""
+    model = Counting(trained_cnn())
+    x, y = held_out(16)
+    budget = 437 * eot
+    res = BoundaryAttack(model, max_queries=budget, source_step_convergence=0.0, eot=eot, seed=0).run(x, y)
+    assert model.rows == int(res.queries.sum()) + eot * x.shape[0]   # + run's final success check
+    walked = res.extras["distance_history"][0] > 0
+    assert int(walked.sum()) >= 12
+    assert bool((res.queries[walked] <= budget).all())
+    assert bool((res.queries[walked] > budget - 2 * eot).all())
+    # the spherical candidate is labelled only every update_every (10) steps, as in foolbox: about
+    # 10 / 11 of the labels left after the start go to walk steps (2 labels per step would give 1/2)
+    assert res.steps > 0.85 * 437
+    assert not bool(res.extras["converged"].any())
+
+
+def test_boundary_attack_stops_early_only_when_converged():
+    """A sample stops before its budget only for a documented reason: here its source step fell
+    below source_step_convergence (set at the initial step, so the first decrease stops it)."""
+    model = Counting(trained_cnn())
+    x, y = held_out(16)
+    res = BoundaryAttack(model, max_queries=1500, source_step_convergence=0.01, seed=0).run(x, y)
+    # a stopped sample is no longer forwarded
+    assert model.rows == int(res.queries.sum()) + x.shape[0]
+    walked = res.extras["distance_history"][0] > 0
+    early = walked & (res.queries <= 1500 - 2)
+    assert int(early.sum()) > 0
+    assert bool(res.extras["converged"][early].all())
 
 
 def test_boundary_attack_with_more_queries_finds_no_larger_distances():

@@ -27,17 +27,26 @@ class BoundaryAttack(Attack):
        to ``init_attempts`` uniform-noise images that is adversarial (or ``starting_points``),
        then a binary line search (``line_search_steps``) towards ``x``.
     2. Each step proposes an orthogonal step on the sphere around ``x`` (relative size
-       ``spherical_step``) followed by a step towards ``x`` (relative size ``source_step``); both
-       proposals are labelled in one model call; the candidate is accepted when adversarial and
-       closer, so the distance never increases.
-    3. Step-size adaptation from success rates (every ``update_every`` steps): spherical success
-       rate over the last 100 steps > 0.5 multiplies both steps by ``step_adaptation``, < 0.2
-       divides them; candidate success rate over the last 30 steps > 0.25 / < 0.1 scales the source
-       step. A sample stops when its source step falls below ``source_step_convergence`` or its
-       query budget is spent.
+       ``spherical_step``) followed by a step towards ``x`` (relative size ``source_step``). The
+       candidate is labelled every step and accepted when adversarial and closer, so the distance
+       never increases; the spherical candidate is labelled only every ``update_every`` steps,
+       for the success-rate statistics (as foolbox's ``BoundaryAttack``).
+    3. Step-size adaptation at those check steps (foolbox's rule): when the spherical success
+       rate over the last 100 checks is > 0.5 both steps are multiplied by ``step_adaptation``,
+       < 0.2 divided; when the candidate success rate over the last 30 checks is > 0.25 / < 0.1
+       the source step is. A window is used only when full and is cleared after a change.
 
-    All samples advance together in batched tensor code; the loop syncs with the host only every
-    100 steps, to stop when every sample is done. ``queries`` counts labels asked per sample.
+    Queries: every label the attack asks for counts, ``eot`` per label: the clean check, the
+    start search, the line search, each step's candidate and each check step's spherical
+    candidate; only samples still walking are forwarded, so the model sees exactly
+    ``queries.sum()`` rows (plus ``run``'s final success check, which every attack makes). ``k``
+    walk steps cost ``eot * (k + k // update_every)``. A sample walks until its next step would
+    exceed ``max_queries`` (at most one label, ``eot`` queries, is left over), or stops earlier
+    for one of two reasons: its source step fell below ``source_step_convergence`` (the walk has
+    converged: foolbox's stop), or it got within eps of an ``L2Ball`` threat. The batch is
+    compacted when samples stop (one host sync per check step that stops some), so stopped
+    samples cost no model rows; the proposals' noise is drawn for the whole batch, so a sample's
+    walk does not depend on which others still run.
 
     EOT mode (``eot=n > 1``, for stochastic models): the label oracle is the majority vote of
     ``n`` draws (:func:`~robustsuite.attacks.eot.majority_vote`), for the start, the line
@@ -52,12 +61,14 @@ class BoundaryAttack(Attack):
     Arguments:
         model (callable): returns scores (B, K); only their argmax is used.
         threat (L2Ball | None): optional L2 budget. (Default: None)
-        max_queries (int): label queries per sample, initialization included, >= 1. (Default: 5000)
+        max_queries (int): queries per sample (labels times ``eot``), initialization included,
+            >= 1. (Default: 5000)
         spherical_step (float): initial relative orthogonal step, > 0. (Default: 1e-2)
         source_step (float): initial relative step towards x, > 0. (Default: 1e-2)
         step_adaptation (float): factor of the step-size updates, > 1. (Default: 1.5)
         source_step_convergence (float): a sample stops below this source step. (Default: 1e-7)
-        update_every (int): steps between step-size updates, >= 1. (Default: 10)
+        update_every (int): steps between check steps (spherical label, statistics, step-size
+            update), >= 1. (Default: 10)
         init_attempts (int): uniform-noise draws to find a start, >= 1. (Default: 100)
         line_search_steps (int): bisection steps from the start towards x, >= 0 (12 steps leave
             the start within 0.03 % of the segment from the boundary). (Default: 12)
@@ -77,6 +88,7 @@ class BoundaryAttack(Attack):
     Examples::
         >>> atk = BoundaryAttack(model, max_queries=5000)
         >>> res = atk.run(x, y)   # res.distance (L2), res.queries, res.extras['distance_history']
+        >>> res.extras['converged']   # (N,) bool: stopped because the source step converged
     """
 
     threats = ("l2", "none")
@@ -121,10 +133,13 @@ class BoundaryAttack(Attack):
             if sp.shape != x.shape:
                 raise InputError(f"starting_points: expected shape {tuple(x.shape)}, got {tuple(sp.shape)}")
             check_images(sp, "starting_points")
-            ok = self._is_adv(self.predict(sp), y)
-            queries += (~already).long() * self.eot
+            # only the starts of samples not adversarial already are labelled (and counted)
+            todo = (~already).nonzero().squeeze(1)
+            ok = torch.zeros_like(already)
+            ok[todo] = self._is_adv(self.predict(sp[todo]), y[todo])
+            queries[todo] += self.eot
             found = already | ok
-            x0 = torch.where(_col(ok & ~already, x), sp, x)
+            x0 = torch.where(_col(ok, x), sp, x)
             return x0, found, already
         x0 = x.clone()
         found = already.clone()
@@ -166,20 +181,33 @@ class BoundaryAttack(Attack):
         dist0 = x.new_zeros(B)
         history: list[Tensor] = []
         steps_run = 0
+        converged = torch.zeros(B, dtype=torch.bool, device=x.device)
         if live.numel() > 0:
             xl, yl = x[live], y[live]
             start = self._line_search(xl, yl, x0[live])
             dist0[live] = torch.linalg.vector_norm((start - xl).flatten(1), dim=1)
             q_l = queries[live] + self.line_search_steps * self.eot
-            adv_l, q_l, steps_run, hist_l = self._walk(xl, yl, start, q_l, generator)
+            adv_l, q_l, steps_run, hist_l, conv_l = self._walk(xl, yl, start, q_l, generator)
+            converged[live] = conv_l
             final[live] = adv_l
             queries[live] = q_l
             for h in hist_l:
                 d = dist0.clone()
                 d[live] = h
                 history.append(d)
-        extras = {"distance_history": torch.stack([dist0] + history), "start_found": found}
+        extras = {"distance_history": torch.stack([dist0] + history), "start_found": found,
+                  "converged": converged}
         return Perturbation(final, queries, steps_run, extras)
+
+    def _affordable_steps(self, left: Tensor) -> Tensor:
+        """Walk steps (B,) long that ``left`` queries (B,) pay for: step ``t`` (from 1) labels the
+        candidate, and when ``t % update_every == 0`` the spherical candidate too, ``eot`` queries
+        per label; so ``k`` steps cost ``eot * (k + k // update_every)``. At most one label
+        (``eot`` queries) is left over, when the next step would be a check step."""
+        labels = left.clamp_min(0).div(self.eot, rounding_mode="floor")
+        per_block = self.update_every + 1                      # queries of update_every steps
+        blocks, rest = labels.div(per_block, rounding_mode="floor"), labels.remainder(per_block)
+        return blocks * self.update_every + rest.clamp_max(self.update_every - 1)
 
     def _walk(self, x: Tensor, y: Tensor, x_adv: Tensor, queries: Tensor, generator):
         """The boundary walk on samples that all start adversarial (x_adv != x).
@@ -191,106 +219,137 @@ class BoundaryAttack(Attack):
         ``cand = x - k (x - sph_c)`` with ``k = clip((1 - src) |diff| / |x - sph_c|, 0, 1)``, a point
         of the segment from ``sph_c`` to ``x`` (so in [0, 1]) whose distance to ``x`` is exactly
         ``k |x - sph_c|``.
+
+        Only the samples still walking are forwarded: the batch is compacted when a sample's
+        budget runs out (known in advance: every walking sample spends the same queries per
+        step) and, at check steps, when it converged or got within eps. Returns the final points,
+        the queries (B,), the steps run and the distance history (B,) every ``record_every``.
         """
         B = x.shape[0]
-        xf = x.flatten(1)
-        diff = (xf - x_adv.flatten(1)).contiguous()      # x - x_adv: the state of the walk
-        dist = torch.linalg.vector_norm(diff, dim=1)      # = ||x_adv - x||
-        dist2 = dist * dist
-        sph = x.new_full((B,), self.spherical_step)
-        src = x.new_full((B,), self.source_step)
-        d_fac, sph_dfac, one_m_src = self._derived(sph, src)
-        sph_stats = torch.zeros((100, B), dtype=torch.bool, device=x.device)
-        step_stats = torch.zeros((30, B), dtype=torch.bool, device=x.device)
-        sph_since = torch.zeros(B, dtype=torch.long, device=x.device)   # step of the last clear
-        step_since = torch.zeros(B, dtype=torch.long, device=x.device)
+        ue, eot = self.update_every, self.eot
+        shape = tuple(x.shape[1:])
+        xf_all = x.flatten(1)
+        diff_all = (xf_all - x_adv.flatten(1)).contiguous()      # x - x_adv: the state of the walk
+        dist_all = torch.linalg.vector_norm(diff_all, dim=1)      # = ||x_adv - x||
+        done_steps = torch.zeros(B, dtype=torch.long, device=x.device)
+        converged = torch.zeros(B, dtype=torch.bool, device=x.device)
+        budget_steps = self._affordable_steps(self.max_queries - queries)
         eps = float(self.threat.eps) if self.threat is not None else None
-        # each sample's last step within its query budget (2 labels of eot draws per step)
-        per_step = 2 * self.eot
-        last_step = (self.max_queries - queries).div(per_step, rounding_mode="floor")
-        n_steps = max(0, int(last_step.max()))
-        all_within_budget = max(0, int(last_step.min()))  # before this step no budget runs out
-        running = torch.ones(B, dtype=torch.bool, device=x.device)      # not converged / not within eps
-        if eps is not None:
-            running &= dist > eps
-        active = running
-        active_steps = torch.zeros(B, dtype=torch.long, device=x.device)
-        eta = torch.empty_like(xf)                        # work buffers, reused every step
-        new_dir = torch.empty_like(xf)
-        cand_diff = torch.empty_like(xf)
-        proposals = torch.empty((2 * B, xf.shape[1]), dtype=x.dtype, device=x.device)
-        sph_c, cand = proposals[:B], proposals[B:]
-        images = proposals.view((2 * B,) + tuple(x.shape[1:]))
         fac, conv = self.step_adaptation, self.source_step_convergence
-        history = []
-        steps_run = 0
 
-        for t in range(n_steps):
-            if t >= all_within_budget:
-                active = running & (last_step > t)
+        # the walking sub-batch and its per-sample state (rows of the *_all tensors at idx)
+        idx = torch.arange(B, device=x.device)
+        if eps is not None:
+            idx = idx[dist_all > eps]
+        st = {"x": xf_all[idx], "y": y[idx], "diff": diff_all[idx], "dist": dist_all[idx],
+              "sph": x.new_full((idx.numel(),), self.spherical_step),
+              "src": x.new_full((idx.numel(),), self.source_step),
+              "budget": budget_steps[idx],
+              # entries since the last clear of the success-rate windows (foolbox's ArrayQueue)
+              "n_sph": torch.zeros(idx.numel(), dtype=torch.long, device=x.device),
+              "n_step": torch.zeros(idx.numel(), dtype=torch.long, device=x.device)}
+        # windows of the last 100 / 30 check steps, rows written in turn (columns: samples)
+        sph_win = torch.zeros((100, idx.numel()), dtype=torch.bool, device=x.device)
+        step_win = torch.zeros((30, idx.numel()), dtype=torch.bool, device=x.device)
+        # steps at which some walking sample's budget runs out: one host sync, here
+        exhaust = sorted(set(st["budget"].tolist()))
+        history: list[Tensor] = []
+        eta_all = torch.empty_like(xf_all)
+        t = 0
+
+        def write_back(rows: Tensor | None = None) -> None:
+            sel = slice(None) if rows is None else rows
+            diff_all[idx[sel]] = st["diff"][sel]
+            dist_all[idx[sel]] = st["dist"][sel]
+            done_steps[idx[sel]] = t
+
+        def compact(stop: Tensor) -> None:
+            nonlocal idx, st, sph_win, step_win
+            write_back(stop.nonzero().squeeze(1))
+            keep = (~stop).nonzero().squeeze(1)
+            idx = idx[keep]
+            st = {k: v[keep] for k, v in st.items()}
+            sph_win, step_win = sph_win[:, keep], step_win[:, keep]
+
+        while idx.numel() > 0:
+            if exhaust and exhaust[0] <= t:   # budgets spent before step t + 1
+                compact(st["budget"] <= t)
+                exhaust = [e for e in exhaust if e > t]
+                continue
+            t += 1
+            check = t % ue == 0
+            xf, diff, dist, sph = st["x"], st["diff"], st["dist"], st["sph"]
+            b = xf.shape[0]
+            d_fac = torch.rsqrt(sph * sph + 1)
             # orthogonal step of relative size sph on the sphere around x
-            eta.normal_(generator=generator)
+            # noise drawn for the whole batch and indexed, so that a sample's walk does not
+            # depend on which others still walk (the same draws as in a run without them)
+            eta_all.normal_(generator=generator)
+            eta = eta_all if b == B else eta_all[idx]
             e_d = torch.linalg.vecdot(eta, diff)
-            coef = e_d / dist2.clamp_min(1e-24)
+            coef = e_d / (dist * dist).clamp_min(1e-24)
             orth2 = torch.linalg.vecdot(eta, eta).sub_(coef * e_d).clamp_min_(1e-24)  # |eta'|^2
-            scale = (sph_dfac * dist).mul_(orth2.rsqrt_())
-            torch.addcmul(xf, eta, scale.unsqueeze(1), out=sph_c)
+            scale = (sph * d_fac * dist).mul_(orth2.rsqrt_())
+            sph_c = torch.addcmul(xf, eta, scale.unsqueeze(1))
             sph_c.addcmul_(diff, torch.addcmul(d_fac, scale, coef).unsqueeze(1), value=-1).clamp_(0, 1)
             # then a step of relative size src towards x
-            torch.sub(xf, sph_c, out=new_dir)
+            new_dir = xf - sph_c
             new_norm = torch.linalg.vector_norm(new_dir, dim=1).clamp_min_(1e-12)
-            keep = (one_m_src * dist).div_(new_norm).clamp_(0, 1)
-            torch.mul(new_dir, keep.unsqueeze(1), out=cand_diff)
-            torch.sub(xf, cand_diff, out=cand)
-
-            labels = self.predict(images).view(2, B)           # the labels only
-            is_adv = (labels == y) if self.targeted else (labels != y)
+            keep = ((1 - st["src"]) * dist).div_(new_norm).clamp_(0, 1)
+            cand_diff = new_dir.mul_(keep.unsqueeze(1))
+            cand = xf - cand_diff
+            # the candidate is labelled every step, the spherical candidate only at check steps
+            # (its success rate drives the step sizes), both in one model call
+            rows = torch.cat([cand, sph_c]) if check else cand
+            labels = self.predict(rows.view((-1,) + shape))
+            is_adv = self._is_adv(labels[:b], st["y"])
             cand_dist = keep.mul_(new_norm)
-            accept = is_adv[1] & (cand_dist < dist) & active
-            torch.where(accept.unsqueeze(1), cand_diff, diff, out=diff)
-            dist = torch.where(accept, cand_dist, dist)
-            dist2 = dist * dist
-            active_steps += active
-            sph_stats[t % 100] = is_adv[0]
-            step_stats[t % 30] = is_adv[1]
-            steps_run = t + 1
-            if steps_run % self.update_every == 0:
-                sph, src = self._adapt(sph, src, sph_stats, step_stats, sph_since, step_since, steps_run, fac)
-                d_fac, sph_dfac, one_m_src = self._derived(sph, src)
-                running = running & (src >= conv)
-                if eps is not None:
-                    running &= dist > eps
-                active = running & (last_step > t) if t >= all_within_budget else running
-            if steps_run % self.record_every == 0:
-                history.append(dist)
-            if steps_run % 100 == 0 and not bool((running & (last_step > steps_run)).any()):
-                break
-
-        if steps_run % self.record_every != 0:
-            history.append(dist)  # the history always ends at the final distance
-        x_out = (xf - diff).view_as(x)
-        return x_out, queries + per_step * active_steps, steps_run, history
+            accept = is_adv & (cand_dist < dist)
+            st["diff"] = torch.where(accept.unsqueeze(1), cand_diff, diff)
+            st["dist"] = torch.where(accept, cand_dist, dist)
+            if check:
+                k = t // ue
+                sph_win[(k - 1) % sph_win.shape[0]] = self._is_adv(labels[b:], st["y"])
+                step_win[(k - 1) % step_win.shape[0]] = is_adv
+                st["n_sph"] += 1
+                st["n_step"] += 1
+                st["sph"], st["src"] = self._adapt(st, sph_win, step_win, fac)
+                conv_now = st["src"] < conv
+                stop = conv_now if eps is None else conv_now | (st["dist"] <= eps)
+                if bool(stop.any()):          # one host sync per check step
+                    converged[idx[conv_now]] = True
+                    compact(stop)
+            if t % self.record_every == 0:
+                history.append(self._merged(dist_all, idx, st["dist"]))
+        if t % self.record_every != 0 or not history:
+            history.append(dist_all.clone())  # the history always ends at the final distance
+        x_out = (xf_all - diff_all).view_as(x)
+        spent = eot * (done_steps + done_steps.div(ue, rounding_mode="floor"))
+        return x_out, queries + spent, t, history, converged
 
     @staticmethod
-    def _derived(sph: Tensor, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-sample factors that change only with the step sizes."""
-        d_fac = torch.rsqrt(sph * sph + 1)
-        return d_fac, sph * d_fac, 1 - src
+    def _merged(full: Tensor, idx: Tensor, part: Tensor) -> Tensor:
+        out = full.clone()
+        out[idx] = part
+        return out
 
     @staticmethod
-    def _adapt(sph, src, sph_stats, step_stats, sph_since, step_since, t, fac):
-        """Step-size adaptation from the success rates of full windows (then cleared)."""
-        full = (t - sph_since) >= sph_stats.shape[0]
-        p = sph_stats.float().mean(0)
+    def _adapt(st: dict, sph_win: Tensor, step_win: Tensor, fac: float) -> tuple[Tensor, Tensor]:
+        """Step-size adaptation (foolbox's rule) from the success rates of full windows, which are
+        then cleared: spherical rate > 0.5 multiplies both steps by ``fac``, < 0.2 divides them;
+        candidate rate > 0.25 / < 0.1 scales the source step."""
+        sph, src = st["sph"], st["src"]
+        full = st["n_sph"] >= sph_win.shape[0]
+        p = sph_win.float().mean(0)
         up, down = full & (p > 0.5), full & (p < 0.2)
         scale = torch.where(up, fac, torch.where(down, 1 / fac, 1.0)).to(sph.dtype)
         sph, src = sph * scale, src * scale
-        sph_since.masked_fill_(up | down, t)
-        full = (t - step_since) >= step_stats.shape[0]
-        p = step_stats.float().mean(0)
+        st["n_sph"].masked_fill_(up | down, 0)
+        full = st["n_step"] >= step_win.shape[0]
+        p = step_win.float().mean(0)
         up, down = full & (p > 0.25), full & (p < 0.1)
         src = src * torch.where(up, fac, torch.where(down, 1 / fac, 1.0)).to(src.dtype)
-        step_since.masked_fill_(up | down, t)
+        st["n_step"].masked_fill_(up | down, 0)
         return sph, src
 
 

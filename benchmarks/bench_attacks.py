@@ -408,11 +408,12 @@ def main(argv: list[str] | None = None) -> int:
         boundary_rows.append(row)
     write_json(args.results / "attacks_boundary.json", {"benchmark": "boundary attack queries/s vs bare forward",
                                                     "environment": env, "results": boundary_rows})
-    bench_cw_and_boundary(model, x_all, y_all, env, quick=args.quick, crown=args.crown)
+    bench_cw_and_boundary(model, x_all, y_all, env, quick=args.quick, crown=args.crown, results=args.results)
     return 0
 
 
-def bench_cw_and_boundary(model, x_all, y_all, env: dict, *, quick: bool, crown: str | None) -> None:
+def bench_cw_and_boundary(model, x_all, y_all, env: dict, *, quick: bool, crown: str | None,
+                          results: Path = RESULTS) -> None:
     """(c) and (d): on held-out digits the model classifies correctly; C&W also on the CROWN-IBP
     digits model when its checkpoint is given (``--crown runs/digits_crown_ibp/best.pt``)."""
     from benchmarks.provenance import provenance
@@ -431,14 +432,14 @@ def bench_cw_and_boundary(model, x_all, y_all, env: dict, *, quick: bool, crown:
                  row["abort_over_no_abort_median_l2"], row["abort_over_no_abort_cpu"],
                  f"{row['abort_over_foolbox_cpu']:.2f}" if "abort_over_foolbox_cpu" in row else row["foolbox"])
         rows.append(row)
-    write_json(RESULTS / "attacks_cw.json", {"benchmark": "C&W early abort vs no abort vs foolbox",
+    write_json(results / "attacks_cw.json", {"benchmark": "C&W early abort vs no abort vs foolbox",
                                              "environment": env, "provenance": provenance(), "results": rows})
     x, y = _correct(model, x_all[1500:], y_all[1500:], 20 if quick else 100)
     row = bench_boundary_vs_foolbox(model, x, y, max_queries=2000 if quick else 20000)
     row["model"] = "digits CNN 1x8x8 (conv16-conv32/2-fc64-fc10)"
     log.info("boundary vs foolbox: median L2 ours %.4f, foolbox %s", row["ours"]["median_l2"],
              row["foolbox"].get("median_l2", row["foolbox"].get("skipped")))
-    write_json(RESULTS / "attacks_boundary_foolbox.json", {"benchmark": "boundary attack vs foolbox, same rows",
+    write_json(results / "attacks_boundary_foolbox.json", {"benchmark": "boundary attack vs foolbox, same rows",
                                                            "environment": env, "provenance": provenance(),
                                                            "results": [row]})
 

@@ -25,6 +25,7 @@ BENCHMARKS = [
     ("bench_budget_layout", [], ["--quick"]),
     ("bench_stochastic", [], []),
     ("bench_eval", [], []),
+    ("bench_complete", [], ["--n", "100"]),
 ]
 
 

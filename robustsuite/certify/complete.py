@@ -7,7 +7,7 @@ cheap pass and the MILP's big-M constants). ``verify`` decides, per sample:
 
 1. clean prediction wrong -> ``falsified`` (the clean input is the counterexample);
 2. PGD (margin loss, restarts) finds a misclassified point of the set -> ``falsified``;
-3. the bound method certifies every margin -> ``verified`` (a sound bound needs no solver);
+3. IBP or the bound method certifies every margin -> ``verified`` (a sound bound needs no solver);
 4. otherwise the MILP of :mod:`robustsuite.certify.milp` solves the margins the bound left open:
    a candidate counterexample is checked by a float64 forward pass (inside the set, misclassified:
    ``falsified``, else ``unknown``); every open margin with a proven dual bound above
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..progress import bar
 from ..threats import Box, LinfBall, ThreatModel
-from .bounds import canonical_method, spec_matrix
+from .bounds import canonical_method, compute_bounds, spec_matrix, strict_fp32
 from .milp import VERIFY_TOL, encode, extract, solve_task
 from .verifier import VerificationResult, Verifier
 
@@ -193,7 +193,9 @@ class CompleteVerifier(Verifier):
                                   seconds=seconds)
 
     def _bounds_and_pre(self, x: Tensor, y: Tensor, threat: ThreatModel, idx: Tensor):
-        """Margin lower bounds (b, K-1) and each ReLU input's (lower, upper) bounds, per chunk."""
+        """Margin lower bounds (b, K-1), the larger of IBP's and the bound method's, and each ReLU
+        input's (lower, upper) bounds from the bound method (CROWN: backward bounds of every ReLU
+        input, sound in auto_LiRPA 0.3, see shared/notes), per chunk."""
         relus = [s.name for s in self._net.relus]
         outs: list[Tensor] = []
         pre: dict[str, list[tuple[Tensor, Tensor]]] = {r: [] for r in relus}
@@ -201,8 +203,12 @@ class CompleteVerifier(Verifier):
             sl = slice(s, s + self.max_batch)
             t = threat[idx[sl]] if isinstance(threat, Box) else threat
             C = spec_matrix(y[sl], self.num_classes).to(x.dtype)
+            # IBP first (it is at times tighter than CROWN on IBP-trained models, and both are sound,
+            # so the larger bound counts); the bound method last, whose intermediate bounds are read
+            with strict_fp32():
+                ibp, _ = compute_bounds(self._bm, x[sl], t, "ibp", C=C, bound_upper=False)
             lb, _ = self._compute(x[sl], t, C=C, bound_upper=False)
-            outs.append(lb.detach())
+            outs.append(torch.max(lb.detach(), ibp.detach()))
             for r in relus:
                 node = self._bm[r].inputs[0]
                 pre[r].append((node.lower.detach().flatten(1), node.upper.detach().flatten(1)))

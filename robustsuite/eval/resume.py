@@ -94,8 +94,12 @@ class Finished:
     seconds: float
 
 
+#: the only strings a column holds: complete verification's statuses (``status|milp|SET``)
+_STATUS_CELLS = frozenset({"verified", "falsified", "unknown"})
+
+
 def _cell_ok(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float))
+    return v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and v in _STATUS_CELLS)
 
 
 class ColumnStore:

@@ -211,7 +211,11 @@ class CompleteVerifier(Verifier):
             outs.append(torch.max(lb.detach(), ibp.detach()))
             for r in relus:
                 node = self._bm[r].inputs[0]
-                pre[r].append((node.lower.detach().flatten(1), node.upper.detach().flatten(1)))
+                lo, up = getattr(node, "lower", None), getattr(node, "upper", None)
+                if lo is None or up is None:  # not bounded by auto_LiRPA: interval arithmetic alone
+                    lo = torch.full((lb.shape[0], *node.output_shape[1:]), float("-inf"), dtype=x.dtype)
+                    up = torch.full_like(lo, float("inf"))
+                pre[r].append((lo.detach().flatten(1), up.detach().flatten(1)))
         return torch.cat(outs), {r: (torch.cat([a for a, _ in v]), torch.cat([b for _, b in v]))
                                  for r, v in pre.items()}
 

@@ -33,9 +33,13 @@ a float64 forward pass of the model.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -278,6 +282,25 @@ class MarginResult:
     seconds: float
 
 
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """HiGHS's MIP solver prints debugging lines straight to file descriptor 1 (not through Python)
+    even with its log off; they go to /dev/null for the duration."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def solve_margin(problem: Problem, y: int, j: int, time_limit: float) -> MarginResult:
     """Minimize ``z_y - z_j`` over the problem (HiGHS, single thread)."""
     from scipy import sparse
@@ -293,7 +316,7 @@ def solve_margin(problem: Problem, y: int, j: int, time_limit: float) -> MarginR
     A = sparse.hstack([problem.A, sparse.csr_array((problem.A.shape[0], 1))]).tocsr()
     cons = [LinearConstraint(A, -np.inf, problem.b)] if A.shape[0] else []
     options = dict(HIGHS_OPTIONS, time_limit=max(float(time_limit), 1e-3))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_stdout():
         # scipy names only some HiGHS options and forwards the rest verbatim with this warning
         warnings.filterwarnings("ignore", message="Unrecognized options detected")
         res = milp(obj, integrality=np.append(problem.integrality, 0),

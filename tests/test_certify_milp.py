@@ -230,3 +230,15 @@ def test_refusals():
     box = Box((x - 0.1).clamp(0, 1), (x + 0.1).clamp(0, 1))
     y = mlp(x).argmax(1)
     assert v.verify(x, y, box).status == v.verify(x, y, LinfBall(0.1)).status
+
+
+def test_worker_processes_give_the_same_statuses():
+    mlp = _mlp(5, 4, (8, 8))
+    x = torch.rand(12, 1, 2, 2, generator=torch.Generator().manual_seed(5))
+    y = mlp(x).argmax(1)
+    one = Verifier(mlp, (1, 2, 2), method="milp", attack_steps=0).verify(x, y, LinfBall(0.2))
+    two = Verifier(mlp, (1, 2, 2), method="milp", attack_steps=0, workers=2).verify(x, y, LinfBall(0.2))
+    assert one.status == two.status and (one.seconds > 0).sum() >= 2
+    assert torch.equal(torch.isnan(one.counterexample), torch.isnan(two.counterexample))
+    with pytest.raises(InputError, match="workers"):
+        Verifier(mlp, (1, 2, 2), method="milp", workers=0)

@@ -23,13 +23,17 @@ leaves open are solved, each a smaller problem, and a sample is falsified by the
 
 Solver settings (:data:`HIGHS_OPTIONS`): primal, dual and MIP feasibility tolerances 1e-9 and
 ``mip_rel_gap`` 0.5. The relative gap only decides when HiGHS stops: a gap below 1 means the proven
-(dual) bound and the best point found have the same sign, which is all the status needs; soundness
-never depends on it because the status reads the dual bound itself. A class counts as proven when the
-dual bound on its margin exceeds :data:`VERIFY_TOL` (1e-4 logits), which covers the feasibility
-tolerance times the largest big-M constant (1e-9 x 1e4), the bounds' own float32 rounding (widened
-by :data:`BOUND_TOL`) and the float32 model's rounding against this float64 encoding (about 1e-6
-relative on logits of order 10). A counterexample is only a candidate here: the caller checks it with
-a float64 forward pass of the model.
+(dual) bound and the best point found have the same sign, which is all the status needs. For the gap
+to be relative to the margin itself, the margin's constant term is the cost of one extra variable
+fixed at 1 (without it HiGHS measured the gap against the objective minus that constant and stopped
+with undecided signs: a test caught it), and the objective is scaled by :data:`OBJ_SCALE` so that
+margins of order VERIFY_TOL are not measured against an absolute floor of 1. Soundness never depends
+on these settings: the status reads the dual bound and checks the counterexample itself. A class
+counts as proven when the dual bound on its margin exceeds :data:`VERIFY_TOL` (1e-4 logits), which
+covers the feasibility tolerance times the largest big-M constant (1e-9 x 1e4), the bounds' own
+float32 rounding (widened by :data:`BOUND_TOL`) and the float32 model's rounding against this
+float64 encoding (about 1e-6 relative on logits of order 10). A counterexample is only a candidate
+here: the caller checks it with a float64 forward pass of the model.
 """
 from __future__ import annotations
 
@@ -310,8 +314,7 @@ def solve_margin(problem: Problem, y: int, j: int, time_limit: float) -> MarginR
     M, c = problem.logits
     # The margin's constant enters as the cost of one extra variable fixed at 1, so that HiGHS's
     # relative gap is relative to the margin itself, and the objective is scaled so that VERIFY_TOL is
-    # 1 (HiGHS measures the gap against max(1, |primal|)): the gap test of HIGHS_OPTIONS then stops
-    # the solver once the sign of the margin is decided.
+    # 1: the gap test of HIGHS_OPTIONS then stops the solver once the sign of the margin is decided.
     obj = np.append((M[y] - M[j]) * OBJ_SCALE, float(c[y] - c[j]) * OBJ_SCALE)
     A = sparse.hstack([problem.A, sparse.csr_array((problem.A.shape[0], 1))]).tocsr()
     cons = [LinearConstraint(A, -np.inf, problem.b)] if A.shape[0] else []

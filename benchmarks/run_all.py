@@ -26,6 +26,7 @@ BENCHMARKS = [
     ("bench_budget_layout", [], ["--quick"]),
     ("bench_stochastic", [], []),
     ("bench_eval", [], []),
+    ("bench_complete", [], ["--n", "100"]),
 ]
 
 

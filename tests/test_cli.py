@@ -44,6 +44,20 @@ def test_verify_prints_a_table_and_writes_json(trained, capsys, tmp_path):
     assert len(rows) == 4 and all(r["certified_acc"] <= r["pgd_acc"] for r in rows)
 
 
+def test_verify_milp_prints_the_three_counts(trained, capsys, tmp_path):
+    """``verify --method milp``: complete verification beside CROWN, its row counts the statuses."""
+    out = tmp_path / "v.json"
+    assert main(["verify", str(trained / "best.pt"), "--method", "milp,crown", "--eps", "0.1", "--time-limit", "10",
+                 "--subset", "16", "--pgd-steps", "10", "--device", "cpu", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "verified" in text and "falsified" in text and "unknown" in text
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    r = rows["milp"]
+    assert r["verified"] + r["falsified"] + r["unknown"] == 16 and r["unknown"] == 0
+    assert r["certified_acc"] == r["verified"] / 16 >= rows["crown"]["certified_acc"]
+    assert r["certified_acc"] <= r["pgd_acc"] and not r.get("violations")
+
+
 def _cli(argv: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """``python -m robustsuite *argv`` in a fresh process, as a user would type it."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -122,6 +136,7 @@ BAD_INPUTS = [
      "array 'x' contains NaN or inf at sample 4"),
     # unknown method / attack
     (["verify", "{ckpt}", "--method", "ibp,foo"], "method: unknown value 'foo'; choose one of: alpha-crown"),
+    (["verify", "{ckpt}", "--method", "milp", "--time-limit", "0"], "expected a number of seconds > 0"),
     (["attack", "{ckpt}", "--eps", "0.1", "--attack", "foo"], "attack: unknown value 'foo'; choose one of"),
     (["train", "configs/digits_crown_ibp.yaml", "--set", "train.method=foo", "--out", "{out}"],
      "train.method: unknown value 'foo'; choose one of"),

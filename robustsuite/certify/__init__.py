@@ -11,6 +11,7 @@ from .checks import check_boundable, is_stochastic
 from .config import CertifiedTrainConfig, ScheduleConfig
 from .trainer import CertifiedTrainer
 from .verifier import VerificationResult, Verifier
+from .complete import STATUSES, CompleteVerifier
 
-__all__ = ["Verifier", "VerificationResult", "METHODS", "canonical_method", "spec_matrix", "margins",
+__all__ = ["Verifier", "VerificationResult", "CompleteVerifier", "STATUSES", "METHODS", "canonical_method", "spec_matrix", "margins",
            "check_boundable", "is_stochastic", "CertifiedTrainConfig", "ScheduleConfig", "CertifiedTrainer"]

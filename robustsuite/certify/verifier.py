@@ -119,7 +119,11 @@ class VerificationResult:
         certified: (B,) bool, clean prediction correct and every margin lower bound > 0.
         margin_lower: (B, K-1) lower bounds of ``z_y - z_j`` for ``j != y`` over the set.
         clean_correct: (B,) bool, the model's clean prediction equals ``y``.
-        method: the bound method used.
+        method: the bound method used (``milp``: complete verification).
+        status: ``milp`` only: (B) strings ``verified`` / ``falsified`` / ``unknown``; None otherwise.
+        counterexample: ``milp`` only: (B, C, H, W), a misclassified point of the set for the falsified
+            samples (checked in float64), NaN elsewhere; None otherwise.
+        seconds: ``milp`` only: (B,) MILP seconds spent per sample; None otherwise.
     """
 
     certified: Tensor
@@ -127,6 +131,9 @@ class VerificationResult:
     clean_correct: Tensor
     method: str
     threat: ThreatModel | None = field(default=None, repr=False)
+    status: list[str] | None = None
+    counterexample: Tensor | None = field(default=None, repr=False)
+    seconds: Tensor | None = field(default=None, repr=False)
 
     @property
     def certified_accuracy(self) -> float:
@@ -147,7 +154,9 @@ class Verifier:
             allowlist of :mod:`robustsuite.certify.graph_check` are accepted.
         input_shape: (C, H, W) of one input.
         method: ``ibp``, ``crown-ibp`` (IBP intermediate bounds, CROWN at the output), ``crown``
-            or ``alpha-crown`` (CROWN with optimized ReLU slopes).
+            or ``alpha-crown`` (CROWN with optimized ReLU slopes); ``milp`` builds a
+            :class:`~robustsuite.certify.complete.CompleteVerifier` (exact verification, keyword
+            ``time_limit`` and others there).
         device: ``auto`` | ``cpu`` | ``cuda``; the model is moved there.
         max_batch: largest chunk bounded at once (default per device and method,
             :data:`DEFAULT_MAX_BATCH`, chosen from a measurement; chunking never changes the
@@ -156,6 +165,14 @@ class Verifier:
         alpha_iterations, alpha_lr: alpha-CROWN optimization settings.
         conv_mode: auto_LiRPA's convolution mode, ``patches`` (fast) or ``matrix``.
     """
+
+    def __new__(cls, *args, **kwargs):
+        # method="milp" is complete verification (attack -> bound -> MILP): its own class
+        method = kwargs.get("method", args[2] if len(args) > 2 else None)
+        if cls is Verifier and isinstance(method, str) and method.strip().lower() == "milp":
+            from .complete import CompleteVerifier
+            return super().__new__(CompleteVerifier)
+        return super().__new__(cls)
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], method: str = "crown-ibp",
                  device: str | torch.device = "auto", *, max_batch: int | None = None,

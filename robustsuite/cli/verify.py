@@ -26,7 +26,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     x, y = load_test_tensors(ckpt, args)
     eps = args.eps or _default_eps(ckpt)
     rows = certified_table(model, x, y, eps=eps, methods=args.method, pgd_steps=args.pgd_steps,
-                           device=args.device, seed=args.seed)
+                           device=args.device, seed=args.seed, time_limit=args.time_limit,
+                           quiet=getattr(args, "quiet", False))
     print(f"{args.checkpoint}: {x.shape[0]} test samples of {args.data or ckpt['config']['data']['name']}")
     print(format_table(rows))
     if args.out:
@@ -87,6 +88,16 @@ def _irrelevant_mask(ckpt: dict, args: argparse.Namespace):
     return getattr(ds, "irrelevant_mask", None)
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return v
+
+
 def add_parser(sub) -> None:
     """Register ``verify`` on the CLI's subparsers."""
     v = sub.add_parser("verify", help="certified accuracy of a checkpoint per bound method and radius",
@@ -96,12 +107,17 @@ def add_parser(sub) -> None:
                                    "classified correctly and survive PGD (checked per sample; a violation is "
                                    "reported loudly and exits with status 3).",
                        epilog="examples:\n  robustsuite verify runs/crown_ibp/best.pt --eps 0.1,0.2 --method ibp,crown-ibp,crown\n"
+                              "  robustsuite verify runs/crown_ibp/best.pt --method milp --eps 0.1 --time-limit 30\n"
                               "  robustsuite verify runs/crown_ibp/best.pt --data npz --data-option path=mine.npz  "
                               "(your images: x (N, C, H, W), y (N,))")
     v.add_argument("checkpoint", help="a checkpoint written by robustsuite train (best.pt or last.pt)")
     v.add_argument("--eps", type=radii, help="L-inf radii in (0, 1], comma-separated (default: the training eps_test)")
     v.add_argument("--method", type=names, default=["ibp", "crown-ibp", "crown"],
-                   help="bound methods: ibp, crown-ibp, crown, alpha-crown (comma-separated)")
+                   help="bound methods: ibp, crown-ibp, crown, alpha-crown, or milp (complete verification: "
+                        "PGD, CROWN, then an exact MILP per undecided sample; counts verified / falsified / "
+                        "unknown) (comma-separated)")
+    v.add_argument("--time-limit", type=_positive_float, default=60.0,
+                   help="method milp: MILP seconds per sample; a sample not decided by then is unknown (default 60)")
     v.add_argument("--pgd-steps", type=int, default=40, help="PGD steps of the empirical column (0: off)")
     v.add_argument("--subset", type=positive_int, help="first N test samples only (N >= 1)")
     add_data_arguments(v)

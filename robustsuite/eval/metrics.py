@@ -4,6 +4,7 @@ Records are columns (a dict of equal-length lists), one row per (model, repeat, 
 
 * ``model``, ``repeat``, ``index`` (position in the full data set), ``label``, ``clean_pred``;
 * ``cert|METHOD|SET``: certified (bool) under a threat set with a bound method;
+* ``status|milp|SET``: complete verification's ``verified`` / ``falsified`` / ``unknown`` per sample;
 * ``atk|ATTACK|SET``: the attack changed the prediction (bool); ``dist|ATTACK|SET``: its
   perturbation norm (float; the set's norm); ``ATTACK`` is the attack name, ``+eot`` appended for
   the EOT run on a stochastic model;
@@ -18,7 +19,8 @@ budget box. A cell is ``None`` where the item does not apply to the model (or, f
 bounds, in repeats > 0 of a stochastic model, which run once).
 
 Metric names (each per model, as ``{"mean", "std", "values"}`` over the repeats):
-``clean_accuracy``; ``certified|METHOD|SET`` and ``verified_error|METHOD|SET``;
+``clean_accuracy``; ``certified|METHOD|SET`` and ``verified_error|METHOD|SET``; for complete
+verification ``falsified|milp|SET`` and ``unknown|milp|SET`` (``certified|milp|SET`` is the verified share);
 ``robust|ATTACK|SET`` (correct and not broken, over all samples) and ``asr|ATTACK|SET`` (broken among
 clean-correct samples); ``broken|ATTACK|SET|COMPONENT`` (share of all samples that a component of
 an AutoAttack cascade broke first; over the components they add up to ``asr`` times the clean
@@ -86,6 +88,13 @@ def _one_run(records: dict[str, list], rows: np.ndarray, radii: dict[str, Sequen
             acc = float(c.astype(bool).mean())
             out[f"certified|{parts[1]}|{parts[2]}"] = acc
             out[f"verified_error|{parts[1]}|{parts[2]}"] = 1.0 - acc
+        elif parts[0] == "status":
+            vals = [records[key][i] for i in rows]
+            if not vals or any(v is None for v in vals):
+                continue
+            st = np.asarray(vals, dtype=object)
+            out[f"falsified|{parts[1]}|{parts[2]}"] = float((st == "falsified").mean())
+            out[f"unknown|{parts[1]}|{parts[2]}"] = float((st == "unknown").mean())
         elif parts[0] == "atk":
             c = _col(records, key, rows)
             if c is None:
@@ -180,7 +189,10 @@ CLEAN_RULE = "clean"
 def check_consistency(records: dict[str, list], max_indices: int = 20) -> list[dict[str, Any]]:
     """Soundness, per sample: a sample certified under a set is classified correctly without
     perturbation (``attack`` ``"clean"`` in the result; checked whatever attacks ran), and no attack
-    under the same set breaks it.
+    under the same set breaks it. Complete verification adds the other direction: a sample it
+    falsified (a checked counterexample in the set) is certified by no bound method under that set
+    (``attack`` ``"milp-counterexample"``); its verified samples are ``cert|milp|SET`` and so are
+    covered by the first two rules.
 
     Returns one entry per (model, repeat, method, attack or ``"clean"``, set) with violations: the
     count and the first sample indices. An empty list means the run is consistent.
@@ -215,6 +227,13 @@ def check_consistency(records: dict[str, list], max_indices: int = 20) -> list[d
             broken = np.asarray([bool(v) if v is not None else False for v in records[ak]])
             if (cert & broken).any():
                 report(cert & broken, method, attack, set_id)
+        for sk in [k for k in records if k.startswith("status|")]:
+            _, complete, sset = split_key(sk)
+            if sset != set_id:
+                continue
+            falsified = np.asarray([v == "falsified" for v in records[sk]])
+            if (cert & falsified).any():
+                report(cert & falsified, method, f"{complete}-counterexample", set_id)
     return out
 
 

@@ -4,6 +4,8 @@
   bound method (certified accuracy), one line style per kind, one panel per (model, norm);
 * ``smoothing_radius.png``: certified accuracy vs L2 radius of the smoothed classifiers;
 * ``asr.png``: attack success rate per attack and set, one bar group per model;
+* ``complete.png``: complete verification, a three-way bar (verified / unknown / falsified) per
+  model and radius;
 * ``budgets_MODEL.png``: learned-budget heatmaps where a budget model was evaluated.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["report_plots", "plot_robust_vs_eps", "plot_smoothing_radius", "plot_asr"]
+__all__ = ["report_plots", "plot_robust_vs_eps", "plot_smoothing_radius", "plot_asr", "plot_complete"]
 
 NORM_TITLE = {"linf": "L-inf", "l2": "L2", "l1": "L1", "learned": "learned budgets"}
 
@@ -176,6 +178,56 @@ def plot_asr(reports: Sequence["Report"], path: str | Path, names: Sequence[str]
     return _save(fig, Path(path))
 
 
+#: the statuses of complete verification, bottom to top, and their colours
+COMPLETE_STATUSES = (("verified", "tab:green"), ("unknown", "tab:gray"), ("falsified", "tab:red"))
+
+
+def complete_shares(report: "Report") -> list[tuple[str, str, dict[str, float]]]:
+    """``[(model, set, {status: share})]`` from the ``status|METHOD|SET`` columns (repeat 0)."""
+    rec = report.records
+    out = []
+    for key in rec:
+        if not key.startswith("status|"):
+            continue
+        set_id = key.split("|")[2]
+        for model in report.models:
+            vals = [rec[key][i] for i, m in enumerate(rec["model"]) if m == model and rec[key][i] is not None
+                    and rec["repeat"][i] == 0]
+            if vals:
+                out.append((model, set_id, {s: vals.count(s) / len(vals) for s, _ in COMPLETE_STATUSES}))
+    return out
+
+
+def plot_complete(reports: Sequence["Report"], path: str | Path, names: Sequence[str] | None = None) -> Path | None:
+    """Complete verification: one stacked bar per (model, radius), verified / unknown / falsified."""
+    bars = []
+    for ri, rep in enumerate(reports):
+        for model, set_id, shares in complete_shares(rep):
+            label = model if names is None else f"{names[ri]}: {model}"
+            bars.append((f"{label}\n{set_id}", shares))
+    if not bars:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(bars) + 2), 4))
+    xs = np.arange(len(bars))
+    bottom = np.zeros(len(bars))
+    for status, colour in COMPLETE_STATUSES:
+        ys = np.asarray([b[1][status] for b in bars])
+        ax.bar(xs, ys, 0.6, bottom=bottom, color=colour, label=status)
+        for x, y0, y in zip(xs, bottom, ys):
+            if y >= 0.04:
+                ax.text(x, y0 + y / 2, f"{y:.3f}", ha="center", va="center", fontsize=7)
+        bottom += ys
+    ax.set_xticks(xs)
+    ax.set_xticklabels([b[0] for b in bars], fontsize=8)
+    ax.set_ylabel("share of the samples")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Complete verification: verified / unknown (time limit) / falsified")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
 def plot_budgets(report: "Report", out_dir: Path) -> list[Path]:
     """Learned-budget heatmaps of the budget models (stored in ``report.extras['budgets']``)."""
     import torch
@@ -196,6 +248,7 @@ def report_plots(report: "Report", out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     paths = [plot_robust_vs_eps([report], out / "robust_vs_eps.png"),
              plot_smoothing_radius([report], out / "smoothing_radius.png"),
-             plot_asr([report], out / "asr.png")]
+             plot_asr([report], out / "asr.png"),
+             plot_complete([report], out / "complete.png")]
     paths += plot_budgets(report, out)
     return [p for p in paths if p is not None]

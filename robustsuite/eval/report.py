@@ -63,8 +63,8 @@ def metric_label(name: str) -> str:
 
 def _metric_order(name: str) -> tuple:
     head = name.split("|", 1)[0]
-    order = ["clean_accuracy", "certified", "verified_error", "robust", "asr", "broken", "worst", "union", "average",
-             "smooth"]
+    order = ["clean_accuracy", "certified", "falsified", "unknown", "verified_error", "robust", "asr", "broken",
+             "worst", "union", "average", "smooth"]
     return (order.index(head) if head in order else len(order), name)
 
 
@@ -163,6 +163,8 @@ class Report:
         for w in self.extras.get("warnings", []):
             out += [f"**Warning:** {w}", ""]
         sections = [("Accuracy and certified accuracy", ["clean_accuracy", "certified"]),
+                    ("Complete verification (falsified and unknown shares; certified milp = verified)",
+                     ["falsified", "unknown"]),
                     ("Robust accuracy under attack (over all samples)", ["robust"]),
                     ("Attack success rate (over clean-correct samples)", ["asr"]),
                     ("AutoAttack: share of all samples each component broke first (the cascade)", ["broken"]),

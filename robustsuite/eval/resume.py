@@ -96,6 +96,8 @@ class Finished:
 
 #: a label cell (AutoAttack's ``by|...`` columns: the component that broke a sample, ``robust``, ``clean``)
 _LABEL = re.compile(r"^[A-Za-z0-9][\w.+-]{0,63}$")
+#: the only strings a ``status|...`` column holds: complete verification's statuses (``status|milp|SET``)
+_STATUS_CELLS = frozenset({"verified", "falsified", "unknown"})
 
 
 def _cell_ok(v: Any) -> bool:
@@ -103,9 +105,12 @@ def _cell_ok(v: Any) -> bool:
 
 
 def _column_ok(key: str, values: list) -> bool:
-    """Every cell a value the column holds: numbers (or None), and in a ``by|`` column short labels."""
+    """Every cell a value the column holds: numbers (or None), in a ``by|`` column short labels, in a
+    ``status|`` column the three statuses of complete verification."""
     if key.startswith("by|"):
         return all(v is None or (isinstance(v, str) and _LABEL.match(v)) for v in values)
+    if key.startswith("status|"):
+        return all(v is None or (isinstance(v, str) and v in _STATUS_CELLS) for v in values)
     return all(map(_cell_ok, values))
 
 

@@ -169,16 +169,22 @@ class _ThreatItem(EvalItem):
 
 
 class CertifyItem(_ThreatItem):
-    """Certified bounds with one method over the balls ``norm`` of each radius in ``eps``."""
+    """Certified bounds with one method over the balls ``norm`` of each radius in ``eps``.
+
+    ``method: milp`` is complete verification (:class:`~robustsuite.certify.CompleteVerifier`: attack,
+    bound, then a MILP per undecided sample, L-inf only): its ``cert|milp|SET`` column is ``verified``
+    and a second column ``status|milp|SET`` holds ``verified`` / ``falsified`` / ``unknown`` per sample.
+    """
 
     kind: ClassVar[str] = "certify"
     once: ClassVar[bool] = True
 
-    method: str = Field(..., description="ibp | crown-ibp | crown | alpha-crown")
+    method: str = Field(..., description="ibp | crown-ibp | crown | alpha-crown | milp")
     norm: Literal["linf", "l2", "l1"] = "linf"
     eps: list[float] = Field(..., min_length=1)
     budgets: Literal["uniform", "learned"] = "uniform"
     rho: float = Field(4.0, ge=1.0, description="learned budgets: range factor (budgets within [eps/rho, rho eps])")
+    time_limit: Optional[float] = Field(None, gt=0, description="method milp: MILP seconds per sample (default 60)")
 
     _eps = field_validator("eps", mode="before")(classmethod(lambda cls, v: _eps_list(v)))
 
@@ -186,6 +192,8 @@ class CertifyItem(_ThreatItem):
     @classmethod
     def _method(cls, v: str) -> str:
         from ..certify import canonical_method
+        if isinstance(v, str) and v.strip().lower() == "milp":
+            return "milp"
         try:
             return canonical_method(v)
         except Exception as e:  # noqa: BLE001 - re-raised as a validation error with the key path
@@ -197,7 +205,16 @@ class CertifyItem(_ThreatItem):
     def _learned_linf(self):
         if self.budgets == "learned" and self.norm != "linf":
             raise ValueError("budgets: learned sets are per-pixel boxes; use norm: linf")
+        if self.method == "milp" and self.norm != "linf":
+            raise ValueError("method milp: exact for L-inf balls and per-pixel boxes only; use norm: linf")
+        if self.method != "milp" and self.time_limit is not None:
+            raise ValueError("time_limit: a setting of method milp only")
         return self
+
+    @property
+    def status_key(self) -> str:
+        """``status|milp|SET``: the complete verification's status column (method milp only)."""
+        return f"status|{self.method}|{self.set_id}"
 
     # ------------------------------------------------------------------ the item protocol
     def expand(self, suite: "Suite", entry: int) -> list["CertifyItem"]:
@@ -209,15 +226,23 @@ class CertifyItem(_ThreatItem):
 
     @property
     def columns(self) -> list[str]:
-        return [self.key]
+        return [self.key, self.status_key] if self.method == "milp" else [self.key]
 
     @property
     def stage(self) -> str:
         return f"certify|{self.method}"
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "entry": self._entry, "method": self.method, "norm": self.norm, "eps": self.radius,
-                "budgets": self.budgets, "rho": self.rho, "set": self.set_id, "key": self.key, "columns": self.columns}
+        out = {"kind": self.kind, "entry": self._entry, "method": self.method, "norm": self.norm, "eps": self.radius,
+               "budgets": self.budgets, "rho": self.rho, "set": self.set_id, "key": self.key, "columns": self.columns}
+        if self.method == "milp":
+            out["time_limit"] = self.time_limit or 60.0
+        return out
+
+    def fingerprint(self, suite: "Suite") -> dict[str, Any]:
+        # time_limit exists for milp only: the other methods' fingerprints stay as before it existed
+        exclude = None if self.method == "milp" else {"time_limit"}
+        return {"kind": self.kind, "config": self.model_dump(mode="json", exclude=exclude)}
 
     def applies(self, info: ModelInfo) -> str | None:
         if info.stochastic:
@@ -230,15 +255,19 @@ class CertifyItem(_ThreatItem):
 
         from ..certify import Verifier
         from ..errors import UnsupportedModelError
+        milp = {"time_limit": self.time_limit or 60.0} if self.method == "milp" else {}
         try:
-            v = ctx.cache.get(("verifier", self.method))
+            v = ctx.cache.get(("verifier", self.method, *milp.values()))
             if v is None:  # one verifier per method and model, shared by the radii
-                v = Verifier(ctx.model, tuple(ctx.x.shape[1:]), method=self.method, device=ctx.device)
-                ctx.cache[("verifier", self.method)] = v
-            cert = [v.verify(xb, yb, self.threat(ctx.model, xb)).certified.cpu() for xb, yb in ctx.batches()]
+                v = Verifier(ctx.model, tuple(ctx.x.shape[1:]), method=self.method, device=ctx.device, **milp)
+                ctx.cache[("verifier", self.method, *milp.values())] = v
+            results = [v.verify(xb, yb, self.threat(ctx.model, xb)) for xb, yb in ctx.batches()]
         except UnsupportedModelError as e:
             raise NotApplicable(f"bound method {self.method!r} does not apply: {e}") from None
-        return {self.key: torch.cat(cert).tolist()}
+        out = {self.key: torch.cat([r.certified.cpu() for r in results]).tolist()}
+        if self.method == "milp":
+            out[self.status_key] = [s for r in results for s in r.status]
+        return out
 
 
 class AttackItem(_ThreatItem):

@@ -14,15 +14,18 @@ Goal (issue 18): unknown <= 1 % on the CROWN-IBP model at 0.1 in under 10 minute
 The checkpoints are trained when missing (``robustsuite train`` with the configs and the demo's
 overrides of ``configs/digits_study.yaml``). Rows of earlier runs of other (model, eps) are kept, so
 the models can be run separately (``--models pgd_at --n 60``); each row records its own provenance, and
-the file is rewritten after every row, so a run stopped part-way keeps the rows it finished.
+the file is rewritten after every row, so a run stopped part-way keeps the rows it finished. With
+``--max-minutes`` a (model, eps) run that takes longer is stopped and listed under ``stopped`` with the
+phases it finished (the PGD-AT model's alpha-CROWN baseline can take tens of minutes).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_complete [--models crown_ibp pgd_at]
-        [--eps 0.05 0.1] [--n 450] [--time-limit 30] [--workers 1] [--runs runs/bench_complete]
+        [--eps 0.05 0.1] [--n 450] [--time-limit 30] [--workers 1] [--runs runs/bench_complete] [--max-minutes M]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -56,14 +59,29 @@ def _share(mask: torch.Tensor) -> float:
     return round(float(mask.float().mean()), 4)
 
 
-def run_one(model, x, y, eps: float, time_limit: float, workers: int) -> dict:
+class _Stopped(Exception):
+    """A (model, eps) run reached ``--max-minutes``."""
+
+
+def _stop(signum, frame):
+    raise _Stopped
+
+
+#: the phases of one run, in order (the keys of ``before.seconds``, then the complete run)
+PHASES = ("ibp", "crown", "pgd", "alpha-crown (open samples only)", "milp (complete run)")
+
+
+def run_one(model, x, y, eps: float, time_limit: float, workers: int, seconds: dict | None = None) -> dict:
+    """One (model, eps) row. ``seconds`` (filled as each phase ends, so a caller that stops the run
+    knows how far it got) maps the phases of :data:`PHASES` to their wall-clock seconds."""
     from robustsuite.attacks import PGD
     from robustsuite.certify import Verifier
     from robustsuite.threats import LinfBall
 
     threat = LinfBall(eps)
     shape = tuple(x.shape[1:])
-    before, seconds = {}, {}
+    before = {}
+    seconds = {} if seconds is None else seconds
     for m in ("ibp", "crown"):
         t0 = time.perf_counter()
         before[m] = Verifier(model, shape, method=m, device="cpu").verify(x, y, threat).certified
@@ -88,6 +106,7 @@ def run_one(model, x, y, eps: float, time_limit: float, workers: int) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     res = Verifier(model, shape, method="milp", device="cpu", time_limit=time_limit, workers=workers).verify(x, y, threat)
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    seconds["milp (complete run)"] = round(total, 2)
     status = res.status
     reached = res.seconds > 0
     per = res.seconds[reached]
@@ -100,7 +119,7 @@ def run_one(model, x, y, eps: float, time_limit: float, workers: int) -> dict:
                    "alpha-crown_on_open": int(before["alpha-crown"].sum()), "open_after_ibp_crown_pgd": int(open_.sum()),
                    "verified": _share(bound & ~falsified),
                    "falsified": _share(falsified), "unknown": _share(~bound & ~falsified),
-                   "seconds": seconds},
+                   "seconds": {k: v for k, v in seconds.items() if k != "milp (complete run)"}},
         "after": after,
         "milp_samples": int(reached.sum()),
         "milp_seconds_mean": round(float(per.mean()), 2) if len(per) else 0.0,
@@ -126,6 +145,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", default="runs/bench_complete")
     ap.add_argument("--out", default=str(RESULTS / "complete_verification.json"))
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="stop a (model, eps) run after this many minutes of wall clock and record it as stopped, with "
+                         "the phases it finished (meant for --workers 1: the MILP's worker processes are not interrupted)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from robustsuite import data as rdata
@@ -136,6 +158,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.is_file() else {}
     rows = {(r["model"], r["eps"]): r for r in old.get("rows", [])}
+    stopped = {(r["model"], r["eps"]): r for r in old.get("stopped", [])}
     x_all, y_all = rdata.as_tensors(rdata.load("digits", "test"))
     x, y = x_all[: args.n], y_all[: args.n]
 
@@ -144,7 +167,8 @@ def main(argv=None) -> int:
         result = {"benchmark": "complete verification (MILP) after PGD and bounds", "goal": GOAL,
                   "meets_goal": None if goal is None else bool(goal["after"]["unknown"] <= GOAL["unknown_max"]
                                                                 and goal["complete_seconds"] <= GOAL["seconds_max"]),
-                  "rows": sorted(rows.values(), key=lambda r: (r["model"], r["eps"])), "provenance": provenance()}
+                  "rows": sorted(rows.values(), key=lambda r: (r["model"], r["eps"])),
+                  "stopped": sorted(stopped.values(), key=lambda r: (r["model"], r["eps"])), "provenance": provenance()}
         atomic_write_json(out, result)
         return result
 
@@ -152,7 +176,26 @@ def main(argv=None) -> int:
         path = Path(given[name]) if name in given else checkpoint(name, Path(args.runs))
         model = model_from_checkpoint(load_checkpoint(path)).eval()
         for eps in args.eps:
-            row = {"model": name, "checkpoint": str(path), **run_one(model, x, y, eps, args.time_limit, args.workers)}
+            seconds: dict = {}
+            handler = signal.signal(signal.SIGALRM, _stop) if args.max_minutes else None
+            if args.max_minutes:
+                signal.setitimer(signal.ITIMER_REAL, 60 * args.max_minutes)
+            try:
+                row = {"model": name, "checkpoint": str(path),
+                       **run_one(model, x, y, eps, args.time_limit, args.workers, seconds)}
+            except _Stopped:
+                # recorded, so that the table says it was tried and how far it got (not a silent gap)
+                stopped[(name, eps)] = {"model": name, "eps": eps, "n": int(x.shape[0]), "checkpoint": str(path),
+                                        "time_limit": args.time_limit, "max_minutes": args.max_minutes,
+                                        "finished_phases_seconds": dict(seconds), "provenance": provenance()}
+                print(json.dumps(stopped[(name, eps)]), flush=True)
+                write()
+                continue
+            finally:
+                if args.max_minutes:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    signal.signal(signal.SIGALRM, handler)
+            stopped.pop((name, eps), None)
             # rows of earlier runs are kept, so each row says where it came from (the file's
             # provenance is only the last run's)
             row["provenance"] = provenance()

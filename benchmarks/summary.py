@@ -255,6 +255,10 @@ def _pct(share: float) -> str:
     return f"{100 * share:.2f}".rstrip("0").rstrip(".")
 
 
+#: bench_complete.PHASES (not imported: it imports torch)
+_PHASES = ("ibp", "crown", "pgd", "alpha-crown (open samples only)", "milp (complete run)")
+
+
 def complete(results: Path) -> str:
     d = _load("complete_verification.json", results)
     goal, parts = d["goal"], []
@@ -266,8 +270,9 @@ def complete(results: Path) -> str:
             f"{r['milp_samples']} samples reached the MILP (median {r['milp_seconds_median']:g} s, max "
             f"{r['milp_seconds_max']:g} s each, limit {r['time_limit']:g} s), complete run {r['complete_seconds']:.0f} s, "
             f"{r['violations']} violations")
-    measured = {r["model"] for r in d["rows"]}
-    parts += [f"{m}: {why}" for m, why in d.get("not_measured", {}).items() if m not in measured]
+    for r in d.get("stopped", []):
+        phase = next((p for p in _PHASES if p not in r["finished_phases_seconds"]), _PHASES[-1])
+        parts.append(f"{r['model']} e {r['eps']:g} ({r['n']} digits): stopped after {r['max_minutes']:g} min, in {phase}")
     g = next((r for r in d["rows"] if (r["model"], r["eps"]) == (goal["model"], goal["eps"])), None)
     if g is None:
         verdict = f"goal not measured ({goal['model']} e {goal['eps']:g} has no row)"

@@ -137,3 +137,19 @@ def test_complete_row_reports_before_and_after_and_the_goal(tmp_path):
     assert text([_complete_row("crown_ibp", 0.1, 0.0111, 75.0)]).endswith("goal missed: crown_ibp e 0.1 unknown 1.11 % in 75 s")
     assert text([_complete_row("crown_ibp", 0.1, 0.0, 601.0)]).endswith("goal missed: crown_ibp e 0.1 unknown 0 % in 601 s")
     assert text([_complete_row("crown_ibp", 0.05, 0.0, 60.0)]).endswith("goal not measured (crown_ibp e 0.1 has no row)")
+    # a run stopped by --max-minutes is listed with the phase it was in, not left out
+    stopped = {"model": "pgd_at", "eps": 0.05, "n": 30, "max_minutes": 15.0,
+               "finished_phases_seconds": {"ibp": 0.2, "crown": 0.9, "pgd": 0.2}}
+    (tmp_path / "complete_verification.json").write_text(json.dumps(
+        {"goal": goal, "rows": [_complete_row("crown_ibp", 0.1, 0.0, 75.2)], "stopped": [stopped]}))
+    assert "; pgd_at e 0.05 (30 digits): stopped after 15 min, in alpha-crown (open samples only); goal met" in \
+        summary.complete(tmp_path)
+
+
+def test_a_missing_result_file_is_named_with_what_to_run(tmp_path):
+    try:
+        summary.cw(tmp_path)
+    except FileNotFoundError as e:
+        assert "attacks_cw.json" in str(e) and "run the benchmark that writes it" in str(e)
+    else:
+        raise AssertionError("a row without its result file rendered")

@@ -244,10 +244,25 @@ def test_suite_eot_run_is_rand_and_standard_on_a_random_model_warns_in_the_repor
     assert set(rep.records["by|autoattack+eot|linf@0.1"][:12]) <= {"apgd-ce", "apgd-dlr", "robust", "clean"}
     assert rep.records["by|autoattack+eot|linf@0.1"][12:] == [None] * 12
     assert "two forward passes" in rep.not_applicable["off"]["atk|autoattack+eot|linf@0.1"]
+    # with rand running, standard applies to deterministic models only (a random one gets rand); a model
+    # whose declared noise is off gets standard, with the warning
+    assert "rand, is this item's EOT run" in rep.not_applicable["noisy"]["atk|autoattack|linf@0.1"]
+    assert rep.records["by|autoattack|linf@0.1"][:12] == [None] * 12
+    assert set(rep.records["by|autoattack|linf@0.1"][12:]) <= {"apgd-ce", "apgd-t", "fab-t", "square", "robust", "clean"}
     warned = [w for w in rep.extras["warnings"] if "AutoAttack 'standard' on a stochastic model" in w]
-    assert [w.split(":")[0] for w in warned] == ["model noisy", "model off"]
+    assert [w.split(":")[0] for w in warned] == ["model off"]
     det = evaluate({"det": model}, (x, y), suite, device="cpu", quiet=True)
     assert not any("AutoAttack" in w for w in det.extras.get("warnings", []))
+    assert det.records["by|autoattack|linf@0.1"][0] is not None
+
+
+def test_without_an_eot_run_standard_runs_on_a_random_model_and_warns():
+    model = trained_cnn()
+    x, y = held_out(8)
+    rep = evaluate({"noisy": NoisyInput(model, 0.1)}, (x, y), {**_suite(steps=2), "repeats": 1},
+                   device="cpu", quiet=True)
+    assert None not in rep.records["by|autoattack|linf@0.1"]
+    assert any(w.startswith("model noisy: AutoAttack 'standard'") for w in rep.extras["warnings"])
 
 
 def test_suite_checks_autoattack_settings_at_load_and_takes_custom_lists():

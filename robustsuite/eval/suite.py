@@ -278,6 +278,9 @@ class AttackItem(_ThreatItem):
     # the EOT run of the attack on stochastic models (an item of an entry, see expand), and its draws
     _eot: bool = PrivateAttr(False)
     _eot_samples: int = PrivateAttr(0)
+    # AutoAttack without EOT whose rand version (the EOT run) also runs: standard then applies to
+    # deterministic models only (see applies)
+    _rand_runs: bool = PrivateAttr(False)
 
     name: str
     norm: Literal["linf", "l2", "l1"] = "linf"
@@ -368,6 +371,8 @@ class AttackItem(_ThreatItem):
                 v = item.model_copy()
                 v._entry, v._eot = entry, eot
                 v._eot_samples = suite.eot.samples if eot else 0
+                v._rand_runs = (not eot and self.name == "autoattack" and True in variants
+                                and str(self.settings.get("version", "standard")).lower() == "standard")
                 out.append(v)
         return out
 
@@ -427,6 +432,11 @@ class AttackItem(_ThreatItem):
         if self._eot and self.name == "autoattack" and not info.varies:
             return ("AutoAttack rand: the model declares noise but two forward passes on the same input agree "
                     "(its noise is off); the item without EOT (standard) applies")
+        if self._rand_runs and info.stochastic and info.varies:
+            # the reference's protocol for randomized defenses is rand; standard would follow single
+            # noise draws (and its Square/FAB cost the most while proving the least there)
+            return ("stochastic model: AutoAttack's version for randomized defenses, rand, is this item's "
+                    "EOT run (autoattack+eot); standard follows single noise draws")
         if self.name == "transfer" and self.source == info.name:
             return "the transfer source itself (its white-box attack is a separate item)"
         if self.name == "transfer" and self.budgets == "learned":
@@ -435,7 +445,8 @@ class AttackItem(_ThreatItem):
 
     def notes(self, info: ModelInfo) -> list[str]:
         if self.name == "autoattack" and not self._eot and info.stochastic \
-                and str(self.settings.get("version", "standard")).lower() == "standard":
+                and str(self.settings.get("version", "standard")).lower() == "standard" \
+                and not (self._rand_runs and info.varies):
             return [f"model {info.name}: AutoAttack 'standard' on a stochastic model follows single draws of its "
                     "noise and may overestimate robustness; its version 'rand' (APGD-CE and APGD-DLR with EOT) "
                     "is the item's EOT run (autoattack+eot; set `eot:` in the suite)"]

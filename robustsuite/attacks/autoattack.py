@@ -110,10 +110,11 @@ class AutoAttack(Attack):
     of the set includes it), ``dist|autoattack|SET``, ``by|autoattack|SET`` and with
     ``per_attack: true`` ``atk|autoattack/NAME|SET`` per component; the report lists
     ``broken|autoattack|SET|NAME``, the share of samples each component broke first. On a
-    stochastic model the plain item runs ``standard`` (the report warns) and the EOT run
-    ``autoattack+eot`` runs ``rand`` with the reference's 20 draws (not the suite's
-    ``eot.samples``, which only a ``custom`` list uses); a model that declares noise whose
-    outputs do not vary gets ``rand`` marked not applicable.
+    stochastic model the EOT run ``autoattack+eot`` runs ``rand`` with the reference's 20 draws
+    (not the suite's ``eot.samples``, which only a ``custom`` list uses) and the plain
+    ``standard`` item is marked not applicable (rand is the protocol for randomized defenses); in
+    a suite without ``eot`` standard runs and the report warns. A model that declares noise whose
+    outputs do not vary gets standard (with the warning) and ``rand`` marked not applicable.
 
     Differences from the reference (``pyautoattack`` 0.2.0), each also marked in the code:
     the components are robustsuite's (``APGD``, ``FAB``, ``Square``; their own docstrings list

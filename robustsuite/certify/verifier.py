@@ -83,24 +83,29 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 _MODULE_DICTS = ("_parameters", "_buffers", "_modules")
+#: attribute types summarized by value (checked with ``type(val) in``: an ``isinstance`` chain
+#: per attribute is most of the summary's cost)
+_BY_VALUE = frozenset({type(None), bool, int, float, str})
 
 
-def model_state(model: nn.Module) -> tuple:
-    """A cheap summary (tens of microseconds for a small CNN) of everything in ``model`` that a
-    traced graph could have frozen: every submodule's identity and class; its parameters, buffers
-    and tensor attributes by identity and in-place version counter (``load_state_dict``, optimizer
-    steps and ``copy_`` bump it); scalar attributes by value (``eps``, ``momentum``, a scale, the
-    training flag); other attributes (hooks, replaced methods) by identity and size."""
+def _walk(model: nn.Module) -> tuple[tuple, list[Tensor]]:
+    """:func:`model_state` and, from the same pass, every buffer of ``model`` in module order (a
+    buffer shared by two modules appears twice)."""
     items: list = []
+    bufs: list[Tensor] = []
     for m in model.modules():
         items.append((id(m), type(m)))
         for key, val in vars(m).items():
-            if key in _MODULE_DICTS:
+            if type(val) in _BY_VALUE:
+                items.append((key, val))
+            elif key in _MODULE_DICTS:
                 items.extend((key, name, id(t), t._version if isinstance(t, Tensor) else None)
                              for name, t in val.items())
+                if key == "_buffers":
+                    bufs.extend(t for t in val.values() if t is not None)
             elif isinstance(val, Tensor):
                 items.append((key, id(val), val._version))
-            elif val is None or isinstance(val, (bool, int, float, str)):
+            elif isinstance(val, (bool, int, float, str)):  # subclasses (an IntEnum, a str subclass)
                 items.append((key, val))
             else:
                 try:
@@ -108,7 +113,29 @@ def model_state(model: nn.Module) -> tuple:
                 except Exception:  # noqa: BLE001 - any object may sit in a module's __dict__
                     size = None
                 items.append((key, id(val), size))
-    return tuple(items)
+    return tuple(items), bufs
+
+
+def model_state(model: nn.Module) -> tuple:
+    """A cheap summary (tens of microseconds for a small CNN) of everything in ``model`` that a
+    traced graph could have frozen: every submodule's identity and class; its parameters, buffers
+    and tensor attributes by identity and in-place version counter (``load_state_dict``, optimizer
+    steps and ``copy_`` bump it); scalar attributes by value (``eps``, ``momentum``, a scale, the
+    training flag); other attributes (hooks, replaced methods) by identity and size.
+
+    Version counters miss writes through ``.data``, numpy views and BatchNorm's own running
+    statistics update in a train-mode forward, so buffers are also compared by value every call
+    (see ``Verifier._sync``)."""
+    return _walk(model)[0]
+
+
+def _flat_by_dtype(tensors: Sequence[Tensor]) -> dict[torch.dtype, Tensor]:
+    """The tensors flattened and concatenated per dtype (one exact comparison per dtype instead of
+    one per tensor; no dtype promotion, so the comparison stays exact)."""
+    groups: dict[torch.dtype, list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t.detach().reshape(-1))
+    return {dt: torch.cat(ts) for dt, ts in groups.items()}
 
 
 @dataclass
@@ -216,7 +243,9 @@ class Verifier:
             bm = build_checked(self.model, zeros, self.method, bound_opts=self._bound_opts, device=self.device)
             self._bm = bm
             self._params = list(self.model.parameters())
-            self._buffers = [b.detach().clone() for b in self.model.buffers()]
+            bufs = _walk(self.model)[1]
+            self._buffer_layout = [(b.dtype, b.shape, b.device) for b in bufs]
+            self._buffers = {dt: t.clone() for dt, t in _flat_by_dtype(bufs).items()}
             self._checked = None  # the next call compares the graph with the model on a whole chunk
 
     def _check_input_shape(self, zeros: Tensor) -> int:
@@ -240,34 +269,45 @@ class Verifier:
         params = list(self.model.parameters())
         if len(params) != len(self._params) or any(a is not b for a, b in zip(params, self._params)):
             return True
-        bufs = list(self.model.buffers())
-        if len(bufs) != len(self._buffers) or any(a.shape != b.shape for a, b in zip(bufs, self._buffers)):
+        return self._buffers_differ(_walk(self.model)[1])
+
+    def _buffers_differ(self, bufs: list[Tensor]) -> bool:
+        """Exact comparison of ``bufs`` (from :func:`_walk`) with the build's copies: the layout
+        (count, dtypes, shapes, devices), then the values with one ``ne().any()`` per dtype and
+        one host sync. A NaN buffer always differs (a rebuild per call, never a stale graph)."""
+        if [(b.dtype, b.shape, b.device) for b in bufs] != self._buffer_layout:
             return True
         if not bufs:
             return False
-        return bool(torch.stack([torch.ne(a, b).any() for a, b in zip(bufs, self._buffers)]).any())
+        flat = _flat_by_dtype(bufs)
+        diffs = [torch.ne(flat[dt], ref).any() for dt, ref in self._buffers.items()]
+        return bool(diffs[0] if len(diffs) == 1 else torch.stack(diffs).any())
 
     def _sync(self, x: Tensor, chunk_logits: bool = False) -> Tensor:
         """Make sure the bounded graph computes ``model`` (eval mode) at ``x``; rebuild it if not.
         Returns ``model(x[:n])`` in eval mode (n, K), with n = ``max_batch`` (or B) when
         ``chunk_logits``, which :meth:`verify` reuses as the clean logits of those samples.
 
-        Two checks: the model's buffers/parameter objects against the build's (exact, every
-        call), and the bounded graph's clean logits against ``model(x)`` (relative tolerance
-        1e-4): on the whole first chunk of ``x`` at the first call after a (re)build, later on
-        the first :data:`CHECK_SAMPLES` samples whenever :func:`model_state` differs from the
-        state at the last passing comparison (a weight update, a loaded state dict, a changed
-        attribute or submodule). A BoundedModule forward costs about 1 ms plus its batch share,
-        the largest fixed cost of a call, so it is skipped while nothing changed. A mismatch that
-        survives a rebuild means auto_LiRPA computes a different function, so nothing is
-        certified. Changes no module attribute shows (a patched class, a global the forward
-        reads) need :meth:`refresh`.
+        Two checks: the model's buffers (by value, exact) and parameter objects against the
+        build's, every call, and the bounded graph's clean logits against ``model(x)`` (relative
+        tolerance 1e-4): on the whole first chunk of ``x`` at the first call after a (re)build,
+        later on the first :data:`CHECK_SAMPLES` samples whenever :func:`model_state` differs
+        from the state at the last passing comparison (a weight update, a loaded state dict, a
+        changed attribute or submodule). A BoundedModule forward costs about 1 ms plus its batch
+        share, the largest fixed cost of a call, so it is skipped while nothing changed. While
+        the state is unchanged the parameters are the build's objects (the state holds their
+        identities, and the build's list keeps them alive, so no other object can take their
+        ids): only the buffer values are compared then, from the same pass over the modules. A
+        mismatch that survives a rebuild means auto_LiRPA computes a different function, so
+        nothing is certified. Changes no module attribute shows (a patched class, a global the
+        forward reads) need :meth:`refresh`.
         """
-        if self._stale():
+        state, bufs = _walk(self.model)
+        if self._buffers_differ(bufs) if state == self._checked else self._stale():
             log.info("the model changed since the bounded graph was built; rebuilding it")
             self.refresh()
-        for attempt in range(2):
             state = model_state(self.model)
+        for attempt in range(2):
             k = self.max_batch if self._checked is None else CHECK_SAMPLES
             if state == self._checked:
                 k = 0  # nothing the graph could depend on changed since the last passing comparison
@@ -287,6 +327,7 @@ class Verifier:
             if attempt == 0:
                 log.warning("the bounded graph's logits differ from model(x) by %.3g; rebuilding it", diff)
                 self.refresh()
+                state = model_state(self.model)
         raise UnsupportedModelError(
             f"model: auto_LiRPA's traced graph computes different logits than model(x) (max difference "
             f"{diff:.3g}), so its bounds would not be about this model. The forward pass must be a "
@@ -315,7 +356,8 @@ class Verifier:
     def _check_threat(self, threat: ThreatModel, x: Tensor) -> ThreatModel:
         if not isinstance(threat, ThreatModel):
             raise InputTypeError(f"threat: expected LinfBall, L2Ball, L1Ball or Box, got {type(threat).__name__}")
-        threat.check(x)
+        if type(threat).check is not ThreatModel.check:
+            threat.check(x)  # the base check is check_images, which _check_x has just run on x
         if isinstance(threat, Box):
             _check_dtype(threat.lower.dtype, self.dtype, "Box.lower")
             _check_dtype(threat.upper.dtype, self.dtype, "Box.upper")

@@ -347,3 +347,45 @@ def test_the_graph_forward_runs_only_when_the_model_may_have_changed(model, batc
     again = v.verify(x, y, LinfBall(0.01))
     assert len(calls) == 2 and calls[1] <= 4
     torch.testing.assert_close(again.margin_lower, first.margin_lower)
+
+
+@pytest.mark.parametrize("how", ["data", "numpy", "train_forward"])
+def test_buffer_writes_that_leave_version_counters_alone_are_noticed(how):
+    """Writes through ``.data`` or a numpy view do not bump a tensor's version counter, so the
+    state summary cannot see them: the per-call exact buffer comparison must (and does so on the
+    fast path, where the state is unchanged since the last check)."""
+    model = _bn_model()
+    x = torch.rand(6, *SHAPE)
+    y = model(x).argmax(1)
+    v = Verifier(model, SHAPE, method="crown", device="cpu")
+    v.verify(x, y, LinfBall(0.0))
+    before = v.verify(x, y, LinfBall(0.0)).margin_lower
+    new = _new_bn_state(model)
+    if how == "train_forward":  # BatchNorm's running-statistics update (num_batches_tracked moves)
+        model.train()
+        with torch.no_grad():
+            model(torch.rand(32, *SHAPE) * 3)
+        model.eval()
+    else:
+        for name, b in model.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                if how == "data":
+                    b.data.copy_(new[name])
+                else:
+                    b.numpy()[...] = new[name].numpy()
+        from robustsuite.certify.verifier import model_state
+        assert model_state(model) == v._checked  # the summary saw nothing: the fast path runs
+    after = v.verify(x, y, LinfBall(0.0)).margin_lower
+    fresh = Verifier(model, SHAPE, method="crown", device="cpu").verify(x, y, LinfBall(0.0)).margin_lower
+    assert not torch.allclose(before, fresh, atol=1e-3)
+    torch.testing.assert_close(after, fresh, rtol=1e-5, atol=1e-5)
+
+
+def test_a_threat_with_its_own_check_is_still_checked(model, batch):
+    x, y = batch
+
+    class Picky(LinfBall):
+        def check(self, x, name="x"):
+            raise InputError("picky")
+    with pytest.raises(InputError, match="picky"):
+        Verifier(model, SHAPE, method="ibp", device="cpu").verify(x, y, Picky(0.01))

@@ -389,3 +389,15 @@ def test_a_threat_with_its_own_check_is_still_checked(model, batch):
             raise InputError("picky")
     with pytest.raises(InputError, match="picky"):
         Verifier(model, SHAPE, method="ibp", device="cpu").verify(x, y, Picky(0.01))
+
+
+def test_the_margin_specification_table_is_spec_matrix(model, monkeypatch):
+    from robustsuite.certify import verifier as vmod
+    from robustsuite.certify.bounds import spec_matrix
+    y = torch.tensor([0, 9, 3, 3, 7])
+    v = Verifier(model, SHAPE, method="ibp", device="cpu")
+    assert v._spec_table is not None
+    assert torch.equal(v._spec(y), spec_matrix(y, 10))
+    monkeypatch.setattr(vmod, "SPEC_TABLE_CLASSES", 9)  # above the limit: built per call, same rows
+    v = Verifier(model, SHAPE, method="ibp", device="cpu")
+    assert v._spec_table is None and torch.equal(v._spec(y), spec_matrix(y, 10))

@@ -52,6 +52,10 @@ def default_max_batch(device: torch.device, method: str) -> int:
 #: first call after each build compares a whole chunk)
 CHECK_SAMPLES = 4
 
+#: largest number of classes for which the margin specifications of every label are kept in a
+#: table (K^3 entries: 4 MB at K = 100); above it each call builds them with :func:`spec_matrix`
+SPEC_TABLE_CLASSES = 100
+
 #: dtype conversions that are exact (every value of the source is a value of the target)
 _EXACT = {(torch.float16, torch.float32), (torch.bfloat16, torch.float32), (torch.float16, torch.float64),
           (torch.bfloat16, torch.float64), (torch.float32, torch.float64)}
@@ -255,6 +259,11 @@ class Verifier:
         zeros = torch.zeros(2, *self.input_shape, device=self.device, dtype=self.dtype)
         with eval_mode(self.model):
             self.num_classes = self._check_input_shape(zeros)
+            K = self.num_classes
+            # row y of the table is spec_matrix([y]): one gather per call instead of spec_matrix's
+            # seven ops and its boolean-mask host sync
+            self._spec_table = (spec_matrix(torch.arange(K, device=self.device), K).to(self.dtype)
+                                if K <= SPEC_TABLE_CLASSES else None)
             check_deterministic(self.model, torch.rand_like(zeros))
             bm = build_checked(self.model, zeros, self.method, bound_opts=self._bound_opts, device=self.device)
             self._bm = bm
@@ -404,6 +413,8 @@ class Verifier:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 self.refresh()
+        if len(outs) == 1:
+            return outs[0]  # one chunk: nothing to concatenate (torch.cat would copy)
         return tuple(torch.cat([o[i] for o in outs]) for i in range(len(outs[0])))
 
     def bounds(self, x: Tensor, threat: ThreatModel) -> tuple[Tensor, Tensor]:
@@ -431,6 +442,13 @@ class Verifier:
             self.refresh()
             return compute_bounds(self._bm, x, threat, "crown", **kw)
 
+    def _spec(self, y: Tensor) -> Tensor:
+        """The margin specification (B, K-1, K) of labels ``y`` (B,), as :func:`spec_matrix` in the
+        model's dtype."""
+        if self._spec_table is not None:
+            return self._spec_table[y]
+        return spec_matrix(y, self.num_classes).to(self.dtype)
+
     def margin_bounds(self, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         """Lower bounds (B, K-1) of the margins ``z_y - z_j``, ``j != y``, over the threat set."""
         return self._margins(x, y, threat)[0]
@@ -445,7 +463,7 @@ class Verifier:
 
         def one(s: slice):
             t = threat[s] if hasattr(threat, "__getitem__") else threat
-            C = spec_matrix(y[s], self.num_classes).to(x.dtype)
+            C = self._spec(y[s])
             lb, _ = self._compute(x[s], t, C=C, bound_upper=False)
             return (lb,)
         return self._chunked(x.shape[0], one)[0], clean, x, y
@@ -458,7 +476,7 @@ class Verifier:
             with eval_mode(self.model), torch.no_grad():
                 preds += [self.model(x[i:i + self.max_batch]).argmax(1)
                           for i in range(clean.shape[0], x.shape[0], self.max_batch)]
-        pred = torch.cat(preds)
+        pred = preds[0] if len(preds) == 1 else torch.cat(preds)
         correct = pred == y
         certified = correct & (margin_lower.detach() > 0).all(1)
         return VerificationResult(certified=certified, margin_lower=margin_lower, clean_correct=correct,

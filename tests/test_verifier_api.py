@@ -401,3 +401,26 @@ def test_the_margin_specification_table_is_spec_matrix(model, monkeypatch):
     monkeypatch.setattr(vmod, "SPEC_TABLE_CLASSES", 9)  # above the limit: built per call, same rows
     v = Verifier(model, SHAPE, method="ibp", device="cpu")
     assert v._spec_table is None and torch.equal(v._spec(y), spec_matrix(y, 10))
+
+
+def test_the_state_summary_sees_hooks_moved_tensors_and_replaced_attributes():
+    from robustsuite.certify.verifier import _walk, model_state
+    lin = nn.Linear(3, 2)
+    net = nn.Sequential(lin, nn.ReLU())
+    state, _, refs = _walk(net)
+    assert model_state(net) == state
+    h = lin.register_forward_hook(lambda *a: None)
+    assert model_state(net) != state
+    h.remove()
+    assert model_state(net) == state
+    w = lin._parameters.pop("bias")  # the same tensor, same name and version, now a buffer
+    lin.register_buffer("bias", w)
+    assert model_state(net) != state
+    state, _, refs = _walk(net)
+    lin.alpha = 0.5
+    s2, _, refs2 = _walk(net)
+    lin.alpha = 0.25  # a new float object: the summary kept the old one alive, so the id differs
+    assert model_state(net) != s2
+    with torch.no_grad():
+        lin.weight.mul_(2)
+    assert model_state(net) != state

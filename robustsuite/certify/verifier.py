@@ -91,27 +91,31 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 _IMMUTABLE = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
-def _walk(model: nn.Module) -> tuple[tuple, list[Tensor], list]:
+def _walk(model: nn.Module) -> tuple[list, list[Tensor], list]:
     """:func:`model_state`, every buffer of ``model`` in module order (a buffer shared by two
     modules appears twice), and the objects the summary refers to by identity.
 
     Identities only stand for objects while those are alive (CPython reuses the address of a
     freed object), so whoever keeps a summary to compare with later keeps the third item with it.
     Per module the summary holds: its class and identity; the names and identities of all its
-    attributes (one C-level pass; a reassigned scalar is a new object); the version counter of
-    every tensor attribute and the size of every other sized one (hook dicts, lists); the names,
-    identities and version counters of its parameters and buffers and its submodules' names and
-    identities. A full ``isinstance`` chain per attribute cost twice as much (about 57 us against
-    40 us per call on the digits CNN)."""
+    attributes (C-level passes; a reassigned scalar is a new object); the version counter of every
+    tensor attribute and the size of every other sized one (hook dicts, lists); then for its
+    parameters, buffers and submodules, each under its own name, their count, names, identities
+    and (tensors) version counters. It is one flat list, every variable-length run preceded by its
+    length (or fixed by identities compared before it), so two different states cannot flatten to
+    the same list; a flat list allocates few objects (nested tuples per attribute cost twice the
+    time, partly in the garbage collector: about 57 us against 40 us per call on the digits CNN)."""
     items: list = []
     bufs: list[Tensor] = []
     refs: list = []
     for m in model.modules():
         d = vars(m)
-        vals = tuple(d.values())
+        vals = d.values()
         refs.append(m)
-        refs.append(vals)
-        items.append((type(m), id(m), tuple(d), tuple(map(id, vals))))
+        refs.extend(vals)
+        items += (type(m), id(m), len(d))
+        items.extend(d)
+        items.extend(map(id, vals))
         for v in vals:
             if type(v) in _IMMUTABLE:
                 continue
@@ -124,18 +128,20 @@ def _walk(model: nn.Module) -> tuple[tuple, list[Tensor], list]:
                 items.append(None)
         for key in ("_parameters", "_buffers", "_modules"):
             held = d[key]
+            items += (key, len(held))
             if held:
-                vs = tuple(held.values())
-                refs.append(vs)
-                items.append((tuple(held), tuple(map(id, vs))))
+                vs = held.values()
+                refs.extend(vs)
+                items.extend(held)
+                items.extend(map(id, vs))
                 if key != "_modules":
-                    items.append(tuple(t._version for t in vs if t is not None))
+                    items.extend([t._version for t in vs if t is not None])
                     if key == "_buffers":
                         bufs.extend(t for t in vs if t is not None)
-    return tuple(items), bufs, refs
+    return items, bufs, refs
 
 
-def model_state(model: nn.Module) -> tuple:
+def model_state(model: nn.Module) -> list:
     """A cheap summary (tens of microseconds for a small CNN) of everything in ``model`` that a
     traced graph could have frozen: every submodule's identity and class; its parameters, buffers
     and tensor attributes by identity and in-place version counter (``load_state_dict``, optimizer
@@ -329,13 +335,15 @@ class Verifier:
         forward reads) need :meth:`refresh`.
         """
         state, bufs, refs = _walk(self.model)
-        if self._buffers_differ(bufs) if state == self._checked else self._stale():
+        same = state == self._checked
+        if self._buffers_differ(bufs) if same else self._stale():
             log.info("the model changed since the bounded graph was built; rebuilding it")
             self.refresh()
             state, _, refs = _walk(self.model)
+            same = False
         for attempt in range(2):
             k = self.max_batch if self._checked is None else CHECK_SAMPLES
-            if state == self._checked:
+            if same:
                 k = 0  # nothing the graph could depend on changed since the last passing comparison
             xs = x[: max(self.max_batch if chunk_logits else 0, k)]
             if xs.shape[0] == 0:
@@ -354,6 +362,7 @@ class Verifier:
                 log.warning("the bounded graph's logits differ from model(x) by %.3g; rebuilding it", diff)
                 self.refresh()
                 state, _, refs = _walk(self.model)
+                same = False
         raise UnsupportedModelError(
             f"model: auto_LiRPA's traced graph computes different logits than model(x) (max difference "
             f"{diff:.3g}), so its bounds would not be about this model. The forward pass must be a "

@@ -424,3 +424,30 @@ def test_the_state_summary_sees_hooks_moved_tensors_and_replaced_attributes():
     with torch.no_grad():
         lin.weight.mul_(2)
     assert model_state(net) != state
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "below", "above"])
+def test_fused_input_check_refuses_bad_images(model, batch, bad):
+    x, y = batch
+    x = x.clone()
+    x[3, 0, 2, 5] = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"),
+                     "below": -1e-6, "above": 1 + 1e-6}[bad]
+    v = Verifier(model, SHAPE, method="ibp", device="cpu")
+    match = "NaN or inf" if "inf" in bad or bad == "nan" else r"\[0, 1\]"
+    for call in (lambda: v.verify(x, y, LinfBall(0.01)), lambda: v.margin_bounds(x, y, LinfBall(0.01))):
+        with pytest.raises(InputError, match=match):
+            call()
+
+
+@pytest.mark.parametrize("label", [-1, 10, 2 ** 60, -(2 ** 60)])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_fused_input_check_refuses_bad_labels(model, batch, label, dtype):
+    x, y = batch
+    if dtype == torch.int32 and abs(label) > 2 ** 31:
+        pytest.skip("not representable")
+    y = y.to(dtype).clone()
+    y[7] = label
+    with pytest.raises(InputError, match=r"labels must lie in \[0, 9\]"):
+        Verifier(model, SHAPE, method="ibp", device="cpu").verify(x, y, LinfBall(0.01))
+    ok = Verifier(model, SHAPE, method="ibp", device="cpu").verify(x, y.clamp(0, 9).to(torch.uint8), LinfBall(0.01))
+    assert ok.certified.shape == (10,)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError, UnsupportedModelError
 from ..runtime import resolve_device
-from ..threats import Box, ThreatModel, check_images
+from ..threats import Box, ThreatModel, check_image_tensor, check_images, image_range_problem
 from .bounds import canonical_method, compute_bounds, spec_matrix, strict_fp32
 from .checks import check_boundable, check_deterministic
 from .graph_check import SUPPORTED, build_checked
@@ -378,15 +378,47 @@ class Verifier:
         return x.to(self.device, self.dtype)
 
     def _check_y(self, y: Tensor, batch: int) -> Tensor:
+        self._check_y_tensor(y, batch)
+        if bool(((y < 0) | (y >= self.num_classes)).any()):
+            raise InputError(self._label_problem)
+        return y.to(self.device, torch.long)  # uint8 labels would index as a mask
+
+    def _check_y_tensor(self, y: Tensor, batch: int) -> None:
         if not isinstance(y, Tensor):
             raise InputTypeError(f"y: expected a torch.Tensor of labels, got {type(y).__name__}")
         if y.dim() != 1 or y.shape[0] != batch:
             raise InputError(f"y: expected shape ({batch},) matching x, got {tuple(y.shape)}")
         if y.is_floating_point() or y.dtype == torch.bool:
             raise InputError(f"y: expected integer class labels, got dtype {y.dtype}")
-        if bool(((y < 0) | (y >= self.num_classes)).any()):
-            raise InputError(f"y: labels must lie in [0, {self.num_classes - 1}]")
-        return y.to(self.device)
+
+    @property
+    def _label_problem(self) -> str:
+        return f"y: labels must lie in [0, {self.num_classes - 1}]"
+
+    def _check_xy(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`_check_x` and :meth:`_check_y` with one reduction and one host sync for both
+        value checks (x finite and in [0, 1], labels in [0, K-1]); the structure (types, shapes,
+        dtypes) is checked first, then the values, x before y. Labels are compared in float64,
+        which keeps their order against 0 and K - 1 (a label past 2^53 rounds to a value still
+        >= K)."""
+        check_image_tensor(x, "x")
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise InputError(f"x: expected shape (B, {', '.join(map(str, self.input_shape))}) for this "
+                             f"verifier, got {tuple(x.shape)}")
+        _check_dtype(x.dtype, self.dtype, "x")
+        self._check_y_tensor(y, x.shape[0])
+        if x.device == y.device:
+            xlo, xhi, ylo, yhi = torch.cat([torch.stack(torch.aminmax(x.detach())).double(),
+                                            torch.stack(torch.aminmax(y)).double()]).tolist()
+        else:  # a sync per tensor (they live on different devices)
+            xlo, xhi = torch.stack(torch.aminmax(x.detach())).tolist()
+            ylo, yhi = torch.stack(torch.aminmax(y)).tolist()
+        problem = image_range_problem(xlo, xhi, "x")
+        if problem:
+            raise InputError(problem)
+        if ylo < 0 or yhi > self.num_classes - 1:
+            raise InputError(self._label_problem)
+        return x.to(self.device, self.dtype), y.to(self.device, torch.long)
 
     def _check_threat(self, threat: ThreatModel, x: Tensor) -> ThreatModel:
         if not isinstance(threat, ThreatModel):
@@ -465,8 +497,7 @@ class Verifier:
     def _margins(self, x: Tensor, y: Tensor, threat: ThreatModel, chunk_logits: bool = False
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Checked inputs, then (margin lower bounds (B, K-1), clean logits of the first chunk, x, y)."""
-        x = self._check_x(x)
-        y = self._check_y(y, x.shape[0])
+        x, y = self._check_xy(x, y)
         threat = self._check_threat(threat, x)
         clean = self._sync(x, chunk_logits)
 

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from .errors import InputError, InputTypeError, unknown
 
-__all__ = ["ThreatModel", "LinfBall", "L2Ball", "L1Ball", "Box", "check_images", "threat_from_name"]
+__all__ = ["ThreatModel", "LinfBall", "L2Ball", "L1Ball", "Box", "check_images", "check_image_tensor",
+           "image_range_problem", "threat_from_name"]
 
 def check_images(x: Tensor, name: str = "x", *, ndim: int | None = None) -> Tensor:
     """Check that ``x`` is a floating tensor of images in [0, 1] without NaN/inf; return it."""

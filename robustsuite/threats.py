@@ -28,10 +28,24 @@ from torch import Tensor
 
 from .errors import InputError, InputTypeError, unknown
 
-__all__ = ["ThreatModel", "LinfBall", "L2Ball", "L1Ball", "Box", "check_images", "threat_from_name"]
+__all__ = ["ThreatModel", "LinfBall", "L2Ball", "L1Ball", "Box", "check_images", "check_image_tensor",
+           "image_range_problem", "threat_from_name"]
 
 def check_images(x: Tensor, name: str = "x", *, ndim: int | None = None) -> Tensor:
     """Check that ``x`` is a floating tensor of images in [0, 1] without NaN/inf; return it."""
+    check_image_tensor(x, name, ndim=ndim)
+    # One pass and one host sync: NaN propagates through min/max, inf shows up as out of range.
+    lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()
+    problem = image_range_problem(lo, hi, name)
+    if problem:
+        raise InputError(problem)
+    return x
+
+
+def check_image_tensor(x: Tensor, name: str = "x", *, ndim: int | None = None) -> None:
+    """The part of :func:`check_images` that needs no values: a floating, non-empty batch tensor
+    (of ``ndim`` dimensions when given). Callers that fuse the value check with other reductions
+    (one host sync for all) pass its min and max to :func:`image_range_problem`."""
     if not isinstance(x, Tensor):
         raise InputTypeError(f"{name}: expected a torch.Tensor of images, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -42,14 +56,17 @@ def check_images(x: Tensor, name: str = "x", *, ndim: int | None = None) -> Tens
         raise InputError(f"{name}: expected a batch (N, ...) with at least 2 dimensions, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise InputError(f"{name}: empty batch (shape {tuple(x.shape)})")
-    # One pass and one host sync: NaN propagates through min/max, inf shows up as out of range.
-    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+
+
+def image_range_problem(lo: float, hi: float, name: str = "x") -> str | None:
+    """What is wrong with images whose min and max are ``lo`` and ``hi`` (NaN when any value is
+    NaN), or None when they are finite and in [0, 1]."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise InputError(f"{name}: contains NaN or inf; images must be finite floats in [0, 1]")
+        return f"{name}: contains NaN or inf; images must be finite floats in [0, 1]"
     if lo < 0.0 or hi > 1.0:
-        raise InputError(f"{name}: values must lie in [0, 1] (normalization belongs inside the model), "
-                         f"got range [{lo:.4g}, {hi:.4g}]")
-    return x
+        return (f"{name}: values must lie in [0, 1] (normalization belongs inside the model), "
+                f"got range [{lo:.4g}, {hi:.4g}]")
+    return None
 
 
 def _check_eps(eps: float, field: str = "eps") -> float:

@@ -347,3 +347,112 @@ def test_the_graph_forward_runs_only_when_the_model_may_have_changed(model, batc
     again = v.verify(x, y, LinfBall(0.01))
     assert len(calls) == 2 and calls[1] <= 4
     torch.testing.assert_close(again.margin_lower, first.margin_lower)
+
+
+@pytest.mark.parametrize("how", ["data", "numpy", "train_forward"])
+def test_buffer_writes_that_leave_version_counters_alone_are_noticed(how):
+    """Writes through ``.data`` or a numpy view do not bump a tensor's version counter, so the
+    state summary cannot see them: the per-call exact buffer comparison must (and does so on the
+    fast path, where the state is unchanged since the last check)."""
+    model = _bn_model()
+    x = torch.rand(6, *SHAPE)
+    y = model(x).argmax(1)
+    v = Verifier(model, SHAPE, method="crown", device="cpu")
+    v.verify(x, y, LinfBall(0.0))
+    before = v.verify(x, y, LinfBall(0.0)).margin_lower
+    new = _new_bn_state(model)
+    if how == "train_forward":  # BatchNorm's running-statistics update (num_batches_tracked moves)
+        model.train()
+        with torch.no_grad():
+            model(torch.rand(32, *SHAPE) * 3)
+        model.eval()
+    else:
+        for name, b in model.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                if how == "data":
+                    b.data.copy_(new[name])
+                else:
+                    b.numpy()[...] = new[name].numpy()
+        from robustsuite.certify.verifier import model_state
+        assert model_state(model) == v._checked  # the summary saw nothing: the fast path runs
+    after = v.verify(x, y, LinfBall(0.0)).margin_lower
+    fresh = Verifier(model, SHAPE, method="crown", device="cpu").verify(x, y, LinfBall(0.0)).margin_lower
+    assert not torch.allclose(before, fresh, atol=1e-3)
+    torch.testing.assert_close(after, fresh, rtol=1e-5, atol=1e-5)
+
+
+def test_a_threat_with_its_own_check_is_still_checked(model, batch):
+    x, y = batch
+
+    class Picky(LinfBall):
+        def check(self, x, name="x"):
+            raise InputError("picky")
+    with pytest.raises(InputError, match="picky"):
+        Verifier(model, SHAPE, method="ibp", device="cpu").verify(x, y, Picky(0.01))
+
+
+def test_the_margin_specification_table_is_spec_matrix(model, monkeypatch):
+    from robustsuite.certify import verifier as vmod
+    from robustsuite.certify.bounds import spec_matrix
+    y = torch.tensor([0, 9, 3, 3, 7])
+    v = Verifier(model, SHAPE, method="ibp", device="cpu")
+    assert v._spec_table is not None
+    assert torch.equal(v._spec(y), spec_matrix(y, 10))
+    monkeypatch.setattr(vmod, "SPEC_TABLE_CLASSES", 9)  # above the limit: built per call, same rows
+    v = Verifier(model, SHAPE, method="ibp", device="cpu")
+    assert v._spec_table is None and torch.equal(v._spec(y), spec_matrix(y, 10))
+
+
+def test_the_state_summary_sees_hooks_moved_tensors_and_replaced_attributes():
+    from robustsuite.certify.verifier import _walk, model_state
+    lin = nn.Linear(3, 2)
+    net = nn.Sequential(lin, nn.ReLU())
+    state, _, refs = _walk(net)
+    assert model_state(net) == state
+    h = lin.register_forward_hook(lambda *a: None)
+    assert model_state(net) != state
+    h.remove()
+    assert model_state(net) == state
+    w = lin._parameters.pop("bias")  # the same tensor, same name and version, now a buffer
+    lin.register_buffer("bias", w)
+    assert model_state(net) != state
+    state, _, refs = _walk(net)
+    lin.alpha = 0.5
+    s2, _, refs2 = _walk(net)
+    lin.alpha = 0.25  # a new float object: the summary kept the old one alive, so the id differs
+    assert model_state(net) != s2
+    with torch.no_grad():
+        lin.weight.mul_(2)
+    assert model_state(net) != state
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "below", "above"])
+def test_fused_input_check_refuses_bad_images(model, batch, bad):
+    x, y = batch
+    x = x.clone()
+    x[3, 0, 2, 5] = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"),
+                     "below": -1e-6, "above": 1 + 1e-6}[bad]
+    v = Verifier(model, SHAPE, method="ibp", device="cpu")
+    match = "NaN or inf" if "inf" in bad or bad == "nan" else r"\[0, 1\]"
+    for call in (lambda: v.verify(x, y, LinfBall(0.01)), lambda: v.margin_bounds(x, y, LinfBall(0.01))):
+        with pytest.raises(InputError, match=match):
+            call()
+
+
+@pytest.mark.parametrize("label", [-1, 10, 2 ** 60, -(2 ** 60)])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_fused_input_check_refuses_bad_labels(model, batch, label, dtype):
+    x, y = batch
+    if dtype == torch.int32 and abs(label) > 2 ** 31:
+        pytest.skip("not representable")
+    y = y.to(dtype).clone()
+    y[7] = label
+    with pytest.raises(InputError, match=r"labels must lie in \[0, 9\]"):
+        Verifier(model, SHAPE, method="ibp", device="cpu").verify(x, y, LinfBall(0.01))
+    v = Verifier(model, SHAPE, method="ibp", device="cpu")
+    y = y.clamp(0, 9)
+    want = v.verify(x, y.long(), LinfBall(0.01))
+    for small in (y.to(torch.uint8), y.to(dtype)):  # uint8 once indexed the specifications as a mask
+        got = v.verify(x, small, LinfBall(0.01))
+        assert torch.equal(got.certified, want.certified)
+        assert torch.equal(got.margin_lower, want.margin_lower)

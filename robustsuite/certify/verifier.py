@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError, UnsupportedModelError
 from ..runtime import resolve_device
-from ..threats import Box, ThreatModel, check_images
+from ..threats import Box, ThreatModel, check_image_tensor, check_images, image_range_problem
 from .bounds import canonical_method, compute_bounds, spec_matrix, strict_fp32
 from .checks import check_boundable, check_deterministic
 from .graph_check import SUPPORTED, build_checked
@@ -52,6 +52,10 @@ def default_max_batch(device: torch.device, method: str) -> int:
 #: first call after each build compares a whole chunk)
 CHECK_SAMPLES = 4
 
+#: largest number of classes for which the margin specifications of every label are kept in a
+#: table (K^3 entries: 4 MB at K = 100); above it each call builds them with :func:`spec_matrix`
+SPEC_TABLE_CLASSES = 100
+
 #: dtype conversions that are exact (every value of the source is a value of the target)
 _EXACT = {(torch.float16, torch.float32), (torch.bfloat16, torch.float32), (torch.float16, torch.float64),
           (torch.bfloat16, torch.float64), (torch.float32, torch.float64)}
@@ -82,33 +86,84 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = True
 
 
-_MODULE_DICTS = ("_parameters", "_buffers", "_modules")
+#: attribute types that hold no state beyond their identity (the summary keeps every attribute
+#: value alive, so an identity stands for the value)
+_IMMUTABLE = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
-def model_state(model: nn.Module) -> tuple:
+def _walk(model: nn.Module) -> tuple[list, list[Tensor], list]:
+    """:func:`model_state`, every buffer of ``model`` in module order (a buffer shared by two
+    modules appears twice), and the objects the summary refers to by identity.
+
+    Identities only stand for objects while those are alive (CPython reuses the address of a
+    freed object), so whoever keeps a summary to compare with later keeps the third item with it.
+    Per module the summary holds: its class and identity; the names and identities of all its
+    attributes (C-level passes; a reassigned scalar is a new object); the version counter of every
+    tensor attribute and the size of every other sized one (hook dicts, lists); then for its
+    parameters, buffers and submodules, each under its own name, their count, names, identities
+    and (tensors) version counters. It is one flat list, every variable-length run preceded by its
+    length (or fixed by identities compared before it), so two different states cannot flatten to
+    the same list; a flat list allocates few objects (nested tuples per attribute cost twice the
+    time, partly in the garbage collector: about 57 us against 37 us per call on the digits CNN)."""
+    items: list = []
+    bufs: list[Tensor] = []
+    refs: list = []
+    for m in model.modules():
+        d = vars(m)
+        vals = d.values()
+        refs.append(m)
+        refs.extend(vals)
+        items += (type(m), id(m), len(d))
+        items.extend(d)
+        items.extend(map(id, vals))
+        for v in vals:
+            if type(v) in _IMMUTABLE:
+                continue
+            if isinstance(v, Tensor):
+                items.append(v._version)
+                continue
+            try:
+                items.append(len(v))
+            except Exception:  # noqa: BLE001 - any object may sit in a module's __dict__
+                items.append(None)
+        for key in ("_parameters", "_buffers", "_modules"):
+            held = d[key]
+            items += (key, len(held))
+            if held:
+                vs = held.values()
+                refs.extend(vs)
+                items.extend(held)
+                items.extend(map(id, vs))
+                if key != "_modules":
+                    items.extend([t._version for t in vs if t is not None])
+                    if key == "_buffers":
+                        bufs.extend(t for t in vs if t is not None)
+    return items, bufs, refs
+
+
+def model_state(model: nn.Module) -> list:
     """A cheap summary (tens of microseconds for a small CNN) of everything in ``model`` that a
     traced graph could have frozen: every submodule's identity and class; its parameters, buffers
     and tensor attributes by identity and in-place version counter (``load_state_dict``, optimizer
-    steps and ``copy_`` bump it); scalar attributes by value (``eps``, ``momentum``, a scale, the
-    training flag); other attributes (hooks, replaced methods) by identity and size."""
-    items: list = []
-    for m in model.modules():
-        items.append((id(m), type(m)))
-        for key, val in vars(m).items():
-            if key in _MODULE_DICTS:
-                items.extend((key, name, id(t), t._version if isinstance(t, Tensor) else None)
-                             for name, t in val.items())
-            elif isinstance(val, Tensor):
-                items.append((key, id(val), val._version))
-            elif val is None or isinstance(val, (bool, int, float, str)):
-                items.append((key, val))
-            else:
-                try:
-                    size = len(val)
-                except Exception:  # noqa: BLE001 - any object may sit in a module's __dict__
-                    size = None
-                items.append((key, id(val), size))
-    return tuple(items)
+    steps and ``copy_`` bump it); scalar attributes (``eps``, ``momentum``, a scale, the training
+    flag) by the identity of their value object, which a new value changes (the first summary
+    keeps its objects alive); other attributes (hooks, replaced methods) by identity and size.
+    Two summaries compare exactly only while the objects of the first are alive (see
+    :func:`_walk`); reassigning an equal scalar can read as a change (one extra graph check).
+
+    Version counters miss writes through ``.data``, numpy views and BatchNorm's own running
+    statistics update in a train-mode forward, so buffers are also compared by value every call
+    (see ``Verifier._sync``)."""
+    return _walk(model)[0]
+
+
+def _flat_by_dtype(tensors: Sequence[Tensor]) -> dict[torch.dtype, Tensor]:
+    """The tensors flattened and concatenated per dtype (one exact comparison per dtype instead of
+    one per tensor; no dtype promotion, so the comparison stays exact)."""
+    groups: dict[torch.dtype, list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t.detach().reshape(-1))
+    return {dt: torch.cat(ts) for dt, ts in groups.items()}
 
 
 @dataclass
@@ -212,12 +267,20 @@ class Verifier:
         zeros = torch.zeros(2, *self.input_shape, device=self.device, dtype=self.dtype)
         with eval_mode(self.model):
             self.num_classes = self._check_input_shape(zeros)
+            K = self.num_classes
+            # row y of the table is spec_matrix([y]): one gather per call instead of spec_matrix's
+            # seven ops and its boolean-mask host sync
+            self._spec_table = (spec_matrix(torch.arange(K, device=self.device), K).to(self.dtype)
+                                if K <= SPEC_TABLE_CLASSES else None)
             check_deterministic(self.model, torch.rand_like(zeros))
             bm = build_checked(self.model, zeros, self.method, bound_opts=self._bound_opts, device=self.device)
             self._bm = bm
             self._params = list(self.model.parameters())
-            self._buffers = [b.detach().clone() for b in self.model.buffers()]
-            self._checked = None  # the next call compares the graph with the model on a whole chunk
+            _, bufs, _ = _walk(self.model)
+            self._buffer_layout = [(b.dtype, b.shape, b.device) for b in bufs]
+            self._buffers = {dt: t.clone() for dt, t in _flat_by_dtype(bufs).items()}
+            # the next call compares the graph with the model on a whole chunk
+            self._checked, self._checked_refs = None, None
 
     def _check_input_shape(self, zeros: Tensor) -> int:
         """Run the model once on zeros of ``input_shape``; return the number of classes."""
@@ -240,36 +303,49 @@ class Verifier:
         params = list(self.model.parameters())
         if len(params) != len(self._params) or any(a is not b for a, b in zip(params, self._params)):
             return True
-        bufs = list(self.model.buffers())
-        if len(bufs) != len(self._buffers) or any(a.shape != b.shape for a, b in zip(bufs, self._buffers)):
+        return self._buffers_differ(_walk(self.model)[1])
+
+    def _buffers_differ(self, bufs: list[Tensor]) -> bool:
+        """Exact comparison of ``bufs`` (from :func:`_walk`) with the build's copies: the layout
+        (count, dtypes, shapes, devices), then the values with one ``ne().any()`` per dtype and
+        one host sync. A NaN buffer always differs (a rebuild per call, never a stale graph)."""
+        if [(b.dtype, b.shape, b.device) for b in bufs] != self._buffer_layout:
             return True
         if not bufs:
             return False
-        return bool(torch.stack([torch.ne(a, b).any() for a, b in zip(bufs, self._buffers)]).any())
+        flat = _flat_by_dtype(bufs)
+        diffs = [torch.ne(flat[dt], ref).any() for dt, ref in self._buffers.items()]
+        return bool(diffs[0] if len(diffs) == 1 else torch.stack(diffs).any())
 
     def _sync(self, x: Tensor, chunk_logits: bool = False) -> Tensor:
         """Make sure the bounded graph computes ``model`` (eval mode) at ``x``; rebuild it if not.
         Returns ``model(x[:n])`` in eval mode (n, K), with n = ``max_batch`` (or B) when
         ``chunk_logits``, which :meth:`verify` reuses as the clean logits of those samples.
 
-        Two checks: the model's buffers/parameter objects against the build's (exact, every
-        call), and the bounded graph's clean logits against ``model(x)`` (relative tolerance
-        1e-4): on the whole first chunk of ``x`` at the first call after a (re)build, later on
-        the first :data:`CHECK_SAMPLES` samples whenever :func:`model_state` differs from the
-        state at the last passing comparison (a weight update, a loaded state dict, a changed
-        attribute or submodule). A BoundedModule forward costs about 1 ms plus its batch share,
-        the largest fixed cost of a call, so it is skipped while nothing changed. A mismatch that
-        survives a rebuild means auto_LiRPA computes a different function, so nothing is
-        certified. Changes no module attribute shows (a patched class, a global the forward
-        reads) need :meth:`refresh`.
+        Two checks: the model's buffers (by value, exact) and parameter objects against the
+        build's, every call, and the bounded graph's clean logits against ``model(x)`` (relative
+        tolerance 1e-4): on the whole first chunk of ``x`` at the first call after a (re)build,
+        later on the first :data:`CHECK_SAMPLES` samples whenever :func:`model_state` differs
+        from the state at the last passing comparison (a weight update, a loaded state dict, a
+        changed attribute or submodule). A BoundedModule forward costs about 1 ms plus its batch
+        share, the largest fixed cost of a call, so it is skipped while nothing changed. While
+        the state is unchanged the parameters are the build's objects (the state holds their
+        identities, and the build's list keeps them alive, so no other object can take their
+        ids): only the buffer values are compared then, from the same pass over the modules. A
+        mismatch that survives a rebuild means auto_LiRPA computes a different function, so
+        nothing is certified. Changes no module attribute shows (a patched class, a global the
+        forward reads) need :meth:`refresh`.
         """
-        if self._stale():
+        state, bufs, refs = _walk(self.model)
+        same = state == self._checked
+        if self._buffers_differ(bufs) if same else self._stale():
             log.info("the model changed since the bounded graph was built; rebuilding it")
             self.refresh()
+            state, _, refs = _walk(self.model)
+            same = False
         for attempt in range(2):
-            state = model_state(self.model)
             k = self.max_batch if self._checked is None else CHECK_SAMPLES
-            if state == self._checked:
+            if same:
                 k = 0  # nothing the graph could depend on changed since the last passing comparison
             xs = x[: max(self.max_batch if chunk_logits else 0, k)]
             if xs.shape[0] == 0:
@@ -282,11 +358,13 @@ class Verifier:
             # One host sync for both numbers.
             diff, scale = torch.stack([(got - want[:k]).abs().max(), want[:k].abs().max()]).tolist()
             if diff <= 1e-4 * max(1.0, scale):
-                self._checked = state
+                self._checked, self._checked_refs = state, refs  # the refs keep the ids meaningful
                 return want
             if attempt == 0:
                 log.warning("the bounded graph's logits differ from model(x) by %.3g; rebuilding it", diff)
                 self.refresh()
+                state, _, refs = _walk(self.model)
+                same = False
         raise UnsupportedModelError(
             f"model: auto_LiRPA's traced graph computes different logits than model(x) (max difference "
             f"{diff:.3g}), so its bounds would not be about this model. The forward pass must be a "
@@ -302,20 +380,53 @@ class Verifier:
         return x.to(self.device, self.dtype)
 
     def _check_y(self, y: Tensor, batch: int) -> Tensor:
+        self._check_y_tensor(y, batch)
+        if bool(((y < 0) | (y >= self.num_classes)).any()):
+            raise InputError(self._label_problem)
+        return y.to(self.device, torch.long)  # uint8 labels would index as a mask
+
+    def _check_y_tensor(self, y: Tensor, batch: int) -> None:
         if not isinstance(y, Tensor):
             raise InputTypeError(f"y: expected a torch.Tensor of labels, got {type(y).__name__}")
         if y.dim() != 1 or y.shape[0] != batch:
             raise InputError(f"y: expected shape ({batch},) matching x, got {tuple(y.shape)}")
         if y.is_floating_point() or y.dtype == torch.bool:
             raise InputError(f"y: expected integer class labels, got dtype {y.dtype}")
-        if bool(((y < 0) | (y >= self.num_classes)).any()):
-            raise InputError(f"y: labels must lie in [0, {self.num_classes - 1}]")
-        return y.to(self.device)
+
+    @property
+    def _label_problem(self) -> str:
+        return f"y: labels must lie in [0, {self.num_classes - 1}]"
+
+    def _check_xy(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`_check_x` and :meth:`_check_y` with one reduction and one host sync for both
+        value checks (x finite and in [0, 1], labels in [0, K-1]); the structure (types, shapes,
+        dtypes) is checked first, then the values, x before y. Labels are compared in float64,
+        which keeps their order against 0 and K - 1 (a label past 2^53 rounds to a value still
+        >= K)."""
+        check_image_tensor(x, "x")
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise InputError(f"x: expected shape (B, {', '.join(map(str, self.input_shape))}) for this "
+                             f"verifier, got {tuple(x.shape)}")
+        _check_dtype(x.dtype, self.dtype, "x")
+        self._check_y_tensor(y, x.shape[0])
+        if x.device == y.device:
+            xlo, xhi, ylo, yhi = torch.cat([torch.stack(torch.aminmax(x.detach())).double(),
+                                            torch.stack(torch.aminmax(y)).double()]).tolist()
+        else:  # a sync per tensor (they live on different devices)
+            xlo, xhi = torch.stack(torch.aminmax(x.detach())).tolist()
+            ylo, yhi = torch.stack(torch.aminmax(y)).tolist()
+        problem = image_range_problem(xlo, xhi, "x")
+        if problem:
+            raise InputError(problem)
+        if ylo < 0 or yhi > self.num_classes - 1:
+            raise InputError(self._label_problem)
+        return x.to(self.device, self.dtype), y.to(self.device, torch.long)
 
     def _check_threat(self, threat: ThreatModel, x: Tensor) -> ThreatModel:
         if not isinstance(threat, ThreatModel):
             raise InputTypeError(f"threat: expected LinfBall, L2Ball, L1Ball or Box, got {type(threat).__name__}")
-        threat.check(x)
+        if type(threat).check is not ThreatModel.check:
+            threat.check(x)  # the base check is check_images, which every caller has just run on x
         if isinstance(threat, Box):
             _check_dtype(threat.lower.dtype, self.dtype, "Box.lower")
             _check_dtype(threat.upper.dtype, self.dtype, "Box.upper")
@@ -345,6 +456,8 @@ class Verifier:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 self.refresh()
+        if len(outs) == 1:
+            return outs[0]  # one chunk: nothing to concatenate (torch.cat would copy)
         return tuple(torch.cat([o[i] for o in outs]) for i in range(len(outs[0])))
 
     def bounds(self, x: Tensor, threat: ThreatModel) -> tuple[Tensor, Tensor]:
@@ -372,6 +485,13 @@ class Verifier:
             self.refresh()
             return compute_bounds(self._bm, x, threat, "crown", **kw)
 
+    def _spec(self, y: Tensor) -> Tensor:
+        """The margin specification (B, K-1, K) of labels ``y`` (B,), as :func:`spec_matrix` in the
+        model's dtype."""
+        if self._spec_table is not None:
+            return self._spec_table[y]
+        return spec_matrix(y, self.num_classes).to(self.dtype)
+
     def margin_bounds(self, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         """Lower bounds (B, K-1) of the margins ``z_y - z_j``, ``j != y``, over the threat set."""
         return self._margins(x, y, threat)[0]
@@ -379,14 +499,13 @@ class Verifier:
     def _margins(self, x: Tensor, y: Tensor, threat: ThreatModel, chunk_logits: bool = False
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Checked inputs, then (margin lower bounds (B, K-1), clean logits of the first chunk, x, y)."""
-        x = self._check_x(x)
-        y = self._check_y(y, x.shape[0])
+        x, y = self._check_xy(x, y)
         threat = self._check_threat(threat, x)
         clean = self._sync(x, chunk_logits)
 
         def one(s: slice):
             t = threat[s] if hasattr(threat, "__getitem__") else threat
-            C = spec_matrix(y[s], self.num_classes).to(x.dtype)
+            C = self._spec(y[s])
             lb, _ = self._compute(x[s], t, C=C, bound_upper=False)
             return (lb,)
         return self._chunked(x.shape[0], one)[0], clean, x, y
@@ -399,7 +518,7 @@ class Verifier:
             with eval_mode(self.model), torch.no_grad():
                 preds += [self.model(x[i:i + self.max_batch]).argmax(1)
                           for i in range(clean.shape[0], x.shape[0], self.max_batch)]
-        pred = torch.cat(preds)
+        pred = preds[0] if len(preds) == 1 else torch.cat(preds)
         correct = pred == y
         certified = correct & (margin_lower.detach() > 0).all(1)
         return VerificationResult(certified=certified, margin_lower=margin_lower, clean_correct=correct,

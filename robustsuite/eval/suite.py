@@ -11,7 +11,7 @@ A suite is written in Python (``Suite(certify=[...], attacks=[...])``) or YAML (
       - {name: transfer, source: pgd-at, attack: pgd, norm: linf, eps: [0.1], steps: 20}  # crafted on model 'pgd-at'
       - {name: autoattack, norm: linf, eps: [0.1]}            # the ensemble; per_attack: true adds each component's column
     eot: {samples: 10}        # attacks with an eot setting (gradient, Square, boundary) run again with EOT on stochastic models
-                              # (AutoAttack's EOT run is its version rand, with the reference's 20 draws)
+                              # (AutoAttack's EOT run is its version rand with these draws; the reference's rand uses 20)
                               # (query budgets are multiplied by the samples: the same number of decisions)
     repeats: 5                # stochastic models: every metric R times (mean +- std)
     smoothing: {sigmas: [0.25], n0: 100, n: 1000, alpha: 0.001, radii: [0, 0.25, 0.5]}
@@ -383,7 +383,7 @@ class AttackItem(_ThreatItem):
     @property
     def run_settings(self) -> dict[str, Any]:
         """The settings the attack runs with: the item's, and for the EOT run what the attack's
-        ``eot_settings`` adds (the suite's ``eot.samples`` draws; AutoAttack: version ``rand``, 20 draws)."""
+        ``eot_settings`` adds (the suite's ``eot.samples`` draws; AutoAttack: version ``rand``)."""
         settings = self.settings
         if self._eot:
             from ..attacks.registry import attack_class

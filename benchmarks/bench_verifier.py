@@ -125,6 +125,9 @@ def main(argv=None) -> int:
 
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "verifier.json"
+    if path.is_file():  # a part not rerun keeps its earlier figures (--parts overhead must not drop the chunks)
+        old = json.loads(path.read_text())
+        out.update({k: old[k] for k in ("overhead", "chunks") if k in old and k not in parts})
     if "overhead" in parts:
         reps = 11 if args.quick else 31
         out["overhead"] = []

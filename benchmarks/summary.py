@@ -265,7 +265,7 @@ def complete(results: Path) -> str:
     for r in d["rows"]:
         b, a = r["before"], r["after"]
         parts.append(
-            f"{r['model']} e {r['eps']:g} ({r['n']} digits): {_pct(b['verified'])} / {_pct(b['falsified'])} / "
+            f"{r['model']} e {r['eps']:g} ({r['n']} digits{', before without alpha-CROWN' if b.get('alpha-crown_on_open', 0) is None else ''}): {_pct(b['verified'])} / {_pct(b['falsified'])} / "
             f"{_pct(b['unknown'])} -> {_pct(a['verified'])} / {_pct(a['falsified'])} / {_pct(a['unknown'])}, "
             f"{r['milp_samples']} samples reached the MILP (median {r['milp_seconds_median']:g} s, max "
             f"{r['milp_seconds_max']:g} s each, limit {r['time_limit']:g} s), complete run {r['complete_seconds']:.0f} s, "
@@ -374,12 +374,13 @@ ROWS = [
     Row("Verifier overhead and chunks", "`Verifier.verify` (CROWN-IBP) vs the bare auto_LiRPA calls giving the same "
         "answer, untrained digits CNN (cnn_small) and CNN-7+BN (width 0.5), CPU time, 1 thread; per-sample time of each "
         "method by chunk size (the CPU defaults come from it)", verifier, "<= 1.05x bare",
-        "`OMP_NUM_THREADS=1 python -m benchmarks.bench_verifier --quick`", "`results/verifier.json`"),
+        "`OMP_NUM_THREADS=1 python -m benchmarks.bench_verifier --quick` (overhead rerun alone with `--parts overhead`)", "`results/verifier.json`"),
     Row("complete verification", "PGD -> IBP/CROWN -> MILP (HiGHS) per undecided sample, on the demo's CROWN-IBP and "
         "PGD-AT digits models, first N test digits, L-inf; before = IBP, CROWN, alpha-CROWN + PGD (50 steps, "
         "2 restarts)", complete, "unknown <= 1 % on CROWN-IBP at 0.1 in < 10 min on 2 cores; PGD-AT as measured",
         "`python -m benchmarks.bench_complete --checkpoint crown_ibp=runs/demo/models/crown_ibp/best.pt "
-        "--models crown_ibp`, then `--models pgd_at` (after `make demo`)", "`results/complete_verification.json`"),
+        "--models crown_ibp`, then `--models pgd_at --n 20 --time-limit 15 --max-minutes 10` (with "
+        "`--no-alpha-crown` for the measured rows; after `make demo`)", "`results/complete_verification.json`"),
 ]
 
 

@@ -23,11 +23,11 @@ def test_rows_merge_across_runs_and_a_stopped_run_is_recorded(tmp_path, monkeypa
     monkeypatch.setattr(ckpt, "model_from_checkpoint", lambda c: torch.nn.Identity())
     slow = {0.1}
 
-    def fake_run_one(model, x, y, eps, time_limit, workers, seconds=None):
+    def fake_run_one(model, x, y, eps, time_limit, workers, seconds=None, alpha=True):
         seconds["ibp"] = 0.1
         if eps in slow:
             time.sleep(30)  # interrupted by --max-minutes
-        return {"eps": eps, "n": int(x.shape[0]), "after": {"unknown": 0.0}, "complete_seconds": 1.0}
+        return {"eps": eps, "n": int(x.shape[0]), "after": {"unknown": 0.0}, "complete_seconds": 1.0, "alpha": alpha}
 
     monkeypatch.setattr(bench_complete, "run_one", fake_run_one)
     out = tmp_path / "complete.json"
@@ -41,7 +41,11 @@ def test_rows_merge_across_runs_and_a_stopped_run_is_recorded(tmp_path, monkeypa
     assert [(r["model"], r["eps"], r["finished_phases_seconds"]) for r in d["stopped"]] == [("crown_ibp", 0.1, {"ibp": 0.1})]
     assert d["meets_goal"] is None  # the goal's (model, eps) has no row
 
-    slow.clear()  # a second run of the other model, then the stopped one again: everything is kept
+    slow.clear()  # without alpha-CROWN the row is measured, and the stopped full run stays listed
+    bench_complete.main(["--models", "crown_ibp", "--checkpoint", "crown_ibp=a.pt", "--eps", "0.1", "--no-alpha-crown", *base])
+    d = json.loads(out.read_text())
+    assert [(r["eps"], r["alpha"]) for r in d["rows"]] == [(0.05, True), (0.1, False)] and len(d["stopped"]) == 1
+    # a second run of the other model, then the stopped one again in full: everything is kept
     bench_complete.main(["--models", "pgd_at", "--checkpoint", "pgd_at=b.pt", "--eps", "0.05", *base])
     bench_complete.main(["--models", "crown_ibp", "--checkpoint", "crown_ibp=a.pt", "--eps", "0.1", *base])
     d = json.loads(out.read_text())

@@ -144,6 +144,9 @@ def test_complete_row_reports_before_and_after_and_the_goal(tmp_path):
         {"goal": goal, "rows": [_complete_row("crown_ibp", 0.1, 0.0, 75.2)], "stopped": [stopped]}))
     assert "; pgd_at e 0.05 (30 digits): stopped after 15 min, in alpha-crown (open samples only); goal met" in \
         summary.complete(tmp_path)
+    no_alpha = _complete_row("pgd_at", 0.05, 0.5, 60.0)
+    no_alpha["before"]["alpha-crown_on_open"] = None
+    assert "pgd_at e 0.05 (450 digits, before without alpha-CROWN): 88.67" in text([no_alpha])
 
 
 def test_a_missing_result_file_is_named_with_what_to_run(tmp_path):

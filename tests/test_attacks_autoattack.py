@@ -293,3 +293,20 @@ def test_resume_keeps_the_by_column_and_refuses_a_forged_label(tmp_path, monkeyp
     f.write_text(json.dumps(d))
     third = evaluate({"det": model}, (x, y), _suite(), device="cpu", quiet=True, resume_dir=store)
     assert calls and third.records == first.records  # ignored and recomputed
+
+
+def test_resume_reruns_an_eot_column_when_the_eot_settings_hook_changes(tmp_path, monkeypatch):
+    model = trained_cnn()
+    x, y = held_out(6)
+    suite = {**_suite(steps=2), "eot": {"samples": 2}, "repeats": 1}
+    store = tmp_path / "store"
+    evaluate({"noisy": NoisyInput(model, 0.1)}, (x, y), suite, device="cpu", quiet=True, resume_dir=store)
+    seen = []
+    real_run = AutoAttack.run
+    monkeypatch.setattr(AutoAttack, "run", lambda self, *a: seen.append(self.eot) or real_run(self, *a))
+    evaluate({"noisy": NoisyInput(model, 0.1)}, (x, y), suite, device="cpu", quiet=True, resume_dir=store)
+    assert seen == []  # unchanged: reused
+    monkeypatch.setattr(AutoAttack, "eot_settings",
+                        classmethod(lambda cls, samples, settings: {"version": "rand", "eot": 3}))
+    evaluate({"noisy": NoisyInput(model, 0.1)}, (x, y), suite, device="cpu", quiet=True, resume_dir=store)
+    assert seen and set(seen) == {3}  # the hook's new draws: recomputed, not the stale column

@@ -418,7 +418,12 @@ class AttackItem(_ThreatItem):
                 "columns": self.columns}
 
     def fingerprint(self, suite: "Suite") -> dict[str, Any]:
-        return {**super().fingerprint(suite), "eot": suite.eot.samples if self._eot else None}
+        out = {**super().fingerprint(suite), "eot": suite.eot.samples if self._eot else None}
+        if self._eot:
+            # what the attack's eot_settings hook adds (AutoAttack: version rand and its draws) is part of
+            # what the column depends on: a changed hook must not reuse a column computed under the old one
+            out["run"] = self.run_settings
+        return out
 
     def uses_models(self) -> tuple[str, ...]:
         return (self.source,) if self.name == "transfer" else ()

@@ -133,8 +133,7 @@ class CompleteVerifier(Verifier):
         if not isinstance(threat, (LinfBall, Box)):
             raise InputError(f"threat: method 'milp' is exact for LinfBall and Box sets only, got "
                              f"{type(threat).__name__}; use a bound method ('crown') for L2/L1 balls")
-        x = self._check_x(x)
-        y = self._check_y(y, x.shape[0])
+        x, y = self._check_xy(x, y)
         threat = self._check_threat(threat, x)
         self._sync(x)
         B = x.shape[0]

@@ -373,17 +373,15 @@ class Verifier:
     # ---------------------------------------------------------------------------------- checks
     def _check_x(self, x: Tensor) -> Tensor:
         check_images(x, "x")
+        self._check_x_layout(x)
+        return x.to(self.device, self.dtype)
+
+    def _check_x_layout(self, x: Tensor) -> None:
+        """Shape and dtype of an image batch for this verifier (the values are checked by the caller)."""
         if tuple(x.shape[1:]) != self.input_shape:
             raise InputError(f"x: expected shape (B, {', '.join(map(str, self.input_shape))}) for this "
                              f"verifier, got {tuple(x.shape)}")
         _check_dtype(x.dtype, self.dtype, "x")
-        return x.to(self.device, self.dtype)
-
-    def _check_y(self, y: Tensor, batch: int) -> Tensor:
-        self._check_y_tensor(y, batch)
-        if bool(((y < 0) | (y >= self.num_classes)).any()):
-            raise InputError(self._label_problem)
-        return y.to(self.device, torch.long)  # uint8 labels would index as a mask
 
     def _check_y_tensor(self, y: Tensor, batch: int) -> None:
         if not isinstance(y, Tensor):
@@ -398,16 +396,13 @@ class Verifier:
         return f"y: labels must lie in [0, {self.num_classes - 1}]"
 
     def _check_xy(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`_check_x` and :meth:`_check_y` with one reduction and one host sync for both
+        """:meth:`_check_x` and the label checks with one reduction and one host sync for both
         value checks (x finite and in [0, 1], labels in [0, K-1]); the structure (types, shapes,
         dtypes) is checked first, then the values, x before y. Labels are compared in float64,
         which keeps their order against 0 and K - 1 (a label past 2^53 rounds to a value still
         >= K)."""
         check_image_tensor(x, "x")
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise InputError(f"x: expected shape (B, {', '.join(map(str, self.input_shape))}) for this "
-                             f"verifier, got {tuple(x.shape)}")
-        _check_dtype(x.dtype, self.dtype, "x")
+        self._check_x_layout(x)
         self._check_y_tensor(y, x.shape[0])
         if x.device == y.device:
             xlo, xhi, ylo, yhi = torch.cat([torch.stack(torch.aminmax(x.detach())).double(),

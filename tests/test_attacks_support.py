@@ -96,6 +96,20 @@ def trained_cnn(seed: int = 0, epochs: int = 12) -> nn.Module:
     return model
 
 
+def fit_natural(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:
+    """Plain cross-entropy training (Adam 3e-3, batches of 64, permutations from the global RNG: seed
+    it first); returns the model in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(x.shape[0])
+        for i in range(0, x.shape[0], 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
 def held_out(n: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` held-out digits (never used in training)."""
     x, y = digits()

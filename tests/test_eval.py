@@ -15,9 +15,9 @@ from robustsuite.eval import (Report, Suite, evaluate, load_suite, metrics_from_
 from robustsuite.models import build
 
 try:
-    from test_attacks_support import NoisyInput as Noisy  # noqa: F401
+    from test_attacks_support import NoisyInput as Noisy, fit_natural  # noqa: F401
 except ImportError:  # pragma: no cover
-    from tests.test_attacks_support import NoisyInput as Noisy  # noqa: F401
+    from tests.test_attacks_support import NoisyInput as Noisy, fit_natural  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -34,16 +34,7 @@ def model(digits):
     """A small CNN trained naturally for a few seconds (about 90% clean accuracy)."""
     x, y, _, _ = digits
     torch.manual_seed(0)
-    m = build("cnn_small", (1, 8, 8), 10, width=0.5, linear=32)
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    for _ in range(8):
-        perm = torch.randperm(x.shape[0])
-        for i in range(0, x.shape[0], 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(m(x[idx]), y[idx]).backward()
-            opt.step()
-    return m.eval()
+    return fit_natural(build("cnn_small", (1, 8, 8), 10, width=0.5, linear=32), x, y, epochs=8)
 
 
 SUITE = {

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from robustsuite import data as rdata
 from robustsuite.eval import evaluate, suite_from_dict
 from robustsuite.eval.metrics import check_consistency, metrics_from_records
 from robustsuite.errors import ConfigError
 from robustsuite.models import build
+
+try:
+    from test_attacks_support import fit_natural
+except ImportError:
+    from tests.test_attacks_support import fit_natural
 
 
 @pytest.fixture(scope="module")
@@ -18,16 +22,8 @@ def digits_model():
     x, y = rdata.as_tensors(rdata.load("digits", "train"))
     xt, yt = rdata.as_tensors(rdata.load("digits", "test"))
     torch.manual_seed(0)
-    m = build("cnn_small", (1, 8, 8), 10, width=0.25, linear=16)
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    for _ in range(6):
-        perm = torch.randperm(x.shape[0])
-        for i in range(0, x.shape[0], 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(m(x[idx]), y[idx]).backward()
-            opt.step()
-    return m.eval(), xt, yt
+    m = fit_natural(build("cnn_small", (1, 8, 8), 10, width=0.25, linear=16), x, y, epochs=6)
+    return m, xt, yt
 
 
 SUITE = {"certify": [{"method": "milp", "eps": [0.02, 0.05], "time_limit": 10}, {"method": "crown", "eps": [0.02, 0.05]}],

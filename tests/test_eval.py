@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from robustsuite import data as rdata
 from robustsuite.errors import ConfigError

@@ -14,7 +14,13 @@ Per model x threat set (the digits CROWN-IBP and PGD-AT models as ``make demo`` 
   forward or forward + backward at that batch size): the floor any implementation of the same
   attack pays, which bounds how far below the reference's time ours can go without doing less
   (an estimate: FAB-T stacks its last 8 targets into one batch, where a row costs less, so its
-  share can read above 1).
+  share can read above 1). ``model_rows`` counts, with the same forward hook for both, the rows each
+  implementation hands the model (with autograd on: forward + backward; off: forward only), and
+  ``model_floor_s`` prices them at the measured per-row cost; per cell,
+  ``floor_reference_over_reference_cpu`` is the reference's model work alone over its time: no
+  implementation doing the same work can go below that fraction of the reference's time
+  (``floor_ours_over_reference_cpu``: the same for our counted work, which skips FAB's extra
+  forward passes).
 
 Without ``robustsuite.attacks.AutoAttack`` in the tree, "ours" is the cascade of the components
 (recorded as ``ours_impl``). One intra-op thread and CPU time by default (the machine may be
@@ -237,6 +243,31 @@ def per_row_cost(model, x: torch.Tensor, y: torch.Tensor, device, reps: int = 5)
     return out
 
 
+class RowCounter:
+    """Counts the rows the model is called on, split by whether autograd was on (a gradient pass:
+    forward + backward, assuming every such forward is differentiated) or off (a forward only).
+    A forward hook: the same small cost for ours and the reference's, so both are counted alike."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.rows = {"grad": 0, "no_grad": 0}
+        self._handle = None
+
+    def _hook(self, module, inputs, output) -> None:
+        self.rows["grad" if torch.is_grad_enabled() else "no_grad"] += int(inputs[0].shape[0])
+
+    def __enter__(self) -> "RowCounter":
+        self._handle = self.model.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def floor_s(self, cost: dict[str, float], runs: int) -> float:
+        """Estimated CPU seconds of the model alone per run (rows x the measured per-row cost)."""
+        return (self.rows["grad"] * cost["forward_backward"] + self.rows["no_grad"] * cost["forward"]) / runs
+
+
 def components(model, norm: str, eps: float, x, y, robust: torch.Tensor, device, repeats: int,
                cascade: bool = True) -> list[dict]:
     """Each component, ours vs the reference's, on the same samples (those still robust after our
@@ -261,10 +292,19 @@ def components(model, norm: str, eps: float, x, y, robust: torch.Tensor, device,
                 return model(adv).argmax(1) != ys
 
         # with one repeat the first of a pair pays the warm-up for the new batch shape: alternate it
-        outs, cpu, wall = interleaved({"ours": lambda: ours.run(xs, ys), "reference": run_ref}, repeats, device,
-                                      shift=i)
+        counters = {"ours": RowCounter(model), "reference": RowCounter(model)}
+
+        def counted(key, fn):
+            def run():
+                with counters[key]:
+                    return fn()
+            return run
+
+        outs, cpu, wall = interleaved({"ours": counted("ours", lambda: ours.run(xs, ys)),
+                                       "reference": counted("reference", run_ref)}, repeats, device, shift=i)
         res = outs["ours"][0]
         cost = per_row_cost(model, xs, ys, device)
+        floor = {k: c.floor_s(cost, repeats) for k, c in counters.items()}
         passes = int(res.queries.sum())       # model evaluations of ours, per row
         per_pass = cost["forward"] if name == "square" else cost["forward_backward"]
         rows.append({
@@ -275,10 +315,17 @@ def components(model, norm: str, eps: float, x, y, robust: torch.Tensor, device,
             "cpu_ratio_ours_over_reference": paired_ratio(cpu["ours"], cpu["reference"]),
             "model_passes_ours": passes, "model_share_ours": passes * per_pass / statistics.median(cpu["ours"]),
             "cpu_s_per_row": cost,
+            # the same count for both implementations (forward hook): how much model work each does, and
+            # what that work alone costs at this batch (an estimate; the cascade's batches shrink as samples
+            # break, where a row costs more)
+            "model_rows": {k: {kind: v // repeats for kind, v in c.rows.items()} for k, c in counters.items()},
+            "model_floor_s": floor,
+            "model_floor_over_cpu": {k: floor[k] / statistics.median(cpu[k]) for k in floor},
         })
-        log.info("  %-8s n=%3d broken ours %3d / ref %3d; CPU ours %6.1f s, ref %6.1f s (%.2fx); model share %.2f",
-                 name, rows[-1]["n"], rows[-1]["broken_ours"], rows[-1]["broken_reference"], rows[-1]["cpu_s_ours"],
-                 rows[-1]["cpu_s_reference"], rows[-1]["cpu_ratio_ours_over_reference"], rows[-1]["model_share_ours"])
+        log.info("  %-8s n=%3d broken ours %3d / ref %3d; CPU ours %6.1f s, ref %6.1f s (%.2fx); model share %.2f; "
+                 "model rows ours %s ref %s", name, rows[-1]["n"], rows[-1]["broken_ours"], rows[-1]["broken_reference"],
+                 rows[-1]["cpu_s_ours"], rows[-1]["cpu_s_reference"], rows[-1]["cpu_ratio_ours_over_reference"],
+                 rows[-1]["model_share_ours"], rows[-1]["model_rows"]["ours"], rows[-1]["model_rows"]["reference"])
         if cascade:
             robust[idx[res.success]] = False
     return rows
@@ -300,6 +347,10 @@ def cell(model, label: str, norm: str, eps: float, x, y, device, repeats: int, c
     log.info("%s %s %g: robust ours %.4f ref %.4f; CPU ours %.1f s ref %.1f s (%.2fx)", label, norm, eps, rob_ours,
              rob_ref, statistics.median(cpu["ours"]), statistics.median(cpu["reference"]), ratio)
     comps = components(model, norm, eps, x, y, clean, device, comp_repeats, cascade=cascade)
+    ran = [c for c in comps if c.get("n")]
+    floor_ref = sum(c["model_floor_s"]["reference"] for c in ran)
+    comp_ref = sum(c["cpu_s_reference"] for c in ran)
+    floor_ours = sum(c["model_floor_s"]["ours"] for c in ran)
     return {
         "model": label, "norm": norm, "eps": eps, "n": n, "clean_accuracy": float(clean.float().mean()),
         "robust_accuracy_ours": rob_ours, "robust_accuracy_reference": rob_ref,
@@ -309,6 +360,15 @@ def cell(model, label: str, norm: str, eps: float, x, y, device, repeats: int, c
         "cpu_ratio_ours_over_reference": ratio, "cpu_all_s": cpu,
         "goal_strength_met": strong, "goal_speed_met": ratio <= 0.5, "goal_met": strong and ratio <= 0.5,
         "components": comps,
+        # The model-work floor: the components' model rows (counted per implementation) times the measured
+        # per-row cost, over the reference's component time. Doing the reference's work, no implementation
+        # gets below floor_reference_over_reference_cpu x its time; when that exceeds 0.5, the speed goal is
+        # out of reach at equal work.
+        "model_floor_s": {"ours": floor_ours, "reference": floor_ref},
+        "components_cpu_s": {"ours": sum(c["cpu_s_ours"] for c in ran), "reference": comp_ref},
+        "floor_reference_over_reference_cpu": floor_ref / comp_ref if comp_ref else None,
+        # the least our own (counted) model work could cost, over the reference's time
+        "floor_ours_over_reference_cpu": floor_ours / comp_ref if comp_ref else None,
     }
 
 

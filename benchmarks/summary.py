@@ -298,7 +298,9 @@ def autoattack(results: Path) -> str:
         comps = ", ".join(f"{k['attack']} {k['cpu_ratio_ours_over_reference']:.2f}x" for k in c["components"] if k["n"])
         parts.append(f"{c['model']} {'L-inf' if c['norm'] == 'linf' else 'L2'} {c['eps']:g}: robust "
                      f"{c['robust_accuracy_ours']:.3f} vs {c['robust_accuracy_reference']:.3f}, CPU "
-                     f"{c['cpu_ratio_ours_over_reference']:.2f}x ({comps})")
+                     f"{c['cpu_ratio_ours_over_reference']:.2f}x ({comps})"
+                     + (f", model-work floor {c['floor_ours_over_reference_cpu']:.2f}x"
+                        if c.get("floor_ours_over_reference_cpu") is not None else ""))
     quick = " (quick run)" if st.get("quick") else ""
     verdict = "goals met" if d["goal_met"] else "missed: " + ", ".join(
         f"{c['model']} {c['norm']} ({'strength' if not c['goal_strength_met'] else ''}"

@@ -209,6 +209,22 @@ class BoundaryAttack(Attack):
         blocks, rest = labels.div(per_block, rounding_mode="floor"), labels.remainder(per_block)
         return blocks * self.update_every + rest.clamp_max(self.update_every - 1)
 
+    def _labeler(self):
+        """The label oracle for the walk: :meth:`predict`, or where that is one plain forward pass
+        (``eot == 1``, no ``max_batch`` chunking, ``predict`` not overridden) the same
+        ``model(rows).argmax(1)`` without the per-call wrapping of the voting oracle."""
+        if self.eot == 1 and self.max_batch is None and type(self).predict is BoundaryAttack.predict:
+            model = self.model
+            return lambda rows: model(rows).argmax(1)
+        return self.predict
+
+    @staticmethod
+    def _step_factors(sph: Tensor, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sample factors (B,) of the proposal that change only with the step sizes (at check
+        steps): ``d = 1 / sqrt(1 + sph^2)``, ``sph * d`` and ``1 - src``."""
+        d_fac = torch.rsqrt(sph * sph + 1)
+        return d_fac, sph * d_fac, 1 - src
+
     def _walk(self, x: Tensor, y: Tensor, x_adv: Tensor, queries: Tensor, generator):
         """The boundary walk on samples that all start adversarial (x_adv != x).
 
@@ -224,10 +240,17 @@ class BoundaryAttack(Attack):
         budget runs out (known in advance: every walking sample spends the same queries per
         step) and, at check steps, when it converged or got within eps. Returns the final points,
         the queries (B,), the steps run and the distance history (B,) every ``record_every``.
+
+        Cost per step (why it is written this way): about 30 tensor ops on the walking rows and
+        no host sync outside check steps. Candidates and spherical candidates are written into
+        one (2b, D) buffer, so a check step forwards both without a copy; the factors that change
+        only with the step sizes are kept between check steps; the accepted moves are taken
+        with ``lerp_`` by a 0/1 weight, which returns exactly one endpoint (``torch.where`` on
+        (b, D) is several times slower on CPU).
         """
         B = x.shape[0]
-        ue, eot = self.update_every, self.eot
-        shape = tuple(x.shape[1:])
+        ue, eot, rec = self.update_every, self.eot, self.record_every
+        shape = (-1,) + tuple(x.shape[1:])
         xf_all = x.flatten(1)
         diff_all = (xf_all - x_adv.flatten(1)).contiguous()      # x - x_adv: the state of the walk
         dist_all = torch.linalg.vector_norm(diff_all, dim=1)      # = ||x_adv - x||
@@ -236,21 +259,25 @@ class BoundaryAttack(Attack):
         budget_steps = self._affordable_steps(self.max_queries - queries)
         eps = float(self.threat.eps) if self.threat is not None else None
         fac, conv = self.step_adaptation, self.source_step_convergence
+        label = self._labeler()
+        is_adv_of = (lambda lab, yy: lab == yy) if self.targeted else (lambda lab, yy: lab != yy)
 
-        # the walking sub-batch and its per-sample state (rows of the *_all tensors at idx)
+        # the walking sub-batch and its per-sample state (rows of the *_all tensors at idx); the
+        # step loop updates diff and dist in place
         idx = torch.arange(B, device=x.device)
         if eps is not None:
             idx = idx[dist_all > eps]
+        n = idx.numel()
         st = {"x": xf_all[idx], "y": y[idx], "diff": diff_all[idx], "dist": dist_all[idx],
-              "sph": x.new_full((idx.numel(),), self.spherical_step),
-              "src": x.new_full((idx.numel(),), self.source_step),
+              "sph": x.new_full((n,), self.spherical_step), "src": x.new_full((n,), self.source_step),
               "budget": budget_steps[idx],
               # entries since the last clear of the success-rate windows (foolbox's ArrayQueue)
-              "n_sph": torch.zeros(idx.numel(), dtype=torch.long, device=x.device),
-              "n_step": torch.zeros(idx.numel(), dtype=torch.long, device=x.device)}
+              "n_sph": torch.zeros(n, dtype=torch.long, device=x.device),
+              "n_step": torch.zeros(n, dtype=torch.long, device=x.device)}
+        st["d_fac"], st["sd"], st["rest"] = self._step_factors(st["sph"], st["src"])
         # windows of the last 100 / 30 check steps, rows written in turn (columns: samples)
-        sph_win = torch.zeros((100, idx.numel()), dtype=torch.bool, device=x.device)
-        step_win = torch.zeros((30, idx.numel()), dtype=torch.bool, device=x.device)
+        sph_win = torch.zeros((100, n), dtype=torch.bool, device=x.device)
+        step_win = torch.zeros((30, n), dtype=torch.bool, device=x.device)
         # steps at which some walking sample's budget runs out: one host sync, here
         exhaust = sorted(set(st["budget"].tolist()))
         history: list[Tensor] = []
@@ -271,57 +298,67 @@ class BoundaryAttack(Attack):
             st = {k: v[keep] for k, v in st.items()}
             sph_win, step_win = sph_win[:, keep], step_win[:, keep]
 
+        stale = True   # the locals below must be re-read from st (after a compaction or a check step)
         while idx.numel() > 0:
             if exhaust and exhaust[0] <= t:   # budgets spent before step t + 1
                 compact(st["budget"] <= t)
                 exhaust = [e for e in exhaust if e > t]
+                stale = True
                 continue
+            if stale:
+                xf, yl, diff, dist = st["x"], st["y"], st["diff"], st["dist"]
+                d_fac, sd, rest = st["d_fac"], st["sd"], st["rest"]
+                b = xf.shape[0]
+                if b != B:
+                    sub = idx
+                # one model call's rows: the candidates, then the spherical candidates
+                rows_buf = torch.empty((2 * b, xf.shape[1]), dtype=xf.dtype, device=xf.device)
+                cand, sph_c = rows_buf[:b], rows_buf[b:]
+                stale = False
             t += 1
             check = t % ue == 0
-            xf, diff, dist, sph = st["x"], st["diff"], st["dist"], st["sph"]
-            b = xf.shape[0]
-            d_fac = torch.rsqrt(sph * sph + 1)
             # orthogonal step of relative size sph on the sphere around x
             # noise drawn for the whole batch and indexed, so that a sample's walk does not
             # depend on which others still walk (the same draws as in a run without them)
             eta_all.normal_(generator=generator)
-            eta = eta_all if b == B else eta_all[idx]
+            eta = eta_all if b == B else eta_all[sub]
             e_d = torch.linalg.vecdot(eta, diff)
             coef = e_d / (dist * dist).clamp_min(1e-24)
             orth2 = torch.linalg.vecdot(eta, eta).sub_(coef * e_d).clamp_min_(1e-24)  # |eta'|^2
-            scale = (sph * d_fac * dist).mul_(orth2.rsqrt_())
-            sph_c = torch.addcmul(xf, eta, scale.unsqueeze(1))
+            scale = (sd * dist).mul_(orth2.rsqrt_())
+            torch.addcmul(xf, eta, scale.unsqueeze(1), out=sph_c)
             sph_c.addcmul_(diff, torch.addcmul(d_fac, scale, coef).unsqueeze(1), value=-1).clamp_(0, 1)
             # then a step of relative size src towards x
             new_dir = xf - sph_c
             new_norm = torch.linalg.vector_norm(new_dir, dim=1).clamp_min_(1e-12)
-            keep = ((1 - st["src"]) * dist).div_(new_norm).clamp_(0, 1)
+            keep = (rest * dist).div_(new_norm).clamp_(0, 1)
             cand_diff = new_dir.mul_(keep.unsqueeze(1))
-            cand = xf - cand_diff
+            torch.sub(xf, cand_diff, out=cand)
             # the candidate is labelled every step, the spherical candidate only at check steps
             # (its success rate drives the step sizes), both in one model call
-            rows = torch.cat([cand, sph_c]) if check else cand
-            labels = self.predict(rows.view((-1,) + shape))
-            is_adv = self._is_adv(labels[:b], st["y"])
+            labels = label((rows_buf if check else cand).view(shape))
+            is_adv = is_adv_of(labels[:b] if check else labels, yl)
             cand_dist = keep.mul_(new_norm)
-            accept = is_adv & (cand_dist < dist)
-            st["diff"] = torch.where(accept.unsqueeze(1), cand_diff, diff)
-            st["dist"] = torch.where(accept, cand_dist, dist)
+            take = (is_adv & (cand_dist < dist)).to(dist.dtype)   # 1: accept the candidate
+            diff.lerp_(cand_diff, take.unsqueeze(1))
+            dist.lerp_(cand_dist, take)
             if check:
                 k = t // ue
-                sph_win[(k - 1) % sph_win.shape[0]] = self._is_adv(labels[b:], st["y"])
+                sph_win[(k - 1) % sph_win.shape[0]] = is_adv_of(labels[b:], yl)
                 step_win[(k - 1) % step_win.shape[0]] = is_adv
                 st["n_sph"] += 1
                 st["n_step"] += 1
                 st["sph"], st["src"] = self._adapt(st, sph_win, step_win, fac)
+                st["d_fac"], st["sd"], st["rest"] = self._step_factors(st["sph"], st["src"])
+                stale = True
                 conv_now = st["src"] < conv
-                stop = conv_now if eps is None else conv_now | (st["dist"] <= eps)
+                stop = conv_now if eps is None else conv_now | (dist <= eps)
                 if bool(stop.any()):          # one host sync per check step
                     converged[idx[conv_now]] = True
                     compact(stop)
-            if t % self.record_every == 0:
+            if t % rec == 0:
                 history.append(self._merged(dist_all, idx, st["dist"]))
-        if t % self.record_every != 0 or not history:
+        if t % rec != 0 or not history:
             history.append(dist_all.clone())  # the history always ends at the final distance
         x_out = (xf_all - diff_all).view_as(x)
         spent = eot * (done_steps + done_steps.div(ue, rounding_mode="floor"))

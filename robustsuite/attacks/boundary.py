@@ -210,18 +210,19 @@ class BoundaryAttack(Attack):
         return blocks * self.update_every + rest.clamp_max(self.update_every - 1)
 
     def _labeler(self):
-        """The label oracle for the walk: :meth:`predict`, or where that is one plain forward pass
-        (``eot == 1``, no ``max_batch`` chunking, ``predict`` not overridden) the same
-        ``model(rows).argmax(1)`` without the per-call wrapping of the voting oracle."""
+        """The label oracle for the walk, as a column (B, 1): :meth:`predict`, or where that is one
+        plain forward pass (``eot == 1``, no ``max_batch`` chunking, ``predict`` not overridden)
+        the same ``model(rows).argmax(1)`` without the per-call wrapping of the voting oracle."""
         if self.eot == 1 and self.max_batch is None and type(self).predict is BoundaryAttack.predict:
             model = self.model
-            return lambda rows: model(rows).argmax(1)
-        return self.predict
+            return lambda rows: model(rows).argmax(1, keepdim=True)
+        return lambda rows: self.predict(rows).unsqueeze(1)
 
     @staticmethod
     def _step_factors(sph: Tensor, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-sample factors (B,) of the proposal that change only with the step sizes (at check
+        """Per-sample factors (B, 1) of the proposal that change only with the step sizes (at check
         steps): ``d = 1 / sqrt(1 + sph^2)``, ``sph * d`` and ``1 - src``."""
+        sph, src = sph.unsqueeze(1), src.unsqueeze(1)
         d_fac = torch.rsqrt(sph * sph + 1)
         return d_fac, sph * d_fac, 1 - src
 
@@ -242,11 +243,13 @@ class BoundaryAttack(Attack):
         the queries (B,), the steps run and the distance history (B,) every ``record_every``.
 
         Cost per step (why it is written this way): about 30 tensor ops on the walking rows and
-        no host sync outside check steps. Candidates and spherical candidates are written into
+        no host sync outside check steps. Per-sample values are (b, 1) columns, so they broadcast
+        over the rows without reshaping ops; candidates and spherical candidates are written into
         one (2b, D) buffer, so a check step forwards both without a copy; the factors that change
         only with the step sizes are kept between check steps; the accepted moves are taken
         with ``lerp_`` by a 0/1 weight, which returns exactly one endpoint (``torch.where`` on
-        (b, D) is several times slower on CPU).
+        (b, D) is several times slower on CPU). The arithmetic is that of foolbox's proposal as
+        written above, op for op, so the results do not depend on these choices.
         """
         B = x.shape[0]
         ue, eot, rec = self.update_every, self.eot, self.record_every
@@ -260,7 +263,8 @@ class BoundaryAttack(Attack):
         eps = float(self.threat.eps) if self.threat is not None else None
         fac, conv = self.step_adaptation, self.source_step_convergence
         label = self._labeler()
-        is_adv_of = (lambda lab, yy: lab == yy) if self.targeted else (lambda lab, yy: lab != yy)
+        is_adv_of = torch.eq if self.targeted else torch.ne
+        addcmul, vector_norm = torch.addcmul, torch.linalg.vector_norm
 
         # the walking sub-batch and its per-sample state (rows of the *_all tensors at idx); the
         # step loop updates diff and dist in place
@@ -268,7 +272,8 @@ class BoundaryAttack(Attack):
         if eps is not None:
             idx = idx[dist_all > eps]
         n = idx.numel()
-        st = {"x": xf_all[idx], "y": y[idx], "diff": diff_all[idx], "dist": dist_all[idx],
+        st = {"x": xf_all[idx], "y": y[idx].unsqueeze(1), "diff": diff_all[idx],
+              "dist": dist_all[idx].unsqueeze(1),
               "sph": x.new_full((n,), self.spherical_step), "src": x.new_full((n,), self.source_step),
               "budget": budget_steps[idx],
               # entries since the last clear of the success-rate windows (foolbox's ArrayQueue)
@@ -287,7 +292,7 @@ class BoundaryAttack(Attack):
         def write_back(rows: Tensor | None = None) -> None:
             sel = slice(None) if rows is None else rows
             diff_all[idx[sel]] = st["diff"][sel]
-            dist_all[idx[sel]] = st["dist"][sel]
+            dist_all[idx[sel]] = st["dist"][sel, 0]
             done_steps[idx[sel]] = t
 
         def compact(stop: Tensor) -> None:
@@ -299,6 +304,7 @@ class BoundaryAttack(Attack):
             sph_win, step_win = sph_win[:, keep], step_win[:, keep]
 
         stale = True   # the locals below must be re-read from st (after a compaction or a check step)
+        b = -1
         while idx.numel() > 0:
             if exhaust and exhaust[0] <= t:   # budgets spent before step t + 1
                 compact(st["budget"] <= t)
@@ -308,12 +314,15 @@ class BoundaryAttack(Attack):
             if stale:
                 xf, yl, diff, dist = st["x"], st["y"], st["diff"], st["dist"]
                 d_fac, sd, rest = st["d_fac"], st["sd"], st["rest"]
-                b = xf.shape[0]
-                if b != B:
-                    sub = idx
-                # one model call's rows: the candidates, then the spherical candidates
-                rows_buf = torch.empty((2 * b, xf.shape[1]), dtype=xf.dtype, device=xf.device)
-                cand, sph_c = rows_buf[:b], rows_buf[b:]
+                if xf.shape[0] != b:
+                    b = xf.shape[0]
+                    sub = idx   # the walking rows of the noise
+                    # one model call's rows: the candidates, then the spherical candidates; and
+                    # the 0/1 weights of the accepted moves
+                    rows_buf = torch.empty((2 * b, xf.shape[1]), dtype=xf.dtype, device=xf.device)
+                    cand, sph_c = rows_buf[:b], rows_buf[b:]
+                    cand_img, rows_img = cand.view(shape), rows_buf.view(shape)
+                    take = xf.new_empty((b, 1))
                 stale = False
             t += 1
             check = t % ue == 0
@@ -322,42 +331,42 @@ class BoundaryAttack(Attack):
             # depend on which others still walk (the same draws as in a run without them)
             eta_all.normal_(generator=generator)
             eta = eta_all if b == B else eta_all[sub]
-            e_d = torch.linalg.vecdot(eta, diff)
+            e_d = (eta * diff).sum(1, keepdim=True)              # <eta, diff> (linalg.vecdot's ops)
             coef = e_d / (dist * dist).clamp_min(1e-24)
-            orth2 = torch.linalg.vecdot(eta, eta).sub_(coef * e_d).clamp_min_(1e-24)  # |eta'|^2
+            orth2 = (eta * eta).sum(1, keepdim=True).sub_(coef * e_d).clamp_min_(1e-24)  # |eta'|^2
             scale = (sd * dist).mul_(orth2.rsqrt_())
-            torch.addcmul(xf, eta, scale.unsqueeze(1), out=sph_c)
-            sph_c.addcmul_(diff, torch.addcmul(d_fac, scale, coef).unsqueeze(1), value=-1).clamp_(0, 1)
+            addcmul(xf, eta, scale, out=sph_c)
+            sph_c.addcmul_(diff, addcmul(d_fac, scale, coef), value=-1).clamp_(0, 1)
             # then a step of relative size src towards x
             new_dir = xf - sph_c
-            new_norm = torch.linalg.vector_norm(new_dir, dim=1).clamp_min_(1e-12)
+            new_norm = vector_norm(new_dir, dim=1, keepdim=True).clamp_min_(1e-12)
             keep = (rest * dist).div_(new_norm).clamp_(0, 1)
-            cand_diff = new_dir.mul_(keep.unsqueeze(1))
+            cand_diff = new_dir.mul_(keep)
             torch.sub(xf, cand_diff, out=cand)
             # the candidate is labelled every step, the spherical candidate only at check steps
             # (its success rate drives the step sizes), both in one model call
-            labels = label((rows_buf if check else cand).view(shape))
+            labels = label(rows_img if check else cand_img)
             is_adv = is_adv_of(labels[:b] if check else labels, yl)
             cand_dist = keep.mul_(new_norm)
-            take = (is_adv & (cand_dist < dist)).to(dist.dtype)   # 1: accept the candidate
-            diff.lerp_(cand_diff, take.unsqueeze(1))
+            torch.logical_and(is_adv, cand_dist < dist, out=take)   # 1: accept the candidate
+            diff.lerp_(cand_diff, take)
             dist.lerp_(cand_dist, take)
             if check:
                 k = t // ue
-                sph_win[(k - 1) % sph_win.shape[0]] = is_adv_of(labels[b:], yl)
-                step_win[(k - 1) % step_win.shape[0]] = is_adv
+                sph_win[(k - 1) % sph_win.shape[0]] = is_adv_of(labels[b:], yl).squeeze(1)
+                step_win[(k - 1) % step_win.shape[0]] = is_adv.squeeze(1)
                 st["n_sph"] += 1
                 st["n_step"] += 1
                 st["sph"], st["src"] = self._adapt(st, sph_win, step_win, fac)
                 st["d_fac"], st["sd"], st["rest"] = self._step_factors(st["sph"], st["src"])
                 stale = True
                 conv_now = st["src"] < conv
-                stop = conv_now if eps is None else conv_now | (dist <= eps)
+                stop = conv_now if eps is None else conv_now | (dist.squeeze(1) <= eps)
                 if bool(stop.any()):          # one host sync per check step
                     converged[idx[conv_now]] = True
                     compact(stop)
             if t % rec == 0:
-                history.append(self._merged(dist_all, idx, st["dist"]))
+                history.append(self._merged(dist_all, idx, st["dist"].squeeze(1)))
         if t % rec != 0 or not history:
             history.append(dist_all.clone())  # the history always ends at the final distance
         x_out = (xf_all - diff_all).view_as(x)

@@ -59,6 +59,9 @@ CONFIGS = {
     # convergence stops and check steps every 3rd step: compactions mid-walk
     "converging": ({"max_queries": 500, "update_every": 3, "source_step_convergence": 2e-3,
                     "step_adaptation": 2.0}, "model"),
+    # a check step every step: both success-rate windows fill, step sizes adapt up and down
+    "adapting": ({"max_queries": 600, "update_every": 1, "spherical_step": 0.05, "source_step": 0.05},
+                 "model"),
     # eps stops
     "l2_ball": ({"max_queries": 400, "threat": 0.9, "update_every": 4}, "model"),
     # the voting oracle's chunked path (eot 2, max_batch 5)
@@ -136,6 +139,23 @@ GOLDEN = {
         'x_adv_sum': [
             24.9629036696, 27.3433092388, 28.176166571, 26.1334373742, 28.1037157655, 24.052496434,
             24.7387157365, 28.4521946907, 21.1571878306, 23.9708851217, 27.8105012942, 21.4004298354,
+        ],
+    },
+    'adapting': {
+        'steps': 293,
+        'calls': 309,
+        'rows': 7209,
+        'queries': [600, 599, 600, 599, 600, 600, 600, 600, 599, 600, 600, 600],
+        'success': _bools('TTTTTTTTTTTT'),
+        'converged': _bools('FFFFFFFFFFFF'),
+        'history_len': 31,
+        'distance': [
+            0.2217780835, 1.3758060904, 2.0258366064, 1.7518753247, 1.900107242, 0.4533767875,
+            1.132655469, 1.4028399803, 0.6241783451, 1.626662367, 1.9477792388, 0.0559242912,
+        ],
+        'x_adv_sum': [
+            19.2912911326, 23.0867993905, 25.0406143237, 22.7306884085, 24.0391807099, 21.9800181144,
+            21.8377579564, 22.9408636644, 17.8833050685, 20.8895586512, 23.0436160005, 20.876088157,
         ],
     },
     'l2_ball': {

@@ -278,11 +278,15 @@ class BoundaryAttack(Attack):
               "budget": budget_steps[idx],
               # entries since the last clear of the success-rate windows (foolbox's ArrayQueue)
               "n_sph": torch.zeros(n, dtype=torch.long, device=x.device),
-              "n_step": torch.zeros(n, dtype=torch.long, device=x.device)}
+              "n_step": torch.zeros(n, dtype=torch.long, device=x.device),
+              # successes held in the windows below (their column sums, kept as they are written)
+              "c_sph": torch.zeros(n, dtype=torch.long, device=x.device),
+              "c_step": torch.zeros(n, dtype=torch.long, device=x.device)}
         st["d_fac"], st["sd"], st["rest"] = self._step_factors(st["sph"], st["src"])
         # windows of the last 100 / 30 check steps, rows written in turn (columns: samples)
-        sph_win = torch.zeros((100, n), dtype=torch.bool, device=x.device)
-        step_win = torch.zeros((30, n), dtype=torch.bool, device=x.device)
+        # (0/1 as uint8: the success counts subtract the entry a write replaces)
+        sph_win = torch.zeros((100, n), dtype=torch.uint8, device=x.device)
+        step_win = torch.zeros((30, n), dtype=torch.uint8, device=x.device)
         # steps at which some walking sample's budget runs out: one host sync, here
         exhaust = sorted(set(st["budget"].tolist()))
         history: list[Tensor] = []
@@ -353,11 +357,14 @@ class BoundaryAttack(Attack):
             dist.lerp_(cand_dist, take)
             if check:
                 k = t // ue
-                sph_win[(k - 1) % sph_win.shape[0]] = is_adv_of(labels[b:], yl).squeeze(1)
-                step_win[(k - 1) % step_win.shape[0]] = is_adv.squeeze(1)
+                for win, count, new in ((sph_win, st["c_sph"], is_adv_of(labels[b:], yl).squeeze(1)),
+                                        (step_win, st["c_step"], is_adv.squeeze(1))):
+                    row = win[(k - 1) % win.shape[0]]
+                    count.sub_(row).add_(new)   # the entry written replaces the oldest one
+                    row.copy_(new)
                 st["n_sph"] += 1
                 st["n_step"] += 1
-                st["sph"], st["src"] = self._adapt(st, sph_win, step_win, fac)
+                st["sph"], st["src"] = self._adapt(st, sph_win.shape[0], step_win.shape[0], fac)
                 st["d_fac"], st["sd"], st["rest"] = self._step_factors(st["sph"], st["src"])
                 stale = True
                 conv_now = st["src"] < conv
@@ -380,19 +387,21 @@ class BoundaryAttack(Attack):
         return out
 
     @staticmethod
-    def _adapt(st: dict, sph_win: Tensor, step_win: Tensor, fac: float) -> tuple[Tensor, Tensor]:
+    def _adapt(st: dict, n_sph_win: int, n_step_win: int, fac: float) -> tuple[Tensor, Tensor]:
         """Step-size adaptation (foolbox's rule) from the success rates of full windows, which are
         then cleared: spherical rate > 0.5 multiplies both steps by ``fac``, < 0.2 divides them;
-        candidate rate > 0.25 / < 0.1 scales the source step."""
+        candidate rate > 0.25 / < 0.1 scales the source step. A rate is the window's success count
+        (``c_sph``, ``c_step``) over its length, in float32: the same value, bit for bit, as the
+        mean of the window's 0/1 entries, without a pass over the (window, B) entries."""
         sph, src = st["sph"], st["src"]
-        full = st["n_sph"] >= sph_win.shape[0]
-        p = sph_win.float().mean(0)
+        full = st["n_sph"] >= n_sph_win
+        p = st["c_sph"].to(torch.float32) / n_sph_win
         up, down = full & (p > 0.5), full & (p < 0.2)
         scale = torch.where(up, fac, torch.where(down, 1 / fac, 1.0)).to(sph.dtype)
         sph, src = sph * scale, src * scale
         st["n_sph"].masked_fill_(up | down, 0)
-        full = st["n_step"] >= step_win.shape[0]
-        p = step_win.float().mean(0)
+        full = st["n_step"] >= n_step_win
+        p = st["c_step"].to(torch.float32) / n_step_win
         up, down = full & (p > 0.25), full & (p < 0.1)
         src = src * torch.where(up, fac, torch.where(down, 1 / fac, 1.0)).to(src.dtype)
         st["n_step"].masked_fill_(up | down, 0)

@@ -242,14 +242,17 @@ class BoundaryAttack(Attack):
         step) and, at check steps, when it converged or got within eps. Returns the final points,
         the queries (B,), the steps run and the distance history (B,) every ``record_every``.
 
-        Cost per step (why it is written this way): about 30 tensor ops on the walking rows and
-        no host sync outside check steps. Per-sample values are (b, 1) columns, so they broadcast
-        over the rows without reshaping ops; candidates and spherical candidates are written into
-        one (2b, D) buffer, so a check step forwards both without a copy; the factors that change
-        only with the step sizes are kept between check steps; the accepted moves are taken
-        with ``lerp_`` by a 0/1 weight, which returns exactly one endpoint (``torch.where`` on
-        (b, D) is several times slower on CPU). The arithmetic is that of foolbox's proposal as
-        written above, op for op, so the results do not depend on these choices.
+        Cost per step (why it is written this way): about 35 kernels besides the model's (13 of
+        them over the (b, D) rows, the Gaussian draw the largest) and no host sync outside check
+        steps. Per-sample values are (b, 1) columns, so they broadcast over the rows without
+        reshaping ops; the factors that change only with the step sizes are kept between check
+        steps, next to dist, so one multiplication gives dist^2, ``sph d dist`` and
+        ``(1 - src) dist``; candidates and spherical candidates are written into one (2b, D)
+        buffer, so a check step forwards both without a copy; the accepted moves are taken with
+        ``lerp_`` by a 0/1 weight, which returns exactly one endpoint (``torch.where`` on (b, D)
+        is several times slower on CPU); the success rates come from running counts. The
+        arithmetic is that of foolbox's proposal as written above, op for op, so the results do
+        not depend on these choices (``tests/test_attacks_boundary_speed.py`` pins them).
         """
         B = x.shape[0]
         ue, eot, rec = self.update_every, self.eot, self.record_every
@@ -263,6 +266,7 @@ class BoundaryAttack(Attack):
         eps = float(self.threat.eps) if self.threat is not None else None
         fac, conv = self.step_adaptation, self.source_step_convergence
         label = self._labeler()
+        windows = tuple(torch.tensor(v, device=x.device) for v in zip(*self._WINDOWS))
         is_adv_of = torch.eq if self.targeted else torch.ne
         addcmul, vector_norm = torch.addcmul, torch.linalg.vector_norm
 
@@ -273,20 +277,21 @@ class BoundaryAttack(Attack):
             idx = idx[dist_all > eps]
         n = idx.numel()
         st = {"x": xf_all[idx], "y": y[idx].unsqueeze(1), "diff": diff_all[idx],
-              "dist": dist_all[idx].unsqueeze(1),
               "sph": x.new_full((n,), self.spherical_step), "src": x.new_full((n,), self.source_step),
               "budget": budget_steps[idx],
-              # entries since the last clear of the success-rate windows (foolbox's ArrayQueue)
-              "n_sph": torch.zeros(n, dtype=torch.long, device=x.device),
-              "n_step": torch.zeros(n, dtype=torch.long, device=x.device),
-              # successes held in the windows below (their column sums, kept as they are written)
-              "c_sph": torch.zeros(n, dtype=torch.long, device=x.device),
-              "c_step": torch.zeros(n, dtype=torch.long, device=x.device)}
-        st["d_fac"], st["sd"], st["rest"] = self._step_factors(st["sph"], st["src"])
+              # per window (columns: spherical, candidate): entries since the last clear (foolbox's
+              # ArrayQueue) and successes among the entries held (kept as they are written)
+              "n": torch.zeros((n, 2), dtype=torch.long, device=x.device),
+              "c": torch.zeros((n, 2), dtype=torch.long, device=x.device)}
+        d_fac, sd, rest = self._step_factors(st["sph"], st["src"])
+        # columns [dist | sph * d | 1 - src]: one multiplication by dist gives the three products
+        # a step needs (dist^2, sph * d * dist, (1 - src) * dist)
+        st["F"] = torch.cat([dist_all[idx].unsqueeze(1), sd, rest], 1)
+        st["d_fac"] = d_fac
         # windows of the last 100 / 30 check steps, rows written in turn (columns: samples)
         # (0/1 as uint8: the success counts subtract the entry a write replaces)
-        sph_win = torch.zeros((100, n), dtype=torch.uint8, device=x.device)
-        step_win = torch.zeros((30, n), dtype=torch.uint8, device=x.device)
+        sph_win = torch.zeros((self._WINDOWS[0][0], n), dtype=torch.uint8, device=x.device)
+        step_win = torch.zeros((self._WINDOWS[1][0], n), dtype=torch.uint8, device=x.device)
         # steps at which some walking sample's budget runs out: one host sync, here
         exhaust = sorted(set(st["budget"].tolist()))
         history: list[Tensor] = []
@@ -296,7 +301,7 @@ class BoundaryAttack(Attack):
         def write_back(rows: Tensor | None = None) -> None:
             sel = slice(None) if rows is None else rows
             diff_all[idx[sel]] = st["diff"][sel]
-            dist_all[idx[sel]] = st["dist"][sel, 0]
+            dist_all[idx[sel]] = st["F"][sel, 0]
             done_steps[idx[sel]] = t
 
         def compact(stop: Tensor) -> None:
@@ -316,8 +321,8 @@ class BoundaryAttack(Attack):
                 stale = True
                 continue
             if stale:
-                xf, yl, diff, dist = st["x"], st["y"], st["diff"], st["dist"]
-                d_fac, sd, rest = st["d_fac"], st["sd"], st["rest"]
+                xf, yl, diff, F, d_fac = st["x"], st["y"], st["diff"], st["F"], st["d_fac"]
+                dist = F[:, :1]     # the state column, updated in place
                 if xf.shape[0] != b:
                     b = xf.shape[0]
                     sub = idx   # the walking rows of the noise
@@ -327,6 +332,8 @@ class BoundaryAttack(Attack):
                     cand, sph_c = rows_buf[:b], rows_buf[b:]
                     cand_img, rows_img = cand.view(shape), rows_buf.view(shape)
                     take = xf.new_empty((b, 1))
+                    prods = xf.new_empty((b, 3))   # F * dist, and views of its columns
+                    dist2, scale, keep = prods[:, :1], prods[:, 1:2], prods[:, 2:]
                 stale = False
             t += 1
             check = t % ue == 0
@@ -336,15 +343,16 @@ class BoundaryAttack(Attack):
             eta_all.normal_(generator=generator)
             eta = eta_all if b == B else eta_all[sub]
             e_d = (eta * diff).sum(1, keepdim=True)              # <eta, diff> (linalg.vecdot's ops)
-            coef = e_d / (dist * dist).clamp_min(1e-24)
+            torch.mul(F, dist, out=prods)
+            coef = e_d / dist2.clamp_min_(1e-24)
             orth2 = (eta * eta).sum(1, keepdim=True).sub_(coef * e_d).clamp_min_(1e-24)  # |eta'|^2
-            scale = (sd * dist).mul_(orth2.rsqrt_())
+            scale.mul_(orth2.rsqrt_())           # sph * d * dist / |eta'|
             addcmul(xf, eta, scale, out=sph_c)
             sph_c.addcmul_(diff, addcmul(d_fac, scale, coef), value=-1).clamp_(0, 1)
             # then a step of relative size src towards x
             new_dir = xf - sph_c
             new_norm = vector_norm(new_dir, dim=1, keepdim=True).clamp_min_(1e-12)
-            keep = (rest * dist).div_(new_norm).clamp_(0, 1)
+            keep.div_(new_norm).clamp_(0, 1)     # (1 - src) * dist / |x - sph_c|, clipped
             cand_diff = new_dir.mul_(keep)
             torch.sub(xf, cand_diff, out=cand)
             # the candidate is labelled every step, the spherical candidate only at check steps
@@ -357,15 +365,14 @@ class BoundaryAttack(Attack):
             dist.lerp_(cand_dist, take)
             if check:
                 k = t // ue
-                for win, count, new in ((sph_win, st["c_sph"], is_adv_of(labels[b:], yl).squeeze(1)),
-                                        (step_win, st["c_step"], is_adv.squeeze(1))):
+                for j, win, new in ((0, sph_win, is_adv_of(labels[b:], yl).squeeze(1)),
+                                    (1, step_win, is_adv.squeeze(1))):
                     row = win[(k - 1) % win.shape[0]]
-                    count.sub_(row).add_(new)   # the entry written replaces the oldest one
+                    st["c"][:, j].sub_(row).add_(new)   # the entry written replaces the oldest one
                     row.copy_(new)
-                st["n_sph"] += 1
-                st["n_step"] += 1
-                st["sph"], st["src"] = self._adapt(st, sph_win.shape[0], step_win.shape[0], fac)
-                st["d_fac"], st["sd"], st["rest"] = self._step_factors(st["sph"], st["src"])
+                st["sph"], st["src"] = self._adapt(st, fac, windows)
+                st["d_fac"], sd, rest = self._step_factors(st["sph"], st["src"])
+                F[:, 1:2], F[:, 2:] = sd, rest
                 stale = True
                 conv_now = st["src"] < conv
                 stop = conv_now if eps is None else conv_now | (dist.squeeze(1) <= eps)
@@ -373,7 +380,7 @@ class BoundaryAttack(Attack):
                     converged[idx[conv_now]] = True
                     compact(stop)
             if t % rec == 0:
-                history.append(self._merged(dist_all, idx, st["dist"].squeeze(1)))
+                history.append(self._merged(dist_all, idx, st["F"][:, 0]))
         if t % rec != 0 or not history:
             history.append(dist_all.clone())  # the history always ends at the final distance
         x_out = (xf_all - diff_all).view_as(x)
@@ -386,26 +393,27 @@ class BoundaryAttack(Attack):
         out[idx] = part
         return out
 
+    #: per window (spherical, candidate): length, and the success counts above / below which the
+    #: step sizes change: rate > 0.5 / < 0.2 of 100, > 0.25 / < 0.1 of 30 (foolbox's thresholds;
+    #: for integer counts the same tests as on the float32 rates count / length)
+    _WINDOWS = ((100, 50, 20), (30, 7, 3))
+
     @staticmethod
-    def _adapt(st: dict, n_sph_win: int, n_step_win: int, fac: float) -> tuple[Tensor, Tensor]:
+    def _adapt(st: dict, fac: float, windows: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """Step-size adaptation (foolbox's rule) from the success rates of full windows, which are
         then cleared: spherical rate > 0.5 multiplies both steps by ``fac``, < 0.2 divides them;
-        candidate rate > 0.25 / < 0.1 scales the source step. A rate is the window's success count
-        (``c_sph``, ``c_step``) over its length, in float32: the same value, bit for bit, as the
-        mean of the window's 0/1 entries, without a pass over the (window, B) entries."""
-        sph, src = st["sph"], st["src"]
-        full = st["n_sph"] >= n_sph_win
-        p = st["c_sph"].to(torch.float32) / n_sph_win
-        up, down = full & (p > 0.5), full & (p < 0.2)
-        scale = torch.where(up, fac, torch.where(down, 1 / fac, 1.0)).to(sph.dtype)
-        sph, src = sph * scale, src * scale
-        st["n_sph"].masked_fill_(up | down, 0)
-        full = st["n_step"] >= n_step_win
-        p = st["c_step"].to(torch.float32) / n_step_win
-        up, down = full & (p > 0.25), full & (p < 0.1)
-        src = src * torch.where(up, fac, torch.where(down, 1 / fac, 1.0)).to(src.dtype)
-        st["n_step"].masked_fill_(up | down, 0)
-        return sph, src
+        candidate rate > 0.25 / < 0.1 scales the source step. Both windows at once: ``st['n']``,
+        ``st['c']`` (B, 2) are their entries since the last clear and their success counts;
+        ``windows`` is :attr:`_WINDOWS` as three (2,) tensors (lengths, above, below)."""
+        n, c = st["n"], st["c"]
+        lengths, above, below = windows
+        n += 1
+        full = n >= lengths
+        up, down = full & (c > above), full & (c < below)
+        n.masked_fill_(up | down, 0)
+        f = torch.where(up, fac, torch.where(down, 1 / fac, 1.0)).to(st["sph"].dtype)
+        f_sph, f_src = f.unbind(1)
+        return st["sph"] * f_sph, st["src"] * f_sph * f_src
 
 
 def _col(mask: Tensor, like: Tensor) -> Tensor:

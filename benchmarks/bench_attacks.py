@@ -209,7 +209,7 @@ def bench_boundary(model, x, y, *, max_queries: int, repeats: int) -> dict:
     return {
         "batch": B, "max_queries": max_queries, "steps": res.steps, "queries_total": queries,
         "bare_rows_total": rows, "model_calls": len(sizes), "repeats": repeats,
-        "bare_mirrors": "the attack's recorded model calls (batch sizes in order), final success check included",
+        "bare_mirrors": "the attack's model calls (batch sizes in order, final check included)",
         "median_s": _summary(times),
         "queries_per_s_ours_wall": queries / statistics.median(times["wall"]["ours"]),
         "queries_per_s_bare_wall": queries / statistics.median(times["wall"]["bare"]),

@@ -334,6 +334,7 @@ class BoundaryAttack(Attack):
                     take = xf.new_empty((b, 1))
                     prods = xf.new_empty((b, 3))   # F * dist, and views of its columns
                     dist2, scale, keep = prods[:, :1], prods[:, 1:2], prods[:, 2:]
+                    work = torch.empty_like(xf)       # elementwise products, then x - sph_c
                 stale = False
             t += 1
             check = t % ue == 0
@@ -342,15 +343,16 @@ class BoundaryAttack(Attack):
             # depend on which others still walk (the same draws as in a run without them)
             eta_all.normal_(generator=generator)
             eta = eta_all if b == B else eta_all[sub]
-            e_d = (eta * diff).sum(1, keepdim=True)              # <eta, diff> (linalg.vecdot's ops)
+            e_d = torch.mul(eta, diff, out=work).sum(1, keepdim=True)   # <eta, diff> (vecdot's ops)
             torch.mul(F, dist, out=prods)
             coef = e_d / dist2.clamp_min_(1e-24)
-            orth2 = (eta * eta).sum(1, keepdim=True).sub_(coef * e_d).clamp_min_(1e-24)  # |eta'|^2
+            orth2 = torch.mul(eta, eta, out=work).sum(1, keepdim=True)   # |eta|^2, then |eta'|^2
+            orth2.sub_(coef * e_d).clamp_min_(1e-24)
             scale.mul_(orth2.rsqrt_())           # sph * d * dist / |eta'|
             addcmul(xf, eta, scale, out=sph_c)
             sph_c.addcmul_(diff, addcmul(d_fac, scale, coef), value=-1).clamp_(0, 1)
             # then a step of relative size src towards x
-            new_dir = xf - sph_c
+            new_dir = torch.sub(xf, sph_c, out=work)
             new_norm = vector_norm(new_dir, dim=1, keepdim=True).clamp_min_(1e-12)
             keep.div_(new_norm).clamp_(0, 1)     # (1 - src) * dist / |x - sph_c|, clipped
             cand_diff = new_dir.mul_(keep)

@@ -209,6 +209,23 @@ class BoundaryAttack(Attack):
         blocks, rest = labels.div(per_block, rounding_mode="floor"), labels.remainder(per_block)
         return blocks * self.update_every + rest.clamp_max(self.update_every - 1)
 
+    def _labeler(self):
+        """The label oracle for the walk, as a column (B, 1): :meth:`predict`, or where that is one
+        plain forward pass (``eot == 1``, no ``max_batch`` chunking, ``predict`` not overridden)
+        the same ``model(rows).argmax(1)`` without the per-call wrapping of the voting oracle."""
+        if self.eot == 1 and self.max_batch is None and type(self).predict is BoundaryAttack.predict:
+            model = self.model
+            return lambda rows: model(rows).argmax(1, keepdim=True)
+        return lambda rows: self.predict(rows).unsqueeze(1)
+
+    @staticmethod
+    def _step_factors(sph: Tensor, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sample factors (B, 1) of the proposal that change only with the step sizes (at check
+        steps): ``d = 1 / sqrt(1 + sph^2)``, ``sph * d`` and ``1 - src``."""
+        sph, src = sph.unsqueeze(1), src.unsqueeze(1)
+        d_fac = torch.rsqrt(sph * sph + 1)
+        return d_fac, sph * d_fac, 1 - src
+
     def _walk(self, x: Tensor, y: Tensor, x_adv: Tensor, queries: Tensor, generator):
         """The boundary walk on samples that all start adversarial (x_adv != x).
 
@@ -224,10 +241,22 @@ class BoundaryAttack(Attack):
         budget runs out (known in advance: every walking sample spends the same queries per
         step) and, at check steps, when it converged or got within eps. Returns the final points,
         the queries (B,), the steps run and the distance history (B,) every ``record_every``.
+
+        Cost per step (why it is written this way): about 35 kernels besides the model's (13 of
+        them over the (b, D) rows, the Gaussian draw the largest) and no host sync outside check
+        steps. Per-sample values are (b, 1) columns, so they broadcast over the rows without
+        reshaping ops; the factors that change only with the step sizes are kept between check
+        steps, next to dist, so one multiplication gives dist^2, ``sph d dist`` and
+        ``(1 - src) dist``; candidates and spherical candidates are written into one (2b, D)
+        buffer, so a check step forwards both without a copy; the accepted moves are taken with
+        ``lerp_`` by a 0/1 weight, which returns exactly one endpoint (``torch.where`` on (b, D)
+        is several times slower on CPU); the success rates come from running counts. The
+        arithmetic is that of foolbox's proposal as written above, op for op, so the results do
+        not depend on these choices (``tests/test_attacks_boundary_speed.py`` pins them).
         """
         B = x.shape[0]
-        ue, eot = self.update_every, self.eot
-        shape = tuple(x.shape[1:])
+        ue, eot, rec = self.update_every, self.eot, self.record_every
+        shape = (-1,) + tuple(x.shape[1:])
         xf_all = x.flatten(1)
         diff_all = (xf_all - x_adv.flatten(1)).contiguous()      # x - x_adv: the state of the walk
         dist_all = torch.linalg.vector_norm(diff_all, dim=1)      # = ||x_adv - x||
@@ -236,21 +265,33 @@ class BoundaryAttack(Attack):
         budget_steps = self._affordable_steps(self.max_queries - queries)
         eps = float(self.threat.eps) if self.threat is not None else None
         fac, conv = self.step_adaptation, self.source_step_convergence
+        label = self._labeler()
+        windows = tuple(torch.tensor(v, device=x.device) for v in zip(*self._WINDOWS))
+        is_adv_of = torch.eq if self.targeted else torch.ne
+        addcmul, vector_norm = torch.addcmul, torch.linalg.vector_norm
 
-        # the walking sub-batch and its per-sample state (rows of the *_all tensors at idx)
+        # the walking sub-batch and its per-sample state (rows of the *_all tensors at idx); the
+        # step loop updates diff and dist in place
         idx = torch.arange(B, device=x.device)
         if eps is not None:
             idx = idx[dist_all > eps]
-        st = {"x": xf_all[idx], "y": y[idx], "diff": diff_all[idx], "dist": dist_all[idx],
-              "sph": x.new_full((idx.numel(),), self.spherical_step),
-              "src": x.new_full((idx.numel(),), self.source_step),
+        n = idx.numel()
+        st = {"x": xf_all[idx], "y": y[idx].unsqueeze(1), "diff": diff_all[idx],
+              "sph": x.new_full((n,), self.spherical_step), "src": x.new_full((n,), self.source_step),
               "budget": budget_steps[idx],
-              # entries since the last clear of the success-rate windows (foolbox's ArrayQueue)
-              "n_sph": torch.zeros(idx.numel(), dtype=torch.long, device=x.device),
-              "n_step": torch.zeros(idx.numel(), dtype=torch.long, device=x.device)}
+              # per window (columns: spherical, candidate): entries since the last clear (foolbox's
+              # ArrayQueue) and successes among the entries held (kept as they are written)
+              "n": torch.zeros((n, 2), dtype=torch.long, device=x.device),
+              "c": torch.zeros((n, 2), dtype=torch.long, device=x.device)}
+        d_fac, sd, rest = self._step_factors(st["sph"], st["src"])
+        # columns [dist | sph * d | 1 - src]: one multiplication by dist gives the three products
+        # a step needs (dist^2, sph * d * dist, (1 - src) * dist)
+        st["F"] = torch.cat([dist_all[idx].unsqueeze(1), sd, rest], 1)
+        st["d_fac"] = d_fac
         # windows of the last 100 / 30 check steps, rows written in turn (columns: samples)
-        sph_win = torch.zeros((100, idx.numel()), dtype=torch.bool, device=x.device)
-        step_win = torch.zeros((30, idx.numel()), dtype=torch.bool, device=x.device)
+        # (0/1 as uint8: the success counts subtract the entry a write replaces)
+        sph_win = torch.zeros((self._WINDOWS[0][0], n), dtype=torch.uint8, device=x.device)
+        step_win = torch.zeros((self._WINDOWS[1][0], n), dtype=torch.uint8, device=x.device)
         # steps at which some walking sample's budget runs out: one host sync, here
         exhaust = sorted(set(st["budget"].tolist()))
         history: list[Tensor] = []
@@ -260,7 +301,7 @@ class BoundaryAttack(Attack):
         def write_back(rows: Tensor | None = None) -> None:
             sel = slice(None) if rows is None else rows
             diff_all[idx[sel]] = st["diff"][sel]
-            dist_all[idx[sel]] = st["dist"][sel]
+            dist_all[idx[sel]] = st["F"][sel, 0]
             done_steps[idx[sel]] = t
 
         def compact(stop: Tensor) -> None:
@@ -271,57 +312,78 @@ class BoundaryAttack(Attack):
             st = {k: v[keep] for k, v in st.items()}
             sph_win, step_win = sph_win[:, keep], step_win[:, keep]
 
+        stale = True   # the locals below must be re-read from st (after a compaction or a check step)
+        b = -1
         while idx.numel() > 0:
             if exhaust and exhaust[0] <= t:   # budgets spent before step t + 1
                 compact(st["budget"] <= t)
                 exhaust = [e for e in exhaust if e > t]
+                stale = True
                 continue
+            if stale:
+                xf, yl, diff, F, d_fac = st["x"], st["y"], st["diff"], st["F"], st["d_fac"]
+                dist = F[:, :1]     # the state column, updated in place
+                if xf.shape[0] != b:
+                    b = xf.shape[0]
+                    sub = idx   # the walking rows of the noise
+                    # one model call's rows: the candidates, then the spherical candidates; and
+                    # the 0/1 weights of the accepted moves
+                    rows_buf = torch.empty((2 * b, xf.shape[1]), dtype=xf.dtype, device=xf.device)
+                    cand, sph_c = rows_buf[:b], rows_buf[b:]
+                    cand_img, rows_img = cand.view(shape), rows_buf.view(shape)
+                    take = xf.new_empty((b, 1))
+                    prods = xf.new_empty((b, 3))   # F * dist, and views of its columns
+                    dist2, scale, keep = prods[:, :1], prods[:, 1:2], prods[:, 2:]
+                    work = torch.empty_like(xf)       # elementwise products, then x - sph_c
+                stale = False
             t += 1
             check = t % ue == 0
-            xf, diff, dist, sph = st["x"], st["diff"], st["dist"], st["sph"]
-            b = xf.shape[0]
-            d_fac = torch.rsqrt(sph * sph + 1)
             # orthogonal step of relative size sph on the sphere around x
             # noise drawn for the whole batch and indexed, so that a sample's walk does not
             # depend on which others still walk (the same draws as in a run without them)
             eta_all.normal_(generator=generator)
-            eta = eta_all if b == B else eta_all[idx]
-            e_d = torch.linalg.vecdot(eta, diff)
-            coef = e_d / (dist * dist).clamp_min(1e-24)
-            orth2 = torch.linalg.vecdot(eta, eta).sub_(coef * e_d).clamp_min_(1e-24)  # |eta'|^2
-            scale = (sph * d_fac * dist).mul_(orth2.rsqrt_())
-            sph_c = torch.addcmul(xf, eta, scale.unsqueeze(1))
-            sph_c.addcmul_(diff, torch.addcmul(d_fac, scale, coef).unsqueeze(1), value=-1).clamp_(0, 1)
+            eta = eta_all if b == B else eta_all[sub]
+            e_d = torch.mul(eta, diff, out=work).sum(1, keepdim=True)   # <eta, diff> (vecdot's ops)
+            torch.mul(F, dist, out=prods)
+            coef = e_d / dist2.clamp_min_(1e-24)
+            orth2 = torch.mul(eta, eta, out=work).sum(1, keepdim=True)   # |eta|^2, then |eta'|^2
+            orth2.sub_(coef * e_d).clamp_min_(1e-24)
+            scale.mul_(orth2.rsqrt_())           # sph * d * dist / |eta'|
+            addcmul(xf, eta, scale, out=sph_c)
+            sph_c.addcmul_(diff, addcmul(d_fac, scale, coef), value=-1).clamp_(0, 1)
             # then a step of relative size src towards x
-            new_dir = xf - sph_c
-            new_norm = torch.linalg.vector_norm(new_dir, dim=1).clamp_min_(1e-12)
-            keep = ((1 - st["src"]) * dist).div_(new_norm).clamp_(0, 1)
-            cand_diff = new_dir.mul_(keep.unsqueeze(1))
-            cand = xf - cand_diff
+            new_dir = torch.sub(xf, sph_c, out=work)
+            new_norm = vector_norm(new_dir, dim=1, keepdim=True).clamp_min_(1e-12)
+            keep.div_(new_norm).clamp_(0, 1)     # (1 - src) * dist / |x - sph_c|, clipped
+            cand_diff = new_dir.mul_(keep)
+            torch.sub(xf, cand_diff, out=cand)
             # the candidate is labelled every step, the spherical candidate only at check steps
             # (its success rate drives the step sizes), both in one model call
-            rows = torch.cat([cand, sph_c]) if check else cand
-            labels = self.predict(rows.view((-1,) + shape))
-            is_adv = self._is_adv(labels[:b], st["y"])
+            labels = label(rows_img if check else cand_img)
+            is_adv = is_adv_of(labels[:b] if check else labels, yl)
             cand_dist = keep.mul_(new_norm)
-            accept = is_adv & (cand_dist < dist)
-            st["diff"] = torch.where(accept.unsqueeze(1), cand_diff, diff)
-            st["dist"] = torch.where(accept, cand_dist, dist)
+            torch.logical_and(is_adv, cand_dist < dist, out=take)   # 1: accept the candidate
+            diff.lerp_(cand_diff, take)
+            dist.lerp_(cand_dist, take)
             if check:
                 k = t // ue
-                sph_win[(k - 1) % sph_win.shape[0]] = self._is_adv(labels[b:], st["y"])
-                step_win[(k - 1) % step_win.shape[0]] = is_adv
-                st["n_sph"] += 1
-                st["n_step"] += 1
-                st["sph"], st["src"] = self._adapt(st, sph_win, step_win, fac)
+                for j, win, new in ((0, sph_win, is_adv_of(labels[b:], yl).squeeze(1)),
+                                    (1, step_win, is_adv.squeeze(1))):
+                    row = win[(k - 1) % win.shape[0]]
+                    st["c"][:, j].sub_(row).add_(new)   # the entry written replaces the oldest one
+                    row.copy_(new)
+                st["sph"], st["src"] = self._adapt(st, fac, windows)
+                st["d_fac"], sd, rest = self._step_factors(st["sph"], st["src"])
+                F[:, 1:2], F[:, 2:] = sd, rest
+                stale = True
                 conv_now = st["src"] < conv
-                stop = conv_now if eps is None else conv_now | (st["dist"] <= eps)
+                stop = conv_now if eps is None else conv_now | (dist.squeeze(1) <= eps)
                 if bool(stop.any()):          # one host sync per check step
                     converged[idx[conv_now]] = True
                     compact(stop)
-            if t % self.record_every == 0:
-                history.append(self._merged(dist_all, idx, st["dist"]))
-        if t % self.record_every != 0 or not history:
+            if t % rec == 0:
+                history.append(self._merged(dist_all, idx, st["F"][:, 0]))
+        if t % rec != 0 or not history:
             history.append(dist_all.clone())  # the history always ends at the final distance
         x_out = (xf_all - diff_all).view_as(x)
         spent = eot * (done_steps + done_steps.div(ue, rounding_mode="floor"))
@@ -333,24 +395,27 @@ class BoundaryAttack(Attack):
         out[idx] = part
         return out
 
+    #: per window (spherical, candidate): length, and the success counts above / below which the
+    #: step sizes change: rate > 0.5 / < 0.2 of 100, > 0.25 / < 0.1 of 30 (foolbox's thresholds;
+    #: for integer counts the same tests as on the float32 rates count / length)
+    _WINDOWS = ((100, 50, 20), (30, 7, 3))
+
     @staticmethod
-    def _adapt(st: dict, sph_win: Tensor, step_win: Tensor, fac: float) -> tuple[Tensor, Tensor]:
+    def _adapt(st: dict, fac: float, windows: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """Step-size adaptation (foolbox's rule) from the success rates of full windows, which are
         then cleared: spherical rate > 0.5 multiplies both steps by ``fac``, < 0.2 divides them;
-        candidate rate > 0.25 / < 0.1 scales the source step."""
-        sph, src = st["sph"], st["src"]
-        full = st["n_sph"] >= sph_win.shape[0]
-        p = sph_win.float().mean(0)
-        up, down = full & (p > 0.5), full & (p < 0.2)
-        scale = torch.where(up, fac, torch.where(down, 1 / fac, 1.0)).to(sph.dtype)
-        sph, src = sph * scale, src * scale
-        st["n_sph"].masked_fill_(up | down, 0)
-        full = st["n_step"] >= step_win.shape[0]
-        p = step_win.float().mean(0)
-        up, down = full & (p > 0.25), full & (p < 0.1)
-        src = src * torch.where(up, fac, torch.where(down, 1 / fac, 1.0)).to(src.dtype)
-        st["n_step"].masked_fill_(up | down, 0)
-        return sph, src
+        candidate rate > 0.25 / < 0.1 scales the source step. Both windows at once: ``st['n']``,
+        ``st['c']`` (B, 2) are their entries since the last clear and their success counts;
+        ``windows`` is :attr:`_WINDOWS` as three (2,) tensors (lengths, above, below)."""
+        n, c = st["n"], st["c"]
+        lengths, above, below = windows
+        n += 1
+        full = n >= lengths
+        up, down = full & (c > above), full & (c < below)
+        n.masked_fill_(up | down, 0)
+        f = torch.where(up, fac, torch.where(down, 1 / fac, 1.0)).to(st["sph"].dtype)
+        f_sph, f_src = f.unbind(1)
+        return st["sph"] * f_sph, st["src"] * f_sph * f_src
 
 
 def _col(mask: Tensor, like: Tensor) -> Tensor:

@@ -171,12 +171,16 @@ class L2Ball(ThreatModel):
         return x + project_l2_box(x_adv - x, -x, 1 - x, self.eps)
 
     def random_point(self, x, generator=None):
-        # Uniform in the ball: Gaussian direction, radius eps * U^(1/d); then into [0, 1].
+        return self.project(x, self.uniform_in_ball(x, generator))
+
+    def uniform_in_ball(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``x`` plus a uniform draw from the ball, not yet clipped to [0, 1] (a Gaussian
+        direction, radius ``eps * U^(1/d)``): :meth:`random_point` before its projection."""
         d = x[0].numel()
         g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         g = g / _per_sample(_flat_norm(g, 2).clamp_min(1e-12), x)
         r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
-        return self.project(x, x + g * _per_sample(r * self.eps, x))
+        return x + g * _per_sample(r * self.eps, x)
 
 
 @dataclass(frozen=True)
@@ -335,18 +339,30 @@ def _expand(v: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             torch.broadcast_to(hi, v.shape).reshape(B, -1))
 
 
+def _shrink(norm: Tensor, eps: float) -> Tensor:
+    """``max(1, norm / eps)`` (B, 1) for rows of norms ``norm`` (B, 1), ``eps > 0``: dividing a row
+    by it puts it into the ball, a rounding guard, ulp-sized where it acts."""
+    return (norm / eps).clamp_min_(1.0)
+
+
 def _into_ball(d: Tensor, norm: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """``(d * scale, scale)`` with ``scale = min(1, eps / norm)`` (B,) per row of ``d`` (B, n): a
-    rounding guard, ulp-sized where it acts."""
-    scale = (eps / norm.clamp_min(torch.finfo(d.dtype).tiny)).clamp_max(1.0)
-    return d * scale.unsqueeze(1), scale
+    """``(d / shrink, shrink)`` with :func:`_shrink` for rows ``d`` (B, n) of norms ``norm`` (B, 1)
+    (``eps = 0``: zeros, shrink 1)."""
+    if eps == 0:
+        return torch.zeros_like(d), torch.ones_like(norm)
+    shrink = _shrink(norm, eps)
+    return d / shrink, shrink
 
 
 def _needs_grad(*ts: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
-def project_l2_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float, *, newton_steps: int = 2) -> Tensor:
+L2_NEWTON_STEPS = 3
+"""Newton steps :func:`project_l2_box` takes before the sort (see there)."""
+
+
+def project_l2_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float, *, newton_steps: int = L2_NEWTON_STEPS) -> Tensor:
     """Exact projection of perturbations ``v`` (B, ...) onto ``{||d||_2 <= eps, lo <= d <= hi}``.
 
     Requires ``lo <= 0 <= hi`` (the box contains 0; not checked here, the callers build it as
@@ -356,77 +372,142 @@ def project_l2_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float, *, newton_step
 
     KKT: ``d = clip(t * v, lo, hi)`` for the largest ``t`` in [0, 1] with ``||d||_2 <= eps``. With
     ``a_i = |v_i|`` and ``cap_i`` the room to the bound in the direction of ``v_i``, coordinate ``i``
-    saturates at ``b_i = cap_i / a_i``, so in ``s = t^2``
-    ``f(s) = ||clip(t v)||^2 = sum_i min(s a_i^2, cap_i^2)``: piecewise linear, non-decreasing and
-    concave. Two exact solvers:
+    is clipped once ``s = t^2`` passes its breakpoint ``b_i = cap_i^2 / a_i^2``, and
+    ``f(s) = ||clip(t v)||^2 = sum_i min(s a_i^2, cap_i^2)`` is piecewise linear, non-decreasing and
+    concave: on the piece holding ``s``, ``f = s A + C`` with ``A`` the free coordinates' ``a_i^2``
+    and ``C`` the clipped ones' ``cap_i^2``. Two exact solvers:
 
-    * Newton from below (``newton_steps`` steps, the fast path): from ``s_0 = eps^2 / ||v||^2``
-      (``<= s*`` since clipping only shrinks), ``s_{k+1} = s_k + (eps^2 - f(s_k)) / f'(s_k)``;
-      concavity keeps every iterate ``<= s*``, and a step after which no coordinate changed
-      between free and clipped lay on one linear piece, so it landed exactly on ``s*``. A
-      PGD/APGD iterate (a point of the sphere plus a step) is usually there after one step, and
-      nearly always after two: a handful of elementwise passes, no sort.
+    * Newton from below (``newton_steps`` steps, the fast path): from ``s_0 = 0``, ``s_{k+1} =
+      (eps^2 - C_k) / A_k``, the root of the line of the piece at ``s_k``. Every such line lies above
+      ``f`` (each term ``s a_i^2`` or ``cap_i^2`` bounds ``min(s a_i^2, cap_i^2)``), so every iterate
+      is ``<= s*`` and they increase; a step that returns its own start (``s_{k+1} = s_k``) found
+      ``s_k`` on the line of its own piece at height ``eps^2``: ``f(s_k) = eps^2``, exactly ``s*``
+      (or ``s = 1``: inside). A PGD/APGD iterate (a point of the sphere plus a step) is settled after
+      three steps (the first, from ``s = 0``, is the classic ``eps^2 / ||v||^2`` less the coordinates
+      already at a bound) and nearly always verified by the fourth. Each step is one comparison
+      and one fused multiply-add and sum over (2, B, n): no sort.
     * The sort (the exact fallback for the samples Newton did not settle, and the whole method
       with ``newton_steps=0``): sorting the ``b_i`` per sample, cumulative sums give ``f`` at
       every breakpoint, and the segment holding ``eps^2`` gives ``t`` in closed form
-      (:func:`_project_l2_box_sorted`).
+      (:func:`_project_l2_box_sorted`); on a CPU a sort costs more than the whole Newton path.
 
-    One host sync per call (which samples Newton left unsettled), none with ``newton_steps=0``.
+    One host sync per call (how many samples Newton left unsettled), none with ``newton_steps=0``.
     """
     if newton_steps < 0:
         raise InputError(f"newton_steps: expected an integer >= 0, got {newton_steps}")
     shape = v.shape
     vf, lof, hif = _expand(v, lo, hi)
     with torch.no_grad():
-        if not newton_steps:
-            d, t, scale = _project_l2_box_sorted(vf, lof, hif, eps)
-        else:
-            d, t, scale, done = _l2_newton(vf, lof, hif, eps, newton_steps)
-            rest = (~done).nonzero().squeeze(1)                         # the host sync
-            if rest.numel():
-                d[rest], t[rest], scale[rest] = _project_l2_box_sorted(vf[rest], lof[rest], hif[rest], eps)
+        c, t, shrink = _project_l2_rows(vf, lof, hif, eps, newton_steps)
     if _needs_grad(v, lo, hi):
-        d = torch.clamp(vf * t.unsqueeze(1), lof, hif) * scale.unsqueeze(1)
-    return d.view(shape)
+        return (torch.clamp(vf * t, lof, hif) / shrink).view(shape)
+    return c.div_(shrink).view(shape)
 
 
-def _l2_newton(v: Tensor, lo: Tensor, hi: Tensor, eps: float, steps: int
+def _project_l2_rows(v: Tensor, lo: Tensor, hi: Tensor, eps: float, newton_steps: int,
+                     work: "_L2Work | None" = None) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`project_l2_box` on rows (B, n) without autograd: ``(c, t, shrink)`` with
+    ``c = clip(t v)`` (B, n) a new tensor (the caller may work in place on it), ``t`` and the
+    rounding guard ``shrink = max(1, ||c|| / eps)`` (B, 1); the projection is ``c / shrink``.
+    ``work``: the solver's buffers for these rows, to reuse across calls (the attack geometry
+    keeps one per run); its bounds must then be finite."""
+    if eps == 0:  # the ball is {0}
+        return torch.zeros_like(v), v.new_zeros(v.shape[0], 1), v.new_ones(v.shape[0], 1)
+    if not newton_steps:
+        return _project_l2_box_sorted(v, lo, hi, eps)
+    c, t, shrink, done = _l2_newton(v, lo, hi, eps, newton_steps, work)
+    n_left = v.shape[0] - int(torch.count_nonzero(done))                   # the host sync
+    if n_left:
+        # the unsettled rows first, without a second sync (nonzero would wait for the device again)
+        rest = done.view(-1).to(torch.uint8).argsort(stable=True)[:n_left]
+        c[rest], t[rest], shrink[rest] = _project_l2_box_sorted(v[rest], lo[rest], hi[rest], eps)
+    return c, t, shrink
+
+
+class _L2Work:
+    """Buffers of :func:`_l2_newton` for rows (B, n) and one radius, reusable across calls: setting
+    them up is a dozen small ops, as many as two Newton steps.
+
+    ``P = [a^2 | 0 ; cap^2 | 0]`` and ``Q = [0 | 0 ; -cap^2 | eps^2]``, (2, B, n + 1). With ``m = 1``
+    on the free coordinates and 0 on the clipped ones, ``Q + m P`` is, element by element and
+    exactly, ``[a^2 ; 0]`` or ``[0 ; -cap^2]``, so one sum over the last axis gives the piece's
+    slope ``A`` and ``eps^2 - C`` with no cancellation (``C`` as a difference of two sums would
+    lose the clipped part when the free coordinates have much more room); the last column adds
+    ``eps^2``. The mask (B, n + 1) broadcasts over the leading axis, a fast path (over a middle
+    axis it is not)."""
+
+    def __init__(self, like: Tensor, eps: float, *, finite: bool):
+        B, n = like.shape
+        self.shape, self.eps, self.finite = (B, n), eps, finite
+        self.P = like.new_zeros(2, B, n + 1)
+        self.Q = like.new_zeros(2, B, n + 1)
+        self.Q[1, :, n] = eps * eps
+        self.a2, self.cap2 = self.P[:, :, :n].unbind(0)
+        self.q1 = self.Q[1, :, :n]
+        self.b2 = like.new_empty(B, n)
+        self.m = like.new_zeros(B, n + 1)
+        self.m_rows = self.m[:, :n]
+        self.Z = torch.empty_like(self.P)
+        self.S = like.new_empty(2, B, 1)
+        self.A, self.rhs = self.S.unbind(0)
+        self.zero = like.new_zeros(B, 1)
+        self.one = like.new_ones(())
+
+    def fits(self, v: Tensor, eps: float) -> bool:
+        return tuple(v.shape) == self.shape and eps == self.eps and v.dtype == self.P.dtype
+
+
+def _l2_newton(v: Tensor, lo: Tensor, hi: Tensor, eps: float, steps: int, work: _L2Work | None = None
                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Newton from below on ``f(s) = ||clip(sqrt(s) v, lo, hi)||^2 = eps^2`` (rows of (B, n)).
-    Returns ``(d, t, scale, done)``: ``d = clip(t v) * scale`` (B, n) a new tensor with its ``t`` and
-    rounding guard ``scale`` (B,), exact in the rows where ``done`` (B,) bool (provably at ``s*``, or
-    inside: ``s = 1``), feasible but possibly short of the sphere elsewhere."""
-    e2 = eps * eps
-    tiny = torch.finfo(v.dtype).tiny
-    s = (e2 / torch.linalg.vector_norm(v, dim=1).square().clamp_min(tiny)).clamp_max(1.0)
-    v2 = v * v if steps else None
-    # Every pass here is a PGD/APGD step's overhead over the model's own passes, so the masks are
-    # floats built in place (1.0 = clipped): on CPU that is a fraction of a boolean comparison's cost.
+    """Newton from below on ``f(s) = ||clip(sqrt(s) v, lo, hi)||^2 = eps^2`` (rows of (B, n),
+    ``eps > 0``; see :func:`project_l2_box`): the start ``s_1 = eps^2 / ||v||^2`` and ``steps``
+    Newton steps from it. Returns ``(c, t, shrink, done)`` as :func:`_project_l2_rows` plus
+    ``done`` (B, 1) bool: exact in those rows (the last step returned its start), feasible but
+    possibly short of the sphere elsewhere.
+
+    Cost: 5 passes over (B, n) to set up, 4 for the start, 5 per step (a comparison, a fused
+    multiply-add and a sum over (2, B, n + 1), a division and a clamp of (B, 1)), 5 to build the
+    result: about 35 tensor ops with ``work``. Each is a PGD/APGD step's overhead over the model's
+    own passes, and on a CPU a small tensor op costs mostly its dispatch, so the op count is what is
+    kept low here (no boolean masks, no ``where``, preallocated outputs)."""
+    if work is None or not work.fits(v, eps):
+        work = _L2Work(v, eps, finite=False)
+    fin = torch.finfo(v.dtype)
+    # cap_i = |clip(v_i * max)|, the bound in v_i's direction: v_i * max overflows past it (to +-inf at
+    # worst, never NaN), and v_i = 0 gives cap_i = 0 (a coordinate that cannot move contributes
+    # nothing, clipped or not). A tiny v_i may stop short of its bound; then b_i is huge and it is
+    # never clipped at s <= 1, where cap_i does not matter.
+    # (Few distinct kernels as well as few ops: after the model's backward pass the first call of
+    # each kind of op costs several times the next ones, so squares and negations are products.)
+    torch.mul(v, v, out=work.a2)
+    cap2 = torch.mul(v, fin.max, out=work.cap2).clamp_(lo, hi)
+    cap2.mul_(cap2)
+    if not work.finite:
+        cap2.clamp_(max=fin.max)            # infinite bounds: inf * 0 below would be NaN
+    torch.mul(cap2, -1.0, out=work.q1)
+    b2 = torch.div(cap2, work.a2, out=work.b2)  # clipped iff s >= b2; NaN where v_i = 0 (never free)
+    P, Q, Z, S, A, rhs, one = work.P, work.Q, work.Z, work.S, work.A, work.rhs, work.one
+    s = work.zero
+    torch.sum(torch.add(Q, P, out=Z), 2, keepdim=True, out=S)  # nothing clipped: s_1 = eps^2 / ||v||^2
     for k in range(steps + 1):
-        t = s.sqrt()
-        y = v * t.unsqueeze(1)
-        d = torch.clamp(y, lo, hi)
-        clipped = y.sub_(d).abs_().sign_()
-        n_clipped = clipped.sum(1)
-        norm = torch.linalg.vector_norm(d, dim=1)
-        if k == steps:
-            break
-        slope = torch.linalg.vecdot(v2, clipped.neg_().add_(1))           # f'(s): the free coordinates' v^2
-        s = (s + (e2 - norm.square()).clamp_min(0) / slope.clamp_min(tiny)).clamp_max(1.0)
-        n_prev = n_clipped
-    # s = 1: inside (from below, Newton reaches 1 only when s* >= 1, up to rounding); the same clipped
-    # set as before the last step (it only grows with s): that step stayed on one linear piece of f,
-    # so it solved f(s) = eps^2 exactly
-    done = s >= 1
-    if steps:
-        done |= n_clipped == n_prev
-    d, scale = _into_ball(d, norm, eps)
-    return d, t, scale, done
+        if k:
+            torch.gt(b2, s, out=work.m_rows)  # free at s; one exactly at its bound counts as clipped
+            torch.sum(torch.addcmul(Q, work.m, P, out=Z), 2, keepdim=True, out=S)
+        # The root of this piece's line, kept monotone (rounding) and <= 1 (inside). A = 0 gives +inf
+        # (clamped to 1) or, for 0 / 0, NaN, which stays and leaves the row unsettled.
+        s_prev, s = s, torch.div(rhs, A).clamp_(s, one)
+    # same s twice: the piece at s_prev has its root at s_prev, f(s) = eps^2 (or s = 1: inside); the
+    # start's line is not a piece's, so with steps = 0 nothing is settled
+    done = s == s_prev if steps else torch.zeros_like(s, dtype=torch.bool)
+    t = s.sqrt_()
+    c = torch.mul(v, t).clamp_(lo, hi)
+    shrink = torch.linalg.vector_norm(c, dim=1, keepdim=True).div_(eps).clamp_(one)
+    return c, t, shrink, done
 
 
 def _project_l2_box_sorted(vf: Tensor, lof: Tensor, hif: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """The sort-based exact solver of :func:`project_l2_box` on rows (B, n) (see there); returns
-    ``(d, t, scale)`` as :func:`_l2_newton`.
+    ``(d, t, shrink)`` as :func:`_project_l2_rows`.
 
     ``N(t) = sum_{b_i <= t} cap_i^2 + t^2 sum_{b_i > t} a_i^2``; sorting the ``b_i``, cumulative
     sums give ``N`` at every breakpoint; on the segment ``[b_(m-1), b_(m)]`` holding ``eps^2``,
@@ -456,9 +537,8 @@ def _project_l2_box_sorted(vf: Tensor, lof: Tensor, hif: Tensor, eps: float) -> 
     t = torch.where(A_m > 0, ((e2 - S_m).clamp_min(0) / torch.where(A_m > 0, A_m, 1)).sqrt(), inf)
     bp_pad = torch.cat([zero, bp_s, inf.expand(B, 1)], 1)               # b_(m-1) at m, b_(m) at m + 1
     t = torch.minimum(torch.maximum(t, bp_pad.gather(1, m)), bp_pad.gather(1, m + 1)).clamp_max(1.0)
-    d = torch.clamp(vf * t, lof, hif)
-    d, scale = _into_ball(d, torch.linalg.vector_norm(d, ord=2, dim=1), eps)
-    return d, t.squeeze(1), scale
+    c = torch.clamp(vf * t, lof, hif)
+    return c, t, _shrink(torch.linalg.vector_norm(c, ord=2, dim=1, keepdim=True), eps)
 
 
 def project_l1_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float) -> Tensor:
@@ -477,15 +557,15 @@ def project_l1_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float) -> Tensor:
     shape = v.shape
     vf, lof, hif = _expand(v, lo, hi)
     with torch.no_grad():
-        d, lam, scale = _project_l1_box_sorted(vf, lof, hif, eps)
+        d, lam, shrink = _project_l1_box_sorted(vf, lof, hif, eps)
     if _needs_grad(v, lo, hi):
         cap = torch.where(vf >= 0, hif, -lof).clamp_min(0)
-        d = torch.copysign(torch.minimum((vf.abs() - lam).clamp_min(0), cap), vf) * scale.unsqueeze(1)
+        d = torch.copysign(torch.minimum((vf.abs() - lam).clamp_min(0), cap), vf) / shrink
     return d.view(shape)
 
 
 def _project_l1_box_sorted(vf: Tensor, lof: Tensor, hif: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """The solver of :func:`project_l1_box` on rows (B, n); returns ``(d, lam (B, 1), scale (B,))``."""
+    """The solver of :func:`project_l1_box` on rows (B, n); returns ``(d, lam, shrink)`` ((B, n), (B, 1), (B, 1))."""
     B, n = vf.shape
     a = vf.abs()
     cap = torch.where(vf >= 0, hif, -lof).clamp_min(0)
@@ -503,8 +583,8 @@ def _project_l1_box_sorted(vf: Tensor, lof: Tensor, hif: Tensor, eps: float) -> 
     nxt = torch.cat([bp_s[:, 1:], bp_s[:, -1:]], 1).gather(1, k)
     lam = torch.where(excess > 0, torch.minimum(lam, nxt).clamp_min(0), 0)
     d = torch.copysign(torch.minimum((a - lam).clamp_min(0), cap), vf)
-    d, scale = _into_ball(d, d.abs().sum(1), eps)
-    return d, lam, scale
+    d, shrink = _into_ball(d, d.abs().sum(1, keepdim=True), eps)
+    return d, lam, shrink
 
 
 _BY_NAME = {"linf": LinfBall, "l2": L2Ball, "l1": L1Ball}

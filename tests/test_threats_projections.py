@@ -1,7 +1,7 @@
 """The exact L2 / L1 ball-and-box projections (``threats.project_l2_box``: Newton from below with
 the sort-based solver as exact fallback; ``project_l1_box``: sort-based) against a high-precision
 reference and against the projection's own optimality condition, on random and edge cases, in
-float64 and float32. ``l2`` is the default path (two Newton steps, the unsettled samples by the
+float64 and float32. ``l2`` is the default path (three Newton steps, the unsettled samples by the
 sort), ``l2_sort`` the sort alone, ``l2_newton1`` one Newton step (more samples left to the sort)."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 
 from robustsuite import L1Ball, L2Ball
 from robustsuite.errors import InputError
-from robustsuite.threats import _l2_newton, project_l1_box, project_l2_box
+from robustsuite.attacks.geometry import geometry_for
+from robustsuite.threats import L2_NEWTON_STEPS, _l2_newton, project_l1_box, project_l2_box
 
 PROJ = {"l2": project_l2_box, "l2_sort": partial(project_l2_box, newton_steps=0),
         "l2_newton1": partial(project_l2_box, newton_steps=1), "l1": project_l1_box}
@@ -84,6 +85,13 @@ def cases(dtype=torch.float64):
     vh = torch.where(torch.arange(64) < 60, 1e3, 1e-2).double().repeat(4, 1) * randn(4, 64).sign()
     # 60 caps of 0.5 give 15; the 4 free coordinates (1e-2 each) reach eps^2 at t = 0.5
     out.append(("huge_saturated_tiny_free", vh, torch.full((4, 64), 0.5, dtype=torch.float64), 15.0001 ** 0.5))
+    # every coordinate clipped and the clipped mass exactly eps^2: the last piece has slope 0 and
+    # Newton's step is 0 / 0 there (the row is left to the sort)
+    out.append(("plateau_at_eps", torch.tensor([[2.0, 2.0], [-2.0, 2.0]], dtype=torch.float64),
+                torch.tensor([[0.5, 0.75], [0.5, 0.75]], dtype=torch.float64), 0.3125 ** 0.5))
+    # a point inside the ball but outside the box: the answer is the clip (t = 1)
+    out.append(("inside_ball_outside_box", torch.tensor([[0.6, -0.2, 0.0, 0.1]], dtype=torch.float64),
+                torch.tensor([[0.5, 0.1, 0.0, 1.0]], dtype=torch.float64), 1.0))
     return [(name, v.to(dtype), (-x).to(dtype), (1 - x).to(dtype), eps) for name, v, x, eps in out]
 
 
@@ -226,21 +234,68 @@ def test_sort_projections_are_one_pass_without_host_sync(norm):
     v, lo, hi = pgd_like()
     with _CountOps() as c:
         PROJ[norm](v, lo, hi, 0.5)
-    assert c.count("_local_scalar_dense") == 0 and c.count("nonzero") == 0
+    assert c.count("_local_scalar_dense") == 0 and c.count("aten.nonzero.") == 0
     assert c.count("sort") == 1
     assert len(c.ops) < 80
 
 
 def test_l2_default_path_settles_a_pgd_iterate_by_newton_without_sorting():
-    """On what PGD/APGD project (a point of the sphere plus a step) two Newton steps settle every
+    """On what PGD/APGD project (a point of the sphere plus a step) three Newton steps settle every
     sample, so the default path runs no sort, a bounded number of ops, and one host-side check."""
     v, lo, hi = pgd_like()
-    *_, done = _l2_newton(v.flatten(1), lo.flatten(1), hi.flatten(1), 0.5, 2)
+    *_, done = _l2_newton(v.flatten(1), lo.flatten(1), hi.flatten(1), 0.5, L2_NEWTON_STEPS)
     assert done.all()
     with _CountOps() as c:
         project_l2_box(v, lo, hi, 0.5)
-    assert c.count("sort") == 0 and c.count("_local_scalar_dense") == 0 and c.count("nonzero") == 1
-    assert len(c.ops) < 90
+    assert c.count("sort") == 0 and c.count("_local_scalar_dense") == 1 and c.count("aten.nonzero.") == 0
+    assert len(c.ops) < 70
+
+
+def test_l2_attack_geometry_projects_exactly_in_few_ops():
+    """The attacks' L2 geometry (bounds and solver buffers built once per run) gives the same points
+    as ``L2Ball.project`` and the float64 reference, for PGD iterates and points far outside, and its
+    per-step projection is ~40 tensor ops (the 60-step bisection ran ~500, the first exact solver
+    ~80): no sort, one host sync."""
+    v, lo, hi = pgd_like()
+    x = -lo
+    threat = L2Ball(0.5)
+    geo = geometry_for(threat, x)
+    for x_adv in (x + v, x + 5 * v, x.clone()):
+        want = threat.project(x, x_adv)
+        got = geo.project(x_adv.clone())
+        assert torch.equal(got, want)
+        ref = bisection_reference("l2", (x_adv - x).flatten(1), lo.flatten(1), hi.flatten(1), 0.5)
+        torch.testing.assert_close(got - x, ref.view_as(x).float(), rtol=0, atol=1e-5)
+    x_adv = x + v
+    with _CountOps() as c:
+        geo.project(x_adv)
+    assert c.count("sort") == 0 and c.count("_local_scalar_dense") == 1 and c.count("aten.nonzero.") == 0
+    assert len(c.ops) <= 45
+    start = geo.random_start(torch.Generator().manual_seed(0))
+    assert threat.contains(x, start, atol=1e-6).all()
+
+
+def test_l2_newton_flags_exactly_the_rows_it_settled_and_every_branch_occurs():
+    """For 1 to 4 Newton steps on every reference case (float64): each row flagged settled is the
+    exact projection (1e-9 of the reference; unsettled rows are only feasible, and go to the sort).
+    Across the cases rows are first settled after 1, 2 and 3 steps and some are left after 3 (the
+    sort's share), and every case goes through the default path exactly."""
+    first = []
+    for name, v, lo, hi, eps in CASES:
+        if eps == 0:
+            continue
+        ref = bisection_reference("l2", v, lo, hi, eps)
+        need = torch.full((v.shape[0],), 99)
+        for steps in (1, 2, 3, 4):
+            c, t, shrink, done = _l2_newton(v, lo, hi, eps, steps)
+            d = c / shrink
+            assert in_set("l2", d, lo, hi, eps, 1e-12).all(), name
+            done = done.view(-1)
+            torch.testing.assert_close(d[done], ref[done], rtol=0, atol=1e-9)
+            need = torch.where(done & (need == 99), steps, need)
+        first.append(need)
+    seen = set(torch.cat(first).tolist())
+    assert {1, 2, 3} <= seen and any(k > L2_NEWTON_STEPS for k in seen)
 
 
 def test_l2_newton_leaves_far_points_to_the_sort_and_the_mix_is_exact():
@@ -248,7 +303,7 @@ def test_l2_newton_leaves_far_points_to_the_sort_and_the_mix_is_exact():
     unsettled (never a wrong answer) and the sort finishes them, in the same batch as the settled
     ones (the case is one where both kinds occur)."""
     _, v, lo, hi, eps = next(c for c in CASES if c[0] == "random_eps3.0")
-    *_, done = _l2_newton(v, lo, hi, eps, 2)
+    *_, done = _l2_newton(v, lo, hi, eps, L2_NEWTON_STEPS)
     assert 0 < int(done.sum()) < len(done)
     torch.testing.assert_close(project_l2_box(v, lo, hi, eps), bisection_reference("l2", v, lo, hi, eps),
                                rtol=0, atol=1e-9)

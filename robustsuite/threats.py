@@ -541,31 +541,110 @@ def _project_l2_box_sorted(vf: Tensor, lof: Tensor, hif: Tensor, eps: float) -> 
     return c, t, _shrink(torch.linalg.vector_norm(c, ord=2, dim=1, keepdim=True), eps)
 
 
-def project_l1_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float) -> Tensor:
+L1_NEWTON_STEPS = 3
+"""Newton steps :func:`project_l1_box` takes before the sort (see there)."""
+
+
+def project_l1_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float, *, newton_steps: int = L1_NEWTON_STEPS
+                   ) -> Tensor:
     """Exact projection of ``v`` (B, ...) onto ``{||d||_1 <= eps, lo <= d <= hi}`` (``lo <= 0 <= hi``).
 
     Same conventions and guarantees as :func:`project_l2_box` (infinite bounds allowed: the plain
     L1 ball). KKT: ``d_i = sign(v_i) * min(max(|v_i| - lam, 0), cap_i)`` with ``cap_i`` the room in
     the direction of ``v_i`` and the smallest soft threshold ``lam >= 0`` giving ``||d||_1 <= eps``
     (the simplex projection of Duchi et al. 2008 / Condat 2016 with box caps, as in Croce & Hein's
-    L1-APGD). ``f(lam) = ||d(lam)||_1`` is piecewise linear and non-increasing with breakpoints
-    ``max(|v_i| - cap_i, 0)`` (coordinate ``i`` leaves its cap: slope -1 more) and ``|v_i|`` (it
-    reaches 0: slope -1 less). Sorting the 2n breakpoints, a cumulative sum of the slopes gives the
-    active count on each segment, a second one the decrease ``f(0) - f(b_k)``; ``lam`` is solved on
-    the segment where the decrease reaches ``f(0) - eps``.
+    L1-APGD). ``g(lam) = ||d(lam)||_1`` is piecewise linear and non-increasing with breakpoints
+    ``l_i = |v_i| - cap_i`` (coordinate ``i`` leaves its cap: slope -1 more) and ``|v_i|`` (it
+    reaches 0: slope -1 less); on the piece holding ``lam``, ``g = S - N lam`` with ``N`` the moving
+    coordinates and ``S`` their ``|v_i|`` plus the capped ones' ``cap_i``. Two exact solvers:
+
+    * Newton on the piece lines (``newton_steps`` steps, the fast path): from ``lam_0 = 0``,
+      ``lam_{k+1} = (S_k - eps) / N_k`` (clamped to ``[0, max |v_i|]``); a step that returns its
+      start found ``lam_k`` on its own piece's line at height ``eps``: ``g(lam_k) = eps``, exact (or
+      ``lam = 0``: inside). ``g`` is not convex (the caps bend it the other way), so the iterates are
+      not monotone and nothing guarantees convergence: rows not settled go to the sort. A PGD /
+      APGD iterate (a point of the sphere plus a sparse step) is settled after two or three steps,
+      on 1x8x8 and 3x32x32 images alike; a far point (a Gaussian) needs 6-9. Each step is one
+      comparison over (2, B, n), a product and sums: 6 passes, no sort.
+    * The sort (the fallback, and the whole method with ``newton_steps=0``): sorting the 2n
+      breakpoints, a cumulative sum of the slopes gives the moving count on each segment, a second
+      one the decrease ``g(0) - g(b_k)``; ``lam`` is solved on the segment where the decrease
+      reaches ``g(0) - eps`` (:func:`_project_l1_box_sorted`). On a CPU a sort of (B, 2n) costs more
+      than 60 bisection steps for 3x32x32 images.
+
+    One host sync per call (how many rows Newton left), none with ``newton_steps=0``.
     """
+    if newton_steps < 0:
+        raise InputError(f"newton_steps: expected an integer >= 0, got {newton_steps}")
     shape = v.shape
     vf, lof, hif = _expand(v, lo, hi)
     with torch.no_grad():
-        d, lam, shrink = _project_l1_box_sorted(vf, lof, hif, eps)
+        d, lam, shrink = _project_l1_rows(vf, lof, hif, eps, newton_steps)
     if _needs_grad(v, lo, hi):
         cap = torch.where(vf >= 0, hif, -lof).clamp_min(0)
         d = torch.copysign(torch.minimum((vf.abs() - lam).clamp_min(0), cap), vf) / shrink
     return d.view(shape)
 
 
+def _project_l1_rows(v: Tensor, lo: Tensor, hi: Tensor, eps: float, newton_steps: int
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`project_l1_box` on rows (B, n) without autograd: ``(d, lam, shrink)`` ((B, n), (B, 1),
+    (B, 1)), ``d`` already divided by the rounding guard ``shrink``."""
+    if eps == 0 or not newton_steps:
+        d, lam = _project_l1_box_sorted(v, lo, hi, eps)
+    else:
+        d, lam, done = _l1_newton(v, lo, hi, eps, newton_steps)
+        n_left = v.shape[0] - int(torch.count_nonzero(done))               # the host sync
+        if n_left:
+            rest = done.view(-1).to(torch.uint8).argsort(stable=True)[:n_left]  # unsettled rows first
+            d[rest], lam[rest] = _project_l1_box_sorted(v[rest], lo[rest], hi[rest], eps)
+    d, shrink = _into_ball(d, d.abs().sum(1, keepdim=True), eps)
+    return d, lam, shrink
+
+
+def _l1_newton(v: Tensor, lo: Tensor, hi: Tensor, eps: float, steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Newton on the piece lines of ``g(lam) = eps`` (rows of (B, n), see :func:`project_l1_box`):
+    the piece at ``lam = 0`` and ``steps`` more. Returns ``(d, lam, done)``: ``d`` (B, n) before the
+    rounding guard, ``lam`` (B, 1), ``done`` (B, 1) bool: exact in those rows (the last step
+    returned its start).
+
+    The masks are exact 0/1 floats and each product picks one term, so the sums ``S`` and ``N``
+    are of the piece alone (a difference of sums would cancel) and identical for two iterates on
+    the same piece: the fixed point is detected bit for bit. Cost: 10 tensor ops per step (the
+    multiplier is kept as (1, B, 1) so that every reduction lands in its shape)."""
+    B, n = v.shape
+    fin = torch.finfo(v.dtype)
+    buf = v.new_empty(3, B, n)              # [cap ; a ; l], W = [cap ; a], TH = [a ; l]
+    cap, a, low = buf.unbind(0)
+    W, TH = buf[:2], buf[1:]
+    torch.abs(v, out=a)
+    # cap_i = |clip(v_i * max)|: the bound in v_i's direction (see _l2_newton); finite, so that a
+    # zero mask times it is 0 (infinite bounds: the plain L1 ball)
+    torch.mul(v, fin.max, out=cap).clamp_(lo, hi).abs_().clamp_(max=fin.max)
+    torch.sub(a, cap, out=low)              # l_i: where coordinate i leaves its cap
+    G = torch.empty_like(TH)                # [lam >= a ; lam >= l]
+    g_zero, g_moves = G.unbind(0)
+    M = torch.empty_like(W)                 # [capped ; moving]
+    m_capped, m_moving = M.unbind(0)
+    moving = M[1:]
+    zero = v.new_zeros(1, B, 1)
+    top = a.amax(1, keepdim=True).unsqueeze(0)
+    lam = prev = zero
+    for _ in range(steps + 1):
+        torch.le(TH, lam, out=G)            # at a breakpoint, the side to its right
+        torch.neg(g_moves, out=m_capped).add_(1.0)
+        torch.sub(g_moves, g_zero, out=m_moving)
+        S = torch.mul(M, W).sum((0, 2), keepdim=True)
+        # N = 0 (a flat piece) gives +-inf (clamped) or NaN, which stays: the row is left to the sort
+        prev, lam = lam, S.sub_(eps).div_(moving.sum(2, keepdim=True)).clamp_(zero, top)
+    done = (lam == prev).view(B, 1)
+    lam = lam.view(B, 1)
+    d = torch.copysign(torch.minimum((a - lam).clamp_min_(0), cap), v)
+    return d, lam, done
+
+
 def _project_l1_box_sorted(vf: Tensor, lof: Tensor, hif: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """The solver of :func:`project_l1_box` on rows (B, n); returns ``(d, lam, shrink)`` ((B, n), (B, 1), (B, 1))."""
+    """The solver of :func:`project_l1_box` on rows (B, n); returns ``(d, lam)`` ((B, n), (B, 1)), ``d`` before the rounding guard."""
     B, n = vf.shape
     a = vf.abs()
     cap = torch.where(vf >= 0, hif, -lof).clamp_min(0)
@@ -582,9 +661,7 @@ def _project_l1_box_sorted(vf: Tensor, lof: Tensor, hif: Tensor, eps: float) -> 
     lam = bp_s.gather(1, k) + (excess - drop.gather(1, k)) / active.gather(1, k).clamp_min(1)
     nxt = torch.cat([bp_s[:, 1:], bp_s[:, -1:]], 1).gather(1, k)
     lam = torch.where(excess > 0, torch.minimum(lam, nxt).clamp_min(0), 0)
-    d = torch.copysign(torch.minimum((a - lam).clamp_min(0), cap), vf)
-    d, shrink = _into_ball(d, d.abs().sum(1, keepdim=True), eps)
-    return d, lam, shrink
+    return torch.copysign(torch.minimum((a - lam).clamp_min(0), cap), vf), lam
 
 
 _BY_NAME = {"linf": LinfBall, "l2": L2Ball, "l1": L1Ball}

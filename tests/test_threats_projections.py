@@ -13,12 +13,15 @@ import torch
 from robustsuite import L1Ball, L2Ball
 from robustsuite.errors import InputError
 from robustsuite.attacks.geometry import geometry_for
-from robustsuite.threats import L2_NEWTON_STEPS, _l2_newton, project_l1_box, project_l2_box
+from robustsuite.threats import (L1_NEWTON_STEPS, L2_NEWTON_STEPS, _l1_newton, _l2_newton, project_l1_box,
+                                 project_l2_box)
 
 PROJ = {"l2": project_l2_box, "l2_sort": partial(project_l2_box, newton_steps=0),
-        "l2_newton1": partial(project_l2_box, newton_steps=1), "l1": project_l1_box}
-P = {"l2": 2.0, "l2_sort": 2.0, "l2_newton1": 2.0, "l1": 1.0}
+        "l2_newton1": partial(project_l2_box, newton_steps=1), "l1": project_l1_box,
+        "l1_sort": partial(project_l1_box, newton_steps=0), "l1_newton1": partial(project_l1_box, newton_steps=1)}
+P = {"l2": 2.0, "l2_sort": 2.0, "l2_newton1": 2.0, "l1": 1.0, "l1_sort": 1.0, "l1_newton1": 1.0}
 L2_PATHS = ["l2", "l2_sort", "l2_newton1"]
+L1_PATHS = ["l1", "l1_sort", "l1_newton1"]
 
 
 def bisection_reference(norm: str, v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, eps: float,
@@ -105,7 +108,7 @@ def in_set(norm, d, lo, hi, eps, rtol):
     return ok_norm & ok_box
 
 
-@pytest.mark.parametrize("norm", L2_PATHS + ["l1"])
+@pytest.mark.parametrize("norm", L2_PATHS + L1_PATHS)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_projection_matches_the_high_precision_reference(norm, case):
     """float64: in the set, as close to v as the 200-step float64 bisection (1e-9 relative) and the
@@ -120,7 +123,7 @@ def test_projection_matches_the_high_precision_reference(norm, case):
     torch.testing.assert_close(d, ref, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("norm", L2_PATHS + ["l1"])
+@pytest.mark.parametrize("norm", L2_PATHS + L1_PATHS)
 @pytest.mark.parametrize("case", cases(torch.float32), ids=[c[0] for c in CASES])
 def test_projection_in_float32_is_feasible_and_optimal(norm, case):
     """float32: in the set (norm within 1e-6 relative; box exact), distance to v within 1e-5
@@ -135,7 +138,7 @@ def test_projection_in_float32_is_feasible_and_optimal(norm, case):
     torch.testing.assert_close(d.double(), ref, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("norm", L2_PATHS + ["l1"])
+@pytest.mark.parametrize("norm", L2_PATHS + L1_PATHS)
 def test_projection_satisfies_the_variational_inequality(norm):
     """Independent of any multiplier: ``p`` is the projection of ``v`` onto the convex set C iff
     ``<v - p, q - p> <= 0`` for every ``q`` in C. Checked against many feasible ``q``: random points
@@ -225,7 +228,7 @@ def pgd_like(shape=(64, 1, 8, 8), eps=0.5):
     return d + eps / 4 * step / step.flatten(1).norm(dim=1).view(-1, 1, 1, 1), -x, 1 - x
 
 
-@pytest.mark.parametrize("norm", ["l2_sort", "l1"])
+@pytest.mark.parametrize("norm", ["l2_sort", "l1_sort"])
 def test_sort_projections_are_one_pass_without_host_sync(norm):
     """The sort solvers are a fixed, short sequence of tensor ops (one sort), not an iteration, and
     never read a value back to the host (``aten::_local_scalar_dense`` is what ``.item()``/``bool()``
@@ -309,13 +312,62 @@ def test_l2_newton_leaves_far_points_to_the_sort_and_the_mix_is_exact():
                                rtol=0, atol=1e-9)
 
 
-def test_l2_newton_steps_must_be_a_count():
+def pgd_l1_like(shape=(64, 1, 8, 8), eps=2.0):
+    """``(v, lo, hi)``: a point of the L1 sphere ∩ box plus a sparse step of eps / 4 (SLIDE's top 1 %
+    of a Gaussian's coordinates), what L1 PGD / APGD hand the projection."""
+    g = torch.Generator().manual_seed(8)
+    x = (torch.rand(shape, generator=g, dtype=torch.float64) * 1.4 - 0.2).clamp(0, 1)
+    d = project_l1_box(torch.randn(shape, generator=g, dtype=torch.float64), -x, 1 - x, eps)
+    e = torch.randn(shape, generator=g, dtype=torch.float64).flatten(1)
+    k = max(1, e.shape[1] // 100)
+    e = torch.sign(e) * (e.abs() >= e.abs().topk(k, 1).values[:, -1:])
+    return d + eps / 4 * (e / e.abs().sum(1, keepdim=True)).view(shape), -x, 1 - x
+
+
+@pytest.mark.parametrize("shape", [(64, 1, 8, 8), (8, 3, 32, 32)], ids=["digits", "cifar"])
+def test_l1_newton_settles_a_pgd_iterate_without_sorting(shape):
+    """L1 PGD/APGD iterates (digits- and CIFAR-shaped) are settled by the Newton steps: no sort,
+    one host sync, and the float64 reference's answer."""
+    v, lo, hi = pgd_l1_like(shape)
+    *_, done = _l1_newton(v.flatten(1), lo.flatten(1), hi.flatten(1), 2.0, L1_NEWTON_STEPS)
+    assert done.all()
+    with _CountOps() as c:
+        d = project_l1_box(v, lo, hi, 2.0)
+    assert c.count("sort") == 0 and c.count("_local_scalar_dense") == 1 and c.count("aten.nonzero.") == 0
+    assert len(c.ops) < 80
+    ref = bisection_reference("l1", v.flatten(1), lo.flatten(1), hi.flatten(1), 2.0)
+    torch.testing.assert_close(d.flatten(1), ref, rtol=0, atol=1e-9)
+
+
+def test_l1_newton_flags_exactly_the_rows_it_settled_and_every_branch_occurs():
+    """As for L2: for 0 to 4 steps, every row flagged settled is exact (1e-9 of the reference), and
+    across the cases rows are settled at 0 (inside), 1, 2 and 3 steps and some are left to the sort."""
+    first = []
+    cases = CASES + [("pgd_l1", *(t.flatten(1) for t in pgd_l1_like()), 2.0)]
+    for name, v, lo, hi, eps in cases:
+        if eps == 0:
+            continue
+        ref = bisection_reference("l1", v, lo, hi, eps)
+        need = torch.full((v.shape[0],), 99)
+        for steps in (0, 1, 2, 3, 4):
+            d, lam, done = _l1_newton(v, lo, hi, eps, steps)
+            done = done.view(-1)
+            torch.testing.assert_close(d[done], ref[done], rtol=0, atol=1e-9)
+            assert (lam >= 0).all()
+            need = torch.where(done & (need == 99), steps, need)
+        first.append(need)
+    seen = set(torch.cat(first).tolist())
+    assert {0, 1, 2, 3} <= seen and any(k > L1_NEWTON_STEPS for k in seen)
+
+
+@pytest.mark.parametrize("project", [project_l2_box, project_l1_box], ids=["l2", "l1"])
+def test_newton_steps_must_be_a_count(project):
     v = torch.zeros(1, 4)
     with pytest.raises(InputError, match="newton_steps"):
-        project_l2_box(v, v - 1, v + 1, 0.5, newton_steps=-1)
+        project(v, v - 1, v + 1, 0.5, newton_steps=-1)
 
 
-@pytest.mark.parametrize("norm", L2_PATHS + ["l1"])
+@pytest.mark.parametrize("norm", L2_PATHS + L1_PATHS)
 def test_gradient_flows_through_the_projection_at_fixed_multiplier(norm):
     """The noise generator fits its output with the exact projection and trains through it: the
     gradient is that of ``clip(t v)`` (L2) / the capped soft threshold (L1) with the multiplier held

@@ -178,6 +178,9 @@ def test_l2_without_a_box_is_the_radial_scaling_and_l1_the_simplex_projection():
     theta = (css.gather(1, rho - 1) - eps) / rho
     want1 = v.sign() * (v.abs() - theta).clamp_min(0)
     torch.testing.assert_close(project_l1_box(v, -inf, inf, eps), want1, rtol=0, atol=1e-12)
+    # and Newton settles them itself: an infinite room is not a NaN in its sums
+    assert _l2_newton(v, -inf, inf, eps, L2_NEWTON_STEPS)[-1].all()
+    assert _l1_newton(v, -inf, inf, eps, 12)[-1].all()
 
 
 @pytest.mark.parametrize("threat", [L2Ball(0.7), L1Ball(3.0)], ids=lambda t: t.norm)
@@ -310,6 +313,14 @@ def test_l2_newton_leaves_far_points_to_the_sort_and_the_mix_is_exact():
     assert 0 < int(done.sum()) < len(done)
     torch.testing.assert_close(project_l2_box(v, lo, hi, eps), bisection_reference("l2", v, lo, hi, eps),
                                rtol=0, atol=1e-9)
+    # rows settled at once (inside) before far ones that one step leaves short of the sphere: the
+    # sort's answers go to the far rows, wherever they are in the batch
+    v2 = torch.cat([v * 1e-3, v])
+    lo2, hi2 = torch.cat([lo, lo]), torch.cat([hi, hi])
+    for project in (project_l2_box, project_l1_box):
+        norm = "l2" if project is project_l2_box else "l1"
+        torch.testing.assert_close(project(v2, lo2, hi2, eps, newton_steps=1),
+                                   bisection_reference(norm, v2, lo2, hi2, eps), rtol=0, atol=1e-9)
 
 
 def pgd_l1_like(shape=(64, 1, 8, 8), eps=2.0):

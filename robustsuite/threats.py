@@ -11,10 +11,18 @@ A threat model is a value. Every set is intersected with the image domain [0, 1]
 Norms are taken per sample over all of C*H*W, in pixel units of [0, 1] images. Projections are exact
 Euclidean projections onto the set intersected with [0, 1]: a clamp for L-inf balls and boxes; for
 L2 and L1 balls the single multiplier of the norm constraint is found exactly, batched, with no loop
-over samples: for L2 by Newton steps from below that are verified exact (the set of clipped
-coordinates did not change), with a sort-based solver for the samples they leave
-(:func:`project_l2_box`); for L1 by sorting the breakpoints where coordinates reach the box or zero
-and solving on the right segment in closed form (:func:`project_l1_box`).
+over samples. The norm as a function of the multiplier is piecewise linear (in ``t^2`` for L2, in
+the soft threshold for L1), and a few Newton steps on the line of the piece at the current iterate
+land on the solution once they reach its piece; a step that returns its own start is verified
+exact. The samples they leave go to a sort-based solver that reads the solution off the sorted
+breakpoints (:func:`project_l2_box`, :func:`project_l1_box`).
+
+Cost: an L2 projection is about 40 tensor ops (of which ~20 passes over the (B, C*H*W) data) and
+one host sync, L1 about 70; PGD/APGD iterates are settled by the Newton steps (no sort) on digits-
+and CIFAR-shaped images. On a CPU a PGD step's projection is dominated by per-op dispatch, and
+right after the model's backward pass the first call of each kind of op costs several times more,
+so the solvers are written for few ops of few kinds; the sort they fall back to costs more than
+the whole Newton path (on 3x32x32 images more than a 60-step bisection).
 """
 from __future__ import annotations
 
@@ -324,8 +332,8 @@ class Box(ThreatModel):
 
 # --- projections (pure functions) -------------------------------------------------------------
 #
-# Both find the single multiplier of the norm constraint exactly (L2: Newton from below, verified, with a
-# sort-based solver for what Newton leaves; L1: sort-based), batched over samples. The multiplier is
+# Both find the single multiplier of the norm constraint exactly (Newton on the piece lines, verified, with
+# a sort-based solver for what Newton leaves), batched over samples. The multiplier is
 # solved without autograd; where the caller needs gradients (the noise generator's 'exact' fit), ``d`` is
 # rebuilt from the detached multiplier, so the gradient is that of ``clip(t v)`` / the soft threshold at
 # fixed ``t`` / ``lam`` (for L2 as with the bisection before; the L1 bisection's multiplier leaked a
@@ -643,8 +651,9 @@ def _l1_newton(v: Tensor, lo: Tensor, hi: Tensor, eps: float, steps: int) -> tup
     return d, lam, done
 
 
-def _project_l1_box_sorted(vf: Tensor, lof: Tensor, hif: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """The solver of :func:`project_l1_box` on rows (B, n); returns ``(d, lam)`` ((B, n), (B, 1)), ``d`` before the rounding guard."""
+def _project_l1_box_sorted(vf: Tensor, lof: Tensor, hif: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The sort-based solver of :func:`project_l1_box` on rows (B, n); returns ``(d, lam)`` ((B, n),
+    (B, 1)), ``d`` before the rounding guard."""
     B, n = vf.shape
     a = vf.abs()
     cap = torch.where(vf >= 0, hif, -lof).clamp_min(0)

@@ -12,7 +12,7 @@ set               ``random_start``            ``step(x_adv, d, size)``          
 ``LinfBall``      uniform in the ball         ``x_adv + size * sign(d)``         clamp to the bounds
 ``Box``           uniform in each element's   ``x_adv + size * w * sign(d)``,    clamp to the bounds
                   interval                    ``w`` = element half-width
-``L2Ball``        uniform in the ball         ``x_adv + size * d / ||d||_2``     exact (threat.project)
+``L2Ball``        uniform in the ball         ``x_adv + size * d / ||d||_2``     exact, buffers per run
 ``L1Ball``        uniform in the ball         sparse L1 descent (see below)      exact (threat.project)
 ``None``          ``x``                       as L2                              clip to [0, 1]
 ================  ==========================  =================================  =====================
@@ -29,7 +29,9 @@ top ``l1_fraction`` of the coordinates (at least one), and the result is normali
 norm; the step is then projected exactly onto the L1 ball intersected with [0, 1].
 
 Projections onto L-inf balls and boxes are a single clamp against bounds computed once per run
-(``threat.bounds``), which is the exact projection onto the set intersected with [0, 1].
+(``threat.bounds``), which is the exact projection onto the set intersected with [0, 1]. The L2
+geometry builds its box ``[-x, 1 - x]`` and the Newton solver's buffers once per run too and calls
+the solver of ``threats.project_l2_box`` directly (same points, fewer ops per step).
 """
 from __future__ import annotations
 

@@ -385,15 +385,16 @@ def project_l2_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float, *, newton_step
     concave: on the piece holding ``s``, ``f = s A + C`` with ``A`` the free coordinates' ``a_i^2``
     and ``C`` the clipped ones' ``cap_i^2``. Two exact solvers:
 
-    * Newton from below (``newton_steps`` steps, the fast path): from ``s_0 = 0``, ``s_{k+1} =
-      (eps^2 - C_k) / A_k``, the root of the line of the piece at ``s_k``. Every such line lies above
-      ``f`` (each term ``s a_i^2`` or ``cap_i^2`` bounds ``min(s a_i^2, cap_i^2)``), so every iterate
-      is ``<= s*`` and they increase; a step that returns its own start (``s_{k+1} = s_k``) found
-      ``s_k`` on the line of its own piece at height ``eps^2``: ``f(s_k) = eps^2``, exactly ``s*``
-      (or ``s = 1``: inside). A PGD/APGD iterate (a point of the sphere plus a step) is settled after
-      three steps (the first, from ``s = 0``, is the classic ``eps^2 / ||v||^2`` less the coordinates
-      already at a bound) and nearly always verified by the fourth. Each step is one comparison
-      and one fused multiply-add and sum over (2, B, n): no sort.
+    * Newton from below (``newton_steps`` steps, the fast path): from the classic start
+      ``s_1 = eps^2 / ||v||^2`` (the line of "nothing clipped"), ``s_{k+1} = (eps^2 - C_k) / A_k``,
+      the root of the line of the piece at ``s_k``. Every such line lies above ``f`` (each term
+      ``s a_i^2`` or ``cap_i^2`` bounds ``min(s a_i^2, cap_i^2)``), so every iterate is ``<= s*``
+      and they increase (kept so against rounding, and ``<= 1``); a step that returns its own start
+      (``s_{k+1} = s_k``, bit for bit: the same piece gives the same sums) found ``s_k`` on the
+      line of its own piece at height ``eps^2``: ``f(s_k) = eps^2``, exactly ``s*`` (or ``s = 1``:
+      inside). PGD/APGD iterates (a point of the sphere plus a step) on digits- and CIFAR-shaped
+      images are verified by the second or third step. Each step is one comparison, one fused
+      multiply-add and one sum over (2, B, n + 1), and two ops on (B, 1): no sort.
     * The sort (the exact fallback for the samples Newton did not settle, and the whole method
       with ``newton_steps=0``): sorting the ``b_i`` per sample, cumulative sums give ``f`` at
       every breakpoint, and the segment holding ``eps^2`` gives ``t`` in closed form
@@ -515,7 +516,7 @@ def _l2_newton(v: Tensor, lo: Tensor, hi: Tensor, eps: float, steps: int, work: 
 
 def _project_l2_box_sorted(vf: Tensor, lof: Tensor, hif: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """The sort-based exact solver of :func:`project_l2_box` on rows (B, n) (see there); returns
-    ``(d, t, shrink)`` as :func:`_project_l2_rows`.
+    ``(c, t, shrink)`` as :func:`_project_l2_rows`.
 
     ``N(t) = sum_{b_i <= t} cap_i^2 + t^2 sum_{b_i > t} a_i^2``; sorting the ``b_i``, cumulative
     sums give ``N`` at every breakpoint; on the segment ``[b_(m-1), b_(m)]`` holding ``eps^2``,

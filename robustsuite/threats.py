@@ -404,6 +404,8 @@ def project_l2_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float, *, newton_step
     """
     if newton_steps < 0:
         raise InputError(f"newton_steps: expected an integer >= 0, got {newton_steps}")
+    if v.numel() == 0:  # no sample, or nothing to move
+        return v.clone()
     shape = v.shape
     vf, lof, hif = _expand(v, lo, hi)
     with torch.no_grad():
@@ -585,6 +587,8 @@ def project_l1_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float, *, newton_step
     """
     if newton_steps < 0:
         raise InputError(f"newton_steps: expected an integer >= 0, got {newton_steps}")
+    if v.numel() == 0:  # no sample, or nothing to move
+        return v.clone()
     shape = v.shape
     vf, lof, hif = _expand(v, lo, hi)
     with torch.no_grad():

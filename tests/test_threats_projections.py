@@ -372,10 +372,13 @@ def test_l1_newton_flags_exactly_the_rows_it_settled_and_every_branch_occurs():
 
 
 @pytest.mark.parametrize("project", [project_l2_box, project_l1_box], ids=["l2", "l1"])
-def test_newton_steps_must_be_a_count(project):
+def test_newton_steps_must_be_a_count_and_empty_input_is_returned(project):
     v = torch.zeros(1, 4)
     with pytest.raises(InputError, match="newton_steps"):
         project(v, v - 1, v + 1, 0.5, newton_steps=-1)
+    for shape in [(0, 5), (3, 0)]:   # (the sums and reshapes of the solvers need a non-empty row)
+        v = torch.randn(shape)
+        assert project(v, v - 1, v + 1, 0.5).shape == shape
 
 
 @pytest.mark.parametrize("norm", L2_PATHS + L1_PATHS)

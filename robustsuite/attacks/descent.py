@@ -10,9 +10,12 @@ stochastic model from being cherry-picked.
 
 The loop has no per-sample Python loop; the only per-step work besides the model's forward and
 backward pass is the step and a clamp against bounds computed once (L-inf, Box: no host sync) or
-the threat's exact projection (``threats.project_l2_box``: two verified Newton steps on the
-multiplier, a few elementwise passes and one host-side check per call, a sort only for samples they
-leave; ``project_l1_box``: one batched sort and a closed-form multiplier, no host sync).
+the exact projection (L2: the geometry's ``threats.project_l2_box`` solver with bounds and buffers
+built once per run, about 40 tensor ops and one host sync per step; L1: ``project_l1_box``, about 70
+ops and one host sync; both a few Newton steps on the multiplier, a sort only for samples they
+leave). On a CPU that work is mostly per-op dispatch, which right after the backward pass costs
+several times its steady price: PGD-10 L2 on the digits CNN at batch 256 pays ~1.2x its floor
+(L-inf ~1.05x), ~1.09x at batch 2048.
 """
 from __future__ import annotations
 

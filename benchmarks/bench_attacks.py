@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmarks.provenance import provenance
 from robustsuite.attacks import PGD, BoundaryAttack
 from robustsuite.threats import L2Ball, LinfBall
 
@@ -410,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             pgd_rows.append(row)
     if pgd_rows:
         write_json(args.results / "attacks_pgd.json", {"benchmark": "PGD-k vs floor and torchattacks",
-                                                       "environment": env, "results": pgd_rows})
+                                                       "environment": env, "provenance": provenance(),
+                                                       "results": pgd_rows})
     if "boundary" not in parts:
         return 0
 
@@ -429,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
                  row["queries_per_s_bare_wall"])
         boundary_rows.append(row)
     write_json(args.results / "attacks_boundary.json", {"benchmark": "boundary attack queries/s vs bare forward",
-                                                    "environment": env, "results": boundary_rows})
+                                                    "environment": env, "provenance": provenance(),
+                                                    "results": boundary_rows})
     bench_cw_and_boundary(model, x_all, y_all, env, quick=args.quick, crown=args.crown, results=args.results)
     return 0
 
@@ -438,7 +441,6 @@ def bench_cw_and_boundary(model, x_all, y_all, env: dict, *, quick: bool, crown:
                           results: Path = RESULTS) -> None:
     """(c) and (d): on held-out digits the model classifies correctly; C&W also on the CROWN-IBP
     digits model when its checkpoint is given (``--crown runs/digits_crown_ibp/best.pt``)."""
-    from benchmarks.provenance import provenance
     models = {"digits CNN 1x8x8 (conv16-conv32/2-fc64-fc10)": model}
     if crown:
         from robustsuite.eval.loading import load_models

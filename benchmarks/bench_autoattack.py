@@ -39,6 +39,7 @@ Usage::
     .venv/bin/python -m benchmarks.bench_autoattack [--quick] [--n 450] [--repeats 3] [--threads 1]
         [--models crown_ibp=PATH pgd_at=PATH] [--cache runs/bench_autoattack] [--norms linf l2]
     .venv/bin/python -m benchmarks.bench_autoattack --cifar-shaped --device cuda --n 500
+    .venv/bin/python -m benchmarks.bench_autoattack --combine linf.json l2.json   # one file from two processes
 """
 from __future__ import annotations
 
@@ -391,7 +392,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cifar-model", default="resnet_v1", help="zoo model for --cifar-shaped (resnet_v1 = ResNet-20)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="result file (default benchmarks/results/autoattack.json)")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="FILE",
+                    help="write one result file from these (e.g. one process per --norms run in parallel); "
+                         "they must share commit, tree state and settings except the threat sets")
     args = ap.parse_args(argv)
+    if args.combine:
+        try:
+            payload = combine([Path(f) for f in args.combine])
+        except (OSError, ValueError, KeyError) as err:
+            ap.error(f"--combine: {err}")
+        out = Path(args.out) if args.out else RESULTS / "autoattack.json"
+        atomic_write_json(out, payload)
+        log.info("wrote %s from %d files (goal %s)", out, len(args.combine), "met" if payload["goal_met"] else "missed")
+        return 0 if payload["goal_met"] else 1
     for flag, value in (("--n", args.n), ("--repeats", args.repeats), ("--component-repeats", args.component_repeats),
                         ("--threads", args.threads)):
         if value is not None and value < 1:
@@ -450,6 +463,31 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out, payload)
     log.info("wrote %s (goal %s)", out, "met" if payload["goal_met"] else "missed")
     return 0 if payload["goal_met"] else 1
+
+
+def combine(paths: list[Path]) -> dict:
+    """One payload from result files of separate processes: their cells concatenated, their commands
+    kept. Refuses files whose provenance (commit, dirty) or settings (other than the threat sets and
+    the machine-local date) differ, so no stale or foreign half is merged."""
+    import json
+
+    parts = [json.loads(p.read_text()) for p in paths]
+    first = parts[0]
+    key = ("commit", "dirty", "torch", "threads")
+    for p, d in zip(paths[1:], parts[1:]):
+        if any(d["provenance"].get(k) != first["provenance"].get(k) for k in key):
+            raise ValueError(f"{p}: provenance {({k: d['provenance'].get(k) for k in key})} differs from "
+                             f"{paths[0]}'s {({k: first['provenance'].get(k) for k in key})}")
+        a = {k: v for k, v in d["settings"].items() if k != "threats"}
+        b = {k: v for k, v in first["settings"].items() if k != "threats"}
+        if a != b:
+            raise ValueError(f"{p}: settings differ from {paths[0]}'s: {a} vs {b}")
+    cells = [c for d in parts for c in d["cells"]]
+    settings = dict(first["settings"], threats={k: v for d in parts for k, v in d["settings"]["threats"].items()})
+    return {"benchmark": first["benchmark"], "provenance": first["provenance"],
+            "provenance_all": [d["provenance"] for d in parts], "command": [d["command"] for d in parts],
+            "settings": settings, "cells": cells, "goal_met": all(c["goal_met"] for c in cells),
+            "goals": first["goals"]}
 
 
 def _version(dist: str) -> str:

@@ -185,6 +185,20 @@ def test_rank_seeds_differ_per_rank_and_epoch_and_repeat():
     assert D.rank_seed(0, 0, 1) != D.rank_seed(1, 0, 1)
 
 
+# `python -m robustsuite` with a check at exit (atexit runs before the interpreter shuts down): any
+# thread of a process group still alive then is named (Linux: /proc lists the threads by name)
+AT_EXIT_THREADS = textwrap.dedent('''
+    import atexit, os
+    def _gloo_threads_at_exit():
+        tasks = "/proc/self/task"
+        names = [open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks)] if os.path.isdir(tasks) else []
+        if [n for n in names if "gloo" in n]:
+            print("process group threads at exit:", names, flush=True)
+    atexit.register(_gloo_threads_at_exit)
+''')
+MAIN = "import runpy; runpy.run_module('robustsuite', run_name='__main__', alter_sys=True)\n"
+
+
 def test_run_under_two_gloo_processes_reports_once_as_one_process(tmp_path):
     import yaml
 
@@ -208,12 +222,14 @@ def test_run_under_two_gloo_processes_reports_once_as_one_process(tmp_path):
             env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
                        WORLD_SIZE=str(world), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1",
                        ROBUSTSUITE_DIST_BACKEND="gloo", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
-            procs.append(subprocess.Popen([sys.executable, "-m", "robustsuite", "run", str(path), "--quiet"], env=env,
-                                          cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            procs.append(subprocess.Popen([sys.executable, "-c", AT_EXIT_THREADS + MAIN, "run", str(path), "--quiet"],
+                                          env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True))
         texts = _wait(procs)
         assert sum(t.count("wrote ") for t in texts) == 1         # only rank 0 prints the table and path
-        # the command destroyed the group for good before exiting (see test_cleanup_destroys_the_group_for_good)
-        assert not any("still referenced" in t for t in texts), texts
+        # the command destroyed the group for good before the interpreter shuts down: no thread of it is
+        # left (see test_cleanup_destroys_the_group_for_good)
+        assert not any("still referenced" in t or "threads at exit" in t for t in texts), texts
         outs[world] = json.loads((tmp_path / f"w{world}" / "report" / "report.json").read_text())
     assert outs[2]["metrics"] == outs[1]["metrics"]
 

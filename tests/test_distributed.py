@@ -324,12 +324,13 @@ TEARDOWN_WORKER = textwrap.dedent('''
     del net
     gc.collect()
     assert group() is None and not gloo_threads()
-    # 3. rank 1 ends without cleanup, as a crashed rank would: rank 0's barrier fails, is logged, and
-    # the group is destroyed all the same
+    # 3. rank 1 ends without calling cleanup: the group goes at exit all the same (the check of
+    # AT_EXIT_THREADS runs after that), without waiting for rank 0, whose barrier fails, is logged, and
+    # its group destroyed all the same
     group = join(ports[2])
     D.barrier()
     if D.rank() == 1:
-        os._exit(0)
+        sys.exit(0)
     assert D.cleanup() and group() is None
 ''')
 
@@ -338,10 +339,11 @@ def test_cleanup_destroys_the_group_for_good(tmp_path):
     """A group still alive when the interpreter shuts down aborts the process now and then after a clean
     run ("terminate called without an active exception": a gloo worker thread that releases a tensor
     needs the GIL during shutdown). cleanup destroys it for good, says when a live wrapper still holds
-    it, and destroys it when another rank is already gone."""
+    it, destroys it when another rank is already gone, and runs at exit when a script did not call it."""
     script = tmp_path / "worker.py"
-    script.write_text(TEARDOWN_WORKER)
+    script.write_text(AT_EXIT_THREADS + TEARDOWN_WORKER)
     ports = ",".join(str(_free_port()) for _ in range(3))
     texts = _wait(_launch(script, tmp_path, ports, 2), timeout=120)
+    assert not any("threads at exit" in t for t in texts), texts
     assert all(t.count("still referenced after destroy_process_group") == 1 for t in texts), texts  # phase 2 only
     assert "the barrier before destroying the process group failed" in texts[0], texts

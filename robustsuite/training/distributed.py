@@ -27,8 +27,8 @@ saved in checkpoints are rank 0's. Models without BatchNorm give the same weight
 to float summation order (~1e-7).
 
 Teardown: :func:`cleanup` destroys the group on every path (the command line calls it when a command
-ends, the trainer drops its DistributedDataParallel wrappers when ``fit`` returns), so the group's
-C++ worker threads (gloo's) are joined while the interpreter is alive. A thread of a group still
+ends, else it runs at exit; the trainer drops its DistributedDataParallel wrappers when ``fit``
+returns), so the group's C++ worker threads (gloo's) are joined while the interpreter is alive. A thread of a group still
 alive when the interpreter shuts down may release a tensor owned by Python after shutdown began;
 taking the GIL there ends the thread inside a destructor, and the process aborts with "terminate
 called without an active exception" after a clean run. :func:`cleanup` checks that the group was
@@ -36,6 +36,7 @@ freed and says when something still holds it.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import gc
 import importlib
@@ -84,6 +85,10 @@ def init_from_env(timeout_s: float = 1800.0) -> bool:
     importlib.import_module("torch.distributed.nn")
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     _OWNED = True
+    # A script that calls the API (train, evaluate) and never cleanup: the group still goes before the
+    # interpreter shuts down (atexit runs while it is alive). No barrier there: ranks end in any order.
+    atexit.unregister(cleanup)  # once, however many groups this process makes in turn
+    atexit.register(cleanup, sync=False)
     return dist.get_world_size() > 1
 
 

@@ -28,11 +28,12 @@ to float summation order (~1e-7).
 
 Teardown: :func:`cleanup` destroys the group on every path (the command line calls it when a command
 ends, else it runs at exit; the trainer drops its DistributedDataParallel wrappers when ``fit``
-returns), so the group's C++ worker threads (gloo's) are joined while the interpreter is alive. A thread of a group still
-alive when the interpreter shuts down may release a tensor owned by Python after shutdown began;
-taking the GIL there ends the thread inside a destructor, and the process aborts with "terminate
-called without an active exception" after a clean run. :func:`cleanup` checks that the group was
-freed and says when something still holds it.
+returns), so the group's C++ worker threads (gloo's) are joined while the interpreter is alive. A
+group still alive when the interpreter shuts down aborts a rank now and then after a clean run: a
+worker thread that frees its last collective frees that collective's tensors, a tensor with a Python
+object takes the GIL, a thread taking the GIL during shutdown is ended (``pthread_exit``) inside a
+``noexcept`` destructor, and C++ stops the process ("terminate called without an active exception",
+status -6). :func:`cleanup` checks that the group is gone and says what still holds it otherwise.
 """
 from __future__ import annotations
 
@@ -119,9 +120,10 @@ def cleanup(*, sync: bool = True) -> bool:
     collectives at once instead of at the timeout. A failed barrier (another rank already gone) is
     logged and the group destroyed all the same.
 
-    Returns whether the group is gone for good, so its worker threads are joined. False (with a
-    warning naming the cause) when something still holds it, e.g. a live DistributedDataParallel
-    wrapper: its threads then outlive this call and may abort the interpreter's exit.
+    Returns whether no group of ours is left: True once the group is gone for good (its worker
+    threads joined) or when there was none to destroy; False (with a warning naming the cause) when
+    something still holds it, e.g. a live DistributedDataParallel wrapper: its threads then outlive
+    this call and may abort the interpreter's exit.
     """
     global _OWNED
     if not (_OWNED and dist.is_initialized()):

@@ -22,7 +22,7 @@ from robustsuite.training.checkpoint import load_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = textwrap.dedent('''
-    import json, sys
+    import json, sys, weakref
     import torch
     from robustsuite.training.config import validate
     from robustsuite.training.run import train
@@ -63,7 +63,9 @@ WORKER = textwrap.dedent('''
         result["metrics"] = json.loads(json.dumps(report.metrics, default=str))
     if D.is_main():
         json.dump(result, open(out + "/result.json", "w"))
-    D.cleanup()
+    if D.is_distributed():  # the group is gone for good (see test_cleanup_destroys_the_group_for_good)
+        group = weakref.ref(torch.distributed.group.WORLD)
+        assert D.cleanup() and group() is None, "the process group outlives cleanup (its threads may abort the exit)"
 ''')
 
 
@@ -85,15 +87,24 @@ def _launch(script: Path, out: Path, what: str, world: int) -> list[subprocess.P
     return procs
 
 
-def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> None:
-    for p in procs:
-        try:
-            text, _ = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("distributed worker timed out")
-        assert p.returncode == 0, text[-4000:]
+def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[str]:
+    """Each worker's output, once every one has exited with status 0 (on a failure the others are
+    killed: they would wait for the failed one until the store's timeout)."""
+    texts = []
+    try:
+        for p in procs:
+            try:
+                text, _ = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pytest.fail("distributed worker timed out")
+            assert p.returncode == 0, text[-4000:]
+            texts.append(text)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return texts
 
 
 def _state(path: Path) -> dict:
@@ -174,6 +185,20 @@ def test_rank_seeds_differ_per_rank_and_epoch_and_repeat():
     assert D.rank_seed(0, 0, 1) != D.rank_seed(1, 0, 1)
 
 
+# `python -m robustsuite` with a check at exit (atexit runs before the interpreter shuts down): any
+# thread of a process group still alive then is named (Linux: /proc lists the threads by name)
+AT_EXIT_THREADS = textwrap.dedent('''
+    import atexit, os
+    def _gloo_threads_at_exit():
+        tasks = "/proc/self/task"
+        names = [open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks)] if os.path.isdir(tasks) else []
+        if [n for n in names if "gloo" in n]:
+            print("process group threads at exit:", names, flush=True)
+    atexit.register(_gloo_threads_at_exit)
+''')
+MAIN = "import runpy; runpy.run_module('robustsuite', run_name='__main__', alter_sys=True)\n"
+
+
 def test_run_under_two_gloo_processes_reports_once_as_one_process(tmp_path):
     import yaml
 
@@ -197,20 +222,20 @@ def test_run_under_two_gloo_processes_reports_once_as_one_process(tmp_path):
             env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
                        WORLD_SIZE=str(world), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1",
                        ROBUSTSUITE_DIST_BACKEND="gloo", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
-            procs.append(subprocess.Popen([sys.executable, "-m", "robustsuite", "run", str(path), "--quiet"], env=env,
-                                          cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        texts = []
-        for p in procs:
-            text, _ = p.communicate(timeout=240)
-            assert p.returncode == 0, text[-3000:]
-            texts.append(text)
+            procs.append(subprocess.Popen([sys.executable, "-c", AT_EXIT_THREADS + MAIN, "run", str(path), "--quiet"],
+                                          env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True))
+        texts = _wait(procs)
         assert sum(t.count("wrote ") for t in texts) == 1         # only rank 0 prints the table and path
+        # the command destroyed the group for good before the interpreter shuts down: no thread of it is
+        # left (see test_cleanup_destroys_the_group_for_good)
+        assert not any("still referenced" in t or "threads at exit" in t for t in texts), texts
         outs[world] = json.loads((tmp_path / f"w{world}" / "report" / "report.json").read_text())
     assert outs[2]["metrics"] == outs[1]["metrics"]
 
 
 SYNC_WORKER = textwrap.dedent('''
-    import sys
+    import sys, weakref
     import torch
     from robustsuite.training.config import validate
     from robustsuite.training import distributed as D
@@ -248,7 +273,8 @@ SYNC_WORKER = textwrap.dedent('''
     if hasattr(trainer, "generator"):
         state.update({f"generator.{k}": v.detach() for k, v in trainer.generator.named_parameters()})
     torch.save(state, f"{out}/rank{D.rank()}.pt")
-    D.cleanup()
+    group = weakref.ref(torch.distributed.group.WORLD)
+    assert D.cleanup() and group() is None, "the process group outlives cleanup (its threads may abort the exit)"
 ''')
 
 
@@ -263,3 +289,61 @@ def test_every_stochastic_trainer_keeps_every_rank_in_step(tmp_path, what):
     assert a and a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+
+TEARDOWN_WORKER = textwrap.dedent('''
+    import gc, os, sys, weakref
+    import torch
+    from robustsuite.training import distributed as D
+
+    def gloo_threads():
+        tasks = "/proc/self/task"
+        names = [open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks)] if os.path.isdir(tasks) else []
+        return [n for n in names if "gloo" in n]
+
+    def join(port):  # a group of its own per phase: a new rendezvous on a fresh port
+        os.environ["MASTER_PORT"] = port
+        D.init_from_env()
+        return weakref.ref(torch.distributed.group.WORLD)
+
+    out, ports = sys.argv[1], sys.argv[2].split(",")
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    # 1. released wrapper: the group is gone for good although DDP imported torch.distributed.nn (which
+    # takes group.WORLD as a default argument) after the group was made
+    group = join(ports[0])
+    net = DDP(torch.nn.Linear(4, 2))
+    net(torch.randn(3, 4)).sum().backward()
+    del net
+    assert D.cleanup() and group() is None
+    assert not gloo_threads(), gloo_threads()  # the group's worker threads are joined
+    # 2. a live wrapper holds the group: cleanup says so (a warning) instead of claiming success
+    group = join(ports[1])
+    net = DDP(torch.nn.Linear(4, 2))
+    assert not D.cleanup() and group() is not None
+    del net
+    gc.collect()
+    assert group() is None and not gloo_threads()
+    # 3. rank 1 ends without calling cleanup: the group goes at exit all the same (the check of
+    # AT_EXIT_THREADS runs after that), without waiting for rank 0, whose barrier fails, is logged, and
+    # its group destroyed all the same
+    group = join(ports[2])
+    D.barrier()
+    if D.rank() == 1:
+        sys.exit(0)
+    assert D.cleanup() and group() is None
+''')
+
+
+def test_cleanup_destroys_the_group_for_good(tmp_path):
+    """A group still alive when the interpreter shuts down aborts the process now and then after a clean
+    run ("terminate called without an active exception": a gloo worker thread that releases a tensor
+    needs the GIL during shutdown). cleanup destroys it for good, says when a live wrapper still holds
+    it, destroys it when another rank is already gone, and runs at exit when a script did not call it."""
+    script = tmp_path / "worker.py"
+    script.write_text(AT_EXIT_THREADS + TEARDOWN_WORKER)
+    ports = ",".join(str(_free_port()) for _ in range(3))
+    texts = _wait(_launch(script, tmp_path, ports, 2), timeout=120)
+    assert not any("threads at exit" in t for t in texts), texts
+    assert all(t.count("still referenced after destroy_process_group") == 1 for t in texts), texts  # phase 2 only
+    assert "the barrier before destroying the process group failed" in texts[0], texts

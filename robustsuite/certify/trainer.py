@@ -134,7 +134,8 @@ class CertifiedTrainer(Trainer):
         self._loss_module = None  # (re)built from this bounded graph on the next step
 
     def loss_module(self) -> nn.Module:
-        """:class:`CertifiedLoss` of the current bounded graph, wrapped in DDP when distributed."""
+        """:class:`CertifiedLoss` of the current bounded graph, wrapped in DDP when distributed; built on
+        first use (:meth:`~robustsuite.training.loop.Trainer.release_ddp` drops the wrapper when ``fit`` ends)."""
         if self._loss_module is None:
             mod = CertifiedLoss(self)
             if dist_utils.is_distributed():

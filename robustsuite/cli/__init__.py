@@ -111,10 +111,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     undo_logging = _setup_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    code: int | None = None
     try:
-        return _run_command(args)
+        code = _run_command(args)
+        return code
     finally:
-        undo_logging()
+        try:
+            _leave_process_group(completed=code is not None and code not in _FAILED)
+        finally:
+            undo_logging()
+
+
+#: exit statuses of a command that ended early (error, interrupt): its rank may be alone at the end
+_FAILED = (2, 130)
+
+
+def _leave_process_group(*, completed: bool) -> None:
+    """Under torchrun: destroy the process group the command joined, before the interpreter shuts down
+    (see :func:`robustsuite.training.distributed.cleanup`); after a completed command every rank waits
+    for the others first, after an error or an interrupt it does not. A no-op otherwise."""
+    from ..training import distributed
+
+    distributed.cleanup(sync=completed)
 
 
 def _run_command(args: argparse.Namespace) -> int:

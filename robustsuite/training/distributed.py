@@ -25,11 +25,25 @@ BatchNorm: batch statistics are per process (each rank normalizes with its shard
 model with BatchNorm trained on N processes is not bit-equal to one process; running statistics
 saved in checkpoints are rank 0's. Models without BatchNorm give the same weights as one process up
 to float summation order (~1e-7).
+
+Teardown: :func:`cleanup` destroys the group on every path (the command line calls it when a command
+ends, else it runs at exit; the trainer drops its DistributedDataParallel wrappers when ``fit``
+returns), so the group's C++ worker threads (gloo's) are joined while the interpreter is alive. A
+group still alive when the interpreter shuts down aborts a rank now and then after a clean run: a
+worker thread that frees its last collective frees that collective's tensors, a tensor with a Python
+object takes the GIL, a thread taking the GIL during shutdown is ended (``pthread_exit``) inside a
+``noexcept`` destructor, and C++ stops the process ("terminate called without an active exception",
+status -6). :func:`cleanup` checks that the group is gone and says what still holds it otherwise.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
+import gc
+import importlib
+import logging
 import os
+import weakref
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -42,6 +56,8 @@ from ..runtime import is_distributed, is_main, local_rank, rank, world
 __all__ = ["init_from_env", "is_distributed", "is_main", "world", "rank", "local_rank", "barrier", "cleanup",
            "all_gather_objects", "gather_objects", "broadcast_object", "all_reduce_sum", "all_reduce_grads",
            "broadcast_module", "ShardedBatchSampler", "device_for_rank", "loss_weight", "rank_seed"]
+
+log = logging.getLogger(__name__)
 
 _OWNED = False  # whether this module created the process group (and so destroys it in cleanup)
 
@@ -63,8 +79,17 @@ def init_from_env(timeout_s: float = 1800.0) -> bool:
     backend = os.environ.get("ROBUSTSUITE_DIST_BACKEND") or ("nccl" if cuda else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
+    # torch.distributed.nn takes ``group.WORLD`` as a default argument of its functions when imported.
+    # DistributedDataParallel imports it (through torch._dynamo) on first use; imported after the group
+    # exists, it would hold the group for good, so destroying it could not join its threads (see cleanup).
+    # Imported now, those defaults are None.
+    importlib.import_module("torch.distributed.nn")
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     _OWNED = True
+    # A script that calls the API (train, evaluate) and never cleanup: the group still goes before the
+    # interpreter shuts down (atexit runs while it is alive). No barrier there: ranks end in any order.
+    atexit.unregister(cleanup)  # once, however many groups this process makes in turn
+    atexit.register(cleanup, sync=False)
     return dist.get_world_size() > 1
 
 
@@ -86,12 +111,43 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
-    """Destroy the process group if :func:`init_from_env` created it."""
+def cleanup(*, sync: bool = True) -> bool:
+    """Destroy the process group if :func:`init_from_env` created it (a no-op otherwise); idempotent.
+
+    ``sync``: wait at a barrier first, so no rank tears down (rank 0 also ends the rendezvous store)
+    while another still runs its last collectives. Pass ``sync=False`` on an error path: a rank that
+    failed must not wait for ranks that may never arrive; destroying its group also ends their pending
+    collectives at once instead of at the timeout. A failed barrier (another rank already gone) is
+    logged and the group destroyed all the same.
+
+    Returns whether no group of ours is left: True once the group is gone for good (its worker
+    threads joined) or when there was none to destroy; False (with a warning naming the cause) when
+    something still holds it, e.g. a live DistributedDataParallel wrapper: its threads then outlive
+    this call and may abort the interpreter's exit.
+    """
     global _OWNED
-    if _OWNED and dist.is_initialized():
+    if not (_OWNED and dist.is_initialized()):
+        _OWNED = False
+        return True
+    group = weakref.ref(dist.group.WORLD)
+    try:
+        if sync and dist.get_world_size() > 1:
+            dist.barrier()
+    except Exception as e:  # noqa: BLE001 - teardown goes on: the group is destroyed below in any case
+        log.warning("rank %d: the barrier before destroying the process group failed (another rank "
+                    "ended first, probably with an error): %s", rank(), e)
+    finally:
         dist.destroy_process_group()
-    _OWNED = False
+        _OWNED = False
+    gc.collect()  # a wrapper kept only by a reference cycle lets go of the group now, not at exit
+    if group() is not None:
+        log.warning("rank %d: the process group is still referenced after destroy_process_group (a live "
+                    "DistributedDataParallel wrapper or a module imported after init_process_group that "
+                    "holds torch.distributed.group.WORLD); its worker threads outlive it and may abort this "
+                    "process at exit (\"terminate called without an active exception\"); fix: drop the "
+                    "references before cleanup()", rank())
+        return False
+    return True
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

@@ -325,7 +325,26 @@ class Trainer(abc.ABC):
         """Train to ``cfg.train.epochs`` (continuing from ``last.pt`` when ``resume``); return the history.
 
         ``stop_after`` ends the call after that many epochs in total (used to test resume).
+        Under torchrun the DistributedDataParallel wrappers are dropped when it returns or raises (see
+        :meth:`release_ddp`).
         """
+        try:
+            return self._fit(resume=resume, stop_after=stop_after)
+        finally:
+            self.release_ddp()
+
+    def release_ddp(self) -> None:
+        """Set every attribute of the trainer that holds a DistributedDataParallel wrapper to None (each
+        is built on first use, so training can go on): a wrapper holds the process group, which
+        :func:`~robustsuite.training.distributed.cleanup` can only destroy, and so join its threads,
+        once nothing holds it."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        for name, value in list(vars(self).items()):
+            if isinstance(value, DDP):
+                setattr(self, name, None)
+
+    def _fit(self, *, resume: bool, stop_after: int | None) -> list[dict[str, Any]]:
         main = dist_utils.is_main()
         if resume:  # checked and restored before anything is written: a refused resume leaves the folder as it was
             self.resume()

@@ -392,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     x_all, y_all = digits_data()
     model = train_quickly(digits_cnn(), x_all[:1500], y_all[:1500])
     env = environment(argv)
+    origin = provenance()  # the tree this run measures, taken before it starts (the tree may move on)
     env["malloc_tuned"] = False if args.no_malloc_tuning else tune_malloc()
 
     pgd_rows = []
@@ -411,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             pgd_rows.append(row)
     if pgd_rows:
         write_json(args.results / "attacks_pgd.json", {"benchmark": "PGD-k vs floor and torchattacks",
-                                                       "environment": env, "provenance": provenance(),
+                                                       "environment": env, "provenance": origin,
                                                        "results": pgd_rows})
     if "boundary" not in parts:
         return 0
@@ -431,16 +432,19 @@ def main(argv: list[str] | None = None) -> int:
                  row["queries_per_s_bare_wall"])
         boundary_rows.append(row)
     write_json(args.results / "attacks_boundary.json", {"benchmark": "boundary attack queries/s vs bare forward",
-                                                    "environment": env, "provenance": provenance(),
+                                                    "environment": env, "provenance": origin,
                                                     "results": boundary_rows})
-    bench_cw_and_boundary(model, x_all, y_all, env, quick=args.quick, crown=args.crown, results=args.results)
+    bench_cw_and_boundary(model, x_all, y_all, env, quick=args.quick, crown=args.crown, results=args.results,
+                          origin=origin)
     return 0
 
 
 def bench_cw_and_boundary(model, x_all, y_all, env: dict, *, quick: bool, crown: str | None,
-                          results: Path = RESULTS) -> None:
+                          results: Path = RESULTS, origin: dict | None = None) -> None:
     """(c) and (d): on held-out digits the model classifies correctly; C&W also on the CROWN-IBP
-    digits model when its checkpoint is given (``--crown runs/digits_crown_ibp/best.pt``)."""
+    digits model when its checkpoint is given (``--crown runs/digits_crown_ibp/best.pt``).
+    ``origin``: the provenance taken when the run started (default: now)."""
+    origin = origin or provenance()
     models = {"digits CNN 1x8x8 (conv16-conv32/2-fc64-fc10)": model}
     if crown:
         from robustsuite.eval.loading import load_models
@@ -457,14 +461,14 @@ def bench_cw_and_boundary(model, x_all, y_all, env: dict, *, quick: bool, crown:
                  f"{row['abort_over_foolbox_cpu']:.2f}" if "abort_over_foolbox_cpu" in row else row["foolbox"])
         rows.append(row)
     write_json(results / "attacks_cw.json", {"benchmark": "C&W early abort vs no abort vs foolbox",
-                                             "environment": env, "provenance": provenance(), "results": rows})
+                                             "environment": env, "provenance": origin, "results": rows})
     x, y = _correct(model, x_all[1500:], y_all[1500:], 20 if quick else 100)
     row = bench_boundary_vs_foolbox(model, x, y, max_queries=2000 if quick else 20000)
     row["model"] = "digits CNN 1x8x8 (conv16-conv32/2-fc64-fc10)"
     log.info("boundary vs foolbox: median L2 ours %.4f, foolbox %s", row["ours"]["median_l2"],
              row["foolbox"].get("median_l2", row["foolbox"].get("skipped")))
     write_json(results / "attacks_boundary_foolbox.json", {"benchmark": "boundary attack vs foolbox, same rows",
-                                                           "environment": env, "provenance": provenance(),
+                                                           "environment": env, "provenance": origin,
                                                            "results": [row]})
 
 

@@ -411,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{flag}: must be >= 1, got {value}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    origin = provenance()  # the tree this run measures, taken before it starts (the tree may move on)
     torch.set_num_threads(args.threads)
     try:
         device = torch.device(args.device)
@@ -455,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             for norm in args.norms:
                 cells.append(cell(model, name, norm, THREATS[norm][1], x, y, device, repeats, args.component_repeats))
         out = Path(args.out) if args.out else RESULTS / "autoattack.json"
-    payload = {"benchmark": "AutoAttack standard: ours vs pyautoattack 0.2.0", "provenance": provenance(),
+    payload = {"benchmark": "AutoAttack standard: ours vs pyautoattack 0.2.0", "provenance": origin,
                "command": " ".join([".venv/bin/python -m benchmarks.bench_autoattack", *(sys.argv[1:] if argv is None else argv)]),
                "settings": settings, "cells": cells, "goal_met": all(c["goal_met"] for c in cells),
                "goals": {"strength": "robust accuracy <= the reference's + 1 sample",

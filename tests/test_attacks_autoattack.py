@@ -376,9 +376,20 @@ def test_labels_outside_the_models_classes_are_refused_with_the_count():
         AutoAttack(model, LinfBall(0.1), **QUICK).run(x, y)
 
 
-def test_rand_does_not_warn_on_a_random_model():
-    noisy = NoisyInput(trained_cnn(), 0.1)
+def test_randomness_messages_name_the_version_to_use_and_rand_does_not_warn_on_a_random_model():
+    model = trained_cnn()
+    noisy = NoisyInput(model, 0.1)
     x, y = held_out(4)
+    with pytest.raises(InputError) as e:
+        AutoAttack(model, LinfBall(0.1), version="rand", steps=1).run(x, y)
+    assert str(e.value) == ("version: 'rand' is for randomized models, but two forward passes on the same batch gave "
+                            "the same outputs (the model is deterministic); fix: use version='standard'")
+    with pytest.warns(UserWarning) as rec:
+        AutoAttack(noisy, LinfBall(0.1), **QUICK).run(x, y)
+    assert [str(w.message) for w in rec] == [
+        "AutoAttack version 'standard' on a randomized model (two forward passes on the same batch differ): its "
+        "attacks follow single draws of the randomness and may overestimate robustness; use version='rand' (APGD "
+        "with EOT over 20 draws)"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         AutoAttack(noisy, LinfBall(0.1), version="rand", steps=1, eot=2).run(x, y)
@@ -390,7 +401,9 @@ def test_rand_does_not_warn_on_a_random_model():
     ({"version": "plus"}, InputError, "version: unknown value 'plus'; choose one of: standard, rand, custom"),
     ({"attacks": ["apgd-ce"]}, InputError, "attacks: the version 'standard' fixes its attacks (apgd-ce, apgd-t, "
                                            "fab-t, square); to choose them use version='custom'"),
-    ({"version": "custom", "attacks": {"apgd-ce"}}, InputError, "attacks: version 'custom' needs a list of attacks"),
+    ({"version": "custom", "attacks": {"apgd-ce"}}, InputError, "attacks: version 'custom' needs a list of attacks, "
+                                                                "names among apgd-ce, apgd-dlr, fab, square, apgd-t, "
+                                                                "fab-t (or Attack instances); got {'apgd-ce'}"),
     ({"version": "custom", "attacks": 5}, InputError, "attacks: version 'custom' needs a list of attacks"),
     ({"version": "custom", "attacks": []}, InputError,
      "attacks: the list is empty; give at least one of apgd-ce, apgd-dlr, fab, square, apgd-t, fab-t"),

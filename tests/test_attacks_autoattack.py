@@ -310,3 +310,132 @@ def test_resume_reruns_an_eot_column_when_the_eot_settings_hook_changes(tmp_path
                         classmethod(lambda cls, samples, settings: {"version": "rand", "eot": 3}))
     evaluate({"noisy": NoisyInput(model, 0.1)}, (x, y), suite, device="cpu", quiet=True, resume_dir=store)
     assert seen and set(seen) == {3}  # the hook's new draws: recomputed, not the stale column
+
+
+# --- what reaches the components, and the cascade's bookkeeping (pinned by mutation testing:
+# --- docs/mutation-attacks.md) -------------------------------------------------------------------
+
+def test_every_component_gets_the_references_settings_and_the_runs_seed_eot_and_max_batch():
+    model = trained_cnn()
+    aa = AutoAttack(model, L2Ball(0.5), version="custom", attacks=["APGD_CE", "apgd-dlr", "fab", "square", "apgd-t",
+                                                                     "fab-t"],
+                    steps=4, n_queries=11, n_target_classes=2, eot=3, max_batch=7, seed=5)
+    assert aa.names == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]  # names normalised
+    ce, dlr, fab, square, apgd_t, fab_t = aa.components()
+    for apgd, loss, targeted in ((ce, "ce", False), (dlr, "dlr", False), (apgd_t, "dlr", True)):
+        assert type(apgd).__name__ == "APGD" and (apgd.loss, apgd.targeted) == (loss, targeted)
+        assert (apgd.steps, apgd.restarts, apgd.rho, apgd.eot, apgd.max_batch, apgd.seed) == (4, 1, 0.75, 3, 7, 5)
+        assert apgd.threat is aa.threat and apgd.model is model
+    assert apgd_t.n_target_classes == 2
+    assert type(fab).__name__ == type(fab_t).__name__ == "FAB"
+    assert (fab.targeted, fab.steps, fab.restarts, fab.seed) == (False, 4, 5, 5)  # plus: untargeted, 5 restarts
+    assert (fab_t.targeted, fab_t.steps, fab_t.restarts, fab_t.n_target_classes, fab_t.seed) == (True, 4, 1, 2, 5)
+    assert (fab.alpha_max, fab.eta, fab.beta) == (fab_t.alpha_max, fab_t.eta, fab_t.beta) == (0.1, 1.05, 0.9)
+    assert type(square).__name__ == "Square"
+    assert (square.n_queries, square.p_init, square.loss, square.eot, square.max_batch, square.seed) == (
+        11, 0.8, "margin", 3, 7, 5)
+    # seed None: every component draws from the global stream
+    assert {c.seed for c in AutoAttack(model, LinfBall(0.1), seed=None).components()} == {None}
+
+
+def test_eot_draws_are_one_except_for_rand_and_an_explicit_count():
+    model = trained_cnn()
+    draws = lambda aa: [c.eot for c in aa.components() if hasattr(c, "eot")]  # noqa: E731  (FAB has no EOT)
+    assert draws(AutoAttack(model, LinfBall(0.1))) == [1, 1, 1]
+    assert draws(AutoAttack(model, LinfBall(0.1), version="custom", attacks=["apgd-dlr", "square"])) == [1, 1]
+    assert draws(AutoAttack(model, LinfBall(0.1), version="rand")) == [20, 20]
+    assert draws(AutoAttack(model, LinfBall(0.1), eot=2)) == [2, 2, 2]
+
+
+def test_component_names_follow_the_version_and_the_custom_list():
+    assert AutoAttack.component_names() == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert AutoAttack.component_names("RAND") == ["apgd-ce", "apgd-dlr"]
+    assert AutoAttack.component_names("custom", ["Square", "APGD_T"]) == ["square", "apgd-t"]
+    assert AutoAttack.record_names({"version": "custom", "attacks": ["fab", "apgd_ce"], "per_attack": True}) == [
+        "by", "atk/fab", "atk/apgd-ce"]
+
+
+def test_the_cascade_sums_steps_and_counts_nothing_for_components_it_skipped():
+    model = trained_cnn()
+    x, y = held_out(20)
+    a, b, c = _rules(model, LinfBall(0.1))
+    every = Rule(model, LinfBall(0.1), lambda y: torch.ones_like(y, dtype=torch.bool), "every")
+    res = AutoAttack(model, LinfBall(0.1), version="custom", attacks=[a, b, every, c]).run(x, y)
+    assert res.steps == 3  # one step per component that ran; the fourth had nothing left
+    assert res.queries.dtype == torch.long
+    assert res.extras["component_queries"][3] == 0 and res.extras["component_attacked"][3] == 0
+    seconds = res.extras["component_seconds"]
+    assert seconds[3] == 0.0 and all(0.0 <= s < 60.0 for s in seconds[:3])
+
+
+def test_labels_outside_the_models_classes_are_refused_with_the_count():
+    model = trained_cnn()
+    x, y = held_out(4)
+    y[1] = 10  # the CNN has 10 classes: 10 is one too many
+    with pytest.raises(InputError, match=r"^y: class indices must be < the model's 10 classes, got max 10$"):
+        AutoAttack(model, LinfBall(0.1), **QUICK).run(x, y)
+
+
+def test_randomness_messages_name_the_version_to_use_and_rand_does_not_warn_on_a_random_model():
+    model = trained_cnn()
+    noisy = NoisyInput(model, 0.1)
+    x, y = held_out(4)
+    with pytest.raises(InputError) as e:
+        AutoAttack(model, LinfBall(0.1), version="rand", steps=1).run(x, y)
+    assert str(e.value) == ("version: 'rand' is for randomized models, but two forward passes on the same batch gave "
+                            "the same outputs (the model is deterministic); fix: use version='standard'")
+    with pytest.warns(UserWarning) as rec:
+        AutoAttack(noisy, LinfBall(0.1), **QUICK).run(x, y)
+    assert [str(w.message) for w in rec] == [
+        "AutoAttack version 'standard' on a randomized model (two forward passes on the same batch differ): its "
+        "attacks follow single draws of the randomness and may overestimate robustness; use version='rand' (APGD "
+        "with EOT over 20 draws)"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AutoAttack(noisy, LinfBall(0.1), version="rand", steps=1, eot=2).run(x, y)
+
+
+@pytest.mark.parametrize("settings,error,message", [
+    ({"targeted": True}, InputError, "targeted: AutoAttack is untargeted (APGD-T and FAB-T pick their own targets "
+                                     "from the true labels); use targeted=False"),
+    ({"version": "plus"}, InputError, "version: unknown value 'plus'; choose one of: standard, rand, custom"),
+    ({"attacks": ["apgd-ce"]}, InputError, "attacks: the version 'standard' fixes its attacks (apgd-ce, apgd-t, "
+                                           "fab-t, square); to choose them use version='custom'"),
+    ({"version": "custom", "attacks": {"apgd-ce"}}, InputError, "attacks: version 'custom' needs a list of attacks, "
+                                                                "names among apgd-ce, apgd-dlr, fab, square, apgd-t, "
+                                                                "fab-t (or Attack instances); got {'apgd-ce'}"),
+    ({"version": "custom", "attacks": 5}, InputError, "attacks: version 'custom' needs a list of attacks"),
+    ({"version": "custom", "attacks": []}, InputError,
+     "attacks: the list is empty; give at least one of apgd-ce, apgd-dlr, fab, square, apgd-t, fab-t"),
+    ({"version": "custom", "attacks": ["pgd"]}, InputError,
+     "attacks[0]: unknown attack 'pgd'; choose from: apgd-ce, apgd-dlr, fab, square, apgd-t, fab-t"),
+    ({"version": "custom", "attacks": [3.0]}, InputTypeError,
+     "attacks[0]: expected a name among apgd-ce, apgd-dlr, fab, square, apgd-t, fab-t or an Attack, got float"),
+    ({"steps": 0}, InputError, "steps: must be an integer >= 1, got 0"),
+    ({"n_queries": 0}, InputError, "n_queries: must be an integer >= 1, got 0"),
+    ({"n_target_classes": 0}, InputError, "n_target_classes: must be an integer >= 1, got 0"),
+    ({"eot": 0}, InputError, "eot: must be an integer >= 1, got 0"),
+    ({"max_batch": 0}, InputError, "max_batch: must be an integer >= 1, got 0"),
+    ({"per_attack": 1}, InputTypeError, "per_attack: expected a bool"),
+])
+def test_bad_settings_get_the_exact_message_naming_the_setting(settings, error, message):
+    with pytest.raises(error) as e:
+        AutoAttack(trained_cnn(), LinfBall(0.1), **settings)
+    assert str(e.value).startswith(message)
+
+
+def test_the_smallest_settings_are_accepted():
+    aa = AutoAttack(trained_cnn(), LinfBall(0.1), steps=1, n_queries=1, n_target_classes=1, eot=1, max_batch=1)
+    assert (aa.steps, aa.n_queries, aa.n_target_classes, aa.eot, aa.max_batch) == (1, 1, 1, 1, 1)
+
+
+def test_refused_component_instances_are_named_by_class():
+    model = trained_cnn()
+    with pytest.raises(InputError, match=r"^attacks\[1\]: PGD is targeted on the given labels; the cascade needs "
+                                         r"untargeted attacks \(or ones picking their own targets\)$"):
+        AutoAttack(model, LinfBall(0.1), version="custom",
+                   attacks=["square", make_attack("pgd", model, LinfBall(0.1), targeted=True)])
+    with pytest.raises(InputError, match=r"^attacks\[0\]: PGD attacks another model; build it on the model "
+                                         r"AutoAttack evaluates$"):
+        AutoAttack(model, LinfBall(0.1), version="custom", attacks=[make_attack("pgd", trained_cnn(seed=1),
+                                                                                LinfBall(0.1))])

@@ -130,10 +130,10 @@ class CW(GradientAttack):
             idx = torch.arange(B, device=x.device)
             st = {"x": x, "y": y, "c": c, "w": w0.clone(), "m": torch.zeros_like(x), "v": torch.zeros_like(x),
                   "l2": best_l2.clone(), "xb": best_x.clone(), "found": found.clone(),
-                  # the least objective and least adversarial L2 of this search step, now and
-                  # at the last check
+                  # the least objective and least adversarial L2 of this search step; their values
+                  # at the last check ("obj_ref", "adv_ref", "last": the objective) are set at t = 0,
+                  # always a check, before any read
                   "obj": x.new_full((B,), float("inf")), "adv": x.new_full((B,), float("inf"))}
-            st["obj_ref"], st["adv_ref"], st["last"] = st["obj"], st["adv"], st["obj"]
             t = -1
             for t in range(self.steps):
                 xs, ys, m, v = st["x"], st["y"], st["m"], st["v"]

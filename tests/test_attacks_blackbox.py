@@ -3,28 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
 
 from robustsuite.attacks import PGD, BoundaryAttack, PixelAttack, TransferAttack
 from robustsuite.threats import L2Ball, LinfBall
 
 try:
-    from test_attacks_support import LabelOnly, digits, held_out, trained_cnn, one_thread  # noqa: F401
+    from test_attacks_support import Counting, LabelOnly, digits, held_out, trained_cnn, one_thread  # noqa: F401
 except ImportError:
-    from tests.test_attacks_support import LabelOnly, digits, held_out, trained_cnn, one_thread  # noqa: F401
-
-
-class Counting(nn.Module):
-    """Counts the calls and rows a model receives."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.calls, self.rows = inner, 0, 0
-
-    def forward(self, x):
-        self.calls += 1
-        self.rows += x.shape[0]
-        return self.inner(x)
+    from tests.test_attacks_support import Counting, LabelOnly, digits, held_out, trained_cnn, one_thread  # noqa: F401
 
 
 # --- boundary attack ------------------------------------------------------------------------------

@@ -15,22 +15,9 @@ from robustsuite.attacks import BoundaryAttack
 from robustsuite.threats import L2Ball
 
 try:
-    from test_attacks_support import digits, held_out, one_thread  # noqa: F401
+    from test_attacks_support import Counting, digits, held_out, one_thread  # noqa: F401
 except ImportError:
-    from tests.test_attacks_support import digits, held_out, one_thread  # noqa: F401
-
-
-class Calls(nn.Module):
-    """Counts the calls and rows the attack forwards."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner, self.calls, self.rows = inner, 0, 0
-
-    def forward(self, x):
-        self.calls += 1
-        self.rows += x.shape[0]
-        return self.inner(x)
+    from tests.test_attacks_support import Counting, digits, held_out, one_thread  # noqa: F401
 
 
 def tiny_model() -> nn.Module:
@@ -86,7 +73,7 @@ def run_config(name: str):
         keep = pred.roll(1) != pred
         x, y = x[keep], pred.roll(1)[keep]
         settings["starting_points"] = data()[0].roll(1, 0)[keep]
-    counted = Calls(model)
+    counted = Counting(model)
     res = BoundaryAttack(counted, threat, seed=0, **settings).run(x, y)
     return res, counted.calls, counted.rows
 

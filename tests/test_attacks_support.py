@@ -134,6 +134,19 @@ class NoisyInput(nn.Module):
         return self.inner(x + self.sigma * torch.randn_like(x))
 
 
+class Counting(nn.Module):
+    """Passes ``inner``'s logits through and counts the calls and rows it receives."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.calls, self.rows = inner, 0, 0
+
+    def forward(self, x):
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.inner(x)
+
+
 class LabelOnly(nn.Module):
     """Exposes only the top-1 label of ``inner`` (as a one-hot, no gradient) and counts rows."""
 

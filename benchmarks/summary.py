@@ -355,8 +355,9 @@ ROWS = [
         "<= 1.1x floor, <= 1.0x torchattacks (L-inf); <= 1.1x floor (L2)",
         "`OMP_NUM_THREADS=1 python -m benchmarks.bench_attacks --repeats 20 --crown CROWN_IBP_CHECKPOINT` "
         "(the demo's; foolbox 3.3.4 on `PYTHONPATH` for the C&W and foolbox rows)", "`results/attacks_pgd.json`"),
-    Row("boundary attack throughput", "label queries/s of BoundaryAttack vs a bare batched forward+argmax loop on "
-        "the same batch; digits CNN, 400 queries/sample, 1 thread, CPU time", boundary, "<= 1.2", "same",
+    Row("boundary attack throughput", "label queries/s of BoundaryAttack vs a bare forward+argmax loop replaying "
+        "the attack's own model calls (same batch sizes, same order); digits CNN, 400 queries/sample, 1 thread, "
+        "CPU time", boundary, "<= 1.2", "same",
         "`results/attacks_boundary.json`"),
     Row("C&W early abort", "C&W L2 (1000 steps, 9 search steps, c0 1e-3, lr 1e-2) with and without early abort, and "
         "foolbox 3.3.4's `L2CarliniWagnerAttack` with the same settings; correctly classified held-out digits, "

@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 
 import torch
 
+from benchmarks.provenance import provenance
 from robustsuite import data as rdata
 from robustsuite.eval import evaluate, load_suite
 from robustsuite.eval.loading import load_models
@@ -39,6 +41,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--report", help="also save the report here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    origin = provenance()  # the tree this run measures, taken before it starts
     suite = load_suite(args.suite, args.set)
     models, d = load_models(args.checkpoints)
     test = rdata.load(d.get("name", "digits"), "test", **(d.get("options") or {}))
@@ -51,7 +54,9 @@ def main(argv=None) -> dict:
     n = rep.samples["n"]
     stages = {m: {s: {"seconds": round(t, 3), "samples_per_s": round(n / t, 1) if t > 0 else None}
                   for s, t in d_.items()} for m, d_ in rep.timings.items() if m != "total"}
-    result = {"benchmark": "evaluator time per stage", "suite": suite.name, "checkpoints": args.checkpoints,
+    result = {"benchmark": "evaluator time per stage", "provenance": origin,
+              "command": " ".join(["python -m benchmarks.bench_eval", *(sys.argv[1:] if argv is None else argv)]),
+              "suite": suite.name, "checkpoints": args.checkpoints,
               "samples": n, "threads": args.threads, "total_seconds": round(total, 2), "goal_seconds": GOAL_S,
               "meets_goal": total < GOAL_S, "stages": stages, "violations": len(rep.violations),
               "metrics": {m: {k: v["mean"] for k, v in mm.items()} for m, mm in rep.metrics.items()},

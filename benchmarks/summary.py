@@ -285,9 +285,13 @@ def complete(results: Path) -> str:
 
 def eval_stages(results: Path) -> str:
     d = _load("eval_stages.json", results)
-    crown = [st["certify|crown"]["seconds"] for st in d["stages"].values() if "certify|crown" in st]
+    per_stage: dict[str, list[float]] = {}
+    for st in d["stages"].values():
+        for name, row in st.items():
+            per_stage.setdefault(name, []).append(row["seconds"])
+    name, secs = max(per_stage.items(), key=lambda kv: sum(kv[1]))
     return (f"{d['total_seconds']:.0f} s in all for {len(d['stages'])} models x {d['samples']} samples "
-            f"(largest stage: CROWN {min(crown):.0f}-{max(crown):.0f} s per model); {d['violations']} violations")
+            f"(largest stage: {name} {min(secs):.0f}-{max(secs):.0f} s per model); {d['violations']} violations")
 
 
 def autoattack(results: Path) -> str:

@@ -290,6 +290,7 @@ def eval_stages(results: Path) -> str:
         for name, row in st.items():
             per_stage.setdefault(name, []).append(row["seconds"])
     name, secs = max(per_stage.items(), key=lambda kv: sum(kv[1]))
+    name = name.replace("|", " ")  # a pipe would split the markdown table's cell
     return (f"{d['total_seconds']:.0f} s in all for {len(d['stages'])} models x {d['samples']} samples "
             f"(largest stage: {name} {min(secs):.0f}-{max(secs):.0f} s per model); {d['violations']} violations")
 

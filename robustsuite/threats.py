@@ -366,6 +366,25 @@ def _needs_grad(*ts: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
+def _solver_rows(v: Tensor, lo: Tensor, hi: Tensor, newton_steps: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The projections' common entry: ``newton_steps`` checked, ``(v, lo, hi)`` as rows (B, n)
+    (:func:`_expand`), or None for an empty ``v``."""
+    if newton_steps < 0:
+        raise InputError(f"newton_steps: expected an integer >= 0, got {newton_steps}")
+    if v.numel() == 0:
+        return None
+    return _expand(v, lo, hi)
+
+
+def _unsettled(done: Tensor) -> Tensor | None:
+    """Indices of the rows Newton left (``done`` (B, 1) False), or None when it settled all: one
+    host sync (the count); the indices come without a second one (``nonzero`` would wait again)."""
+    n_left = done.numel() - int(torch.count_nonzero(done))
+    if not n_left:
+        return None
+    return done.view(-1).to(torch.uint8).argsort(stable=True)[:n_left]   # the unsettled rows first
+
+
 L2_NEWTON_STEPS = 3
 """Newton steps :func:`project_l2_box` takes before the sort (see there)."""
 
@@ -402,12 +421,11 @@ def project_l2_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float, *, newton_step
 
     One host sync per call (how many samples Newton left unsettled), none with ``newton_steps=0``.
     """
-    if newton_steps < 0:
-        raise InputError(f"newton_steps: expected an integer >= 0, got {newton_steps}")
-    if v.numel() == 0:  # no sample, or nothing to move
+    rows = _solver_rows(v, lo, hi, newton_steps)
+    if rows is None:  # no sample, or nothing to move
         return v.clone()
     shape = v.shape
-    vf, lof, hif = _expand(v, lo, hi)
+    vf, lof, hif = rows
     with torch.no_grad():
         c, t, shrink = _project_l2_rows(vf, lof, hif, eps, newton_steps)
     if _needs_grad(v, lo, hi):
@@ -427,10 +445,8 @@ def _project_l2_rows(v: Tensor, lo: Tensor, hi: Tensor, eps: float, newton_steps
     if not newton_steps:
         return _project_l2_box_sorted(v, lo, hi, eps)
     c, t, shrink, done = _l2_newton(v, lo, hi, eps, newton_steps, work)
-    n_left = v.shape[0] - int(torch.count_nonzero(done))                   # the host sync
-    if n_left:
-        # the unsettled rows first, without a second sync (nonzero would wait for the device again)
-        rest = done.view(-1).to(torch.uint8).argsort(stable=True)[:n_left]
+    rest = _unsettled(done)                                                 # the host sync
+    if rest is not None:
         c[rest], t[rest], shrink[rest] = _project_l2_box_sorted(v[rest], lo[rest], hi[rest], eps)
     return c, t, shrink
 
@@ -585,12 +601,11 @@ def project_l1_box(v: Tensor, lo: Tensor, hi: Tensor, eps: float, *, newton_step
 
     One host sync per call (how many rows Newton left), none with ``newton_steps=0``.
     """
-    if newton_steps < 0:
-        raise InputError(f"newton_steps: expected an integer >= 0, got {newton_steps}")
-    if v.numel() == 0:  # no sample, or nothing to move
+    rows = _solver_rows(v, lo, hi, newton_steps)
+    if rows is None:  # no sample, or nothing to move
         return v.clone()
     shape = v.shape
-    vf, lof, hif = _expand(v, lo, hi)
+    vf, lof, hif = rows
     with torch.no_grad():
         d, lam, shrink = _project_l1_rows(vf, lof, hif, eps, newton_steps)
     if _needs_grad(v, lo, hi):
@@ -607,9 +622,8 @@ def _project_l1_rows(v: Tensor, lo: Tensor, hi: Tensor, eps: float, newton_steps
         d, lam = _project_l1_box_sorted(v, lo, hi, eps)
     else:
         d, lam, done = _l1_newton(v, lo, hi, eps, newton_steps)
-        n_left = v.shape[0] - int(torch.count_nonzero(done))               # the host sync
-        if n_left:
-            rest = done.view(-1).to(torch.uint8).argsort(stable=True)[:n_left]  # unsettled rows first
+        rest = _unsettled(done)                                             # the host sync
+        if rest is not None:
             d[rest], lam[rest] = _project_l1_box_sorted(v[rest], lo[rest], hi[rest], eps)
     d, shrink = _into_ball(d, d.abs().sum(1, keepdim=True), eps)
     return d, lam, shrink

@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmarks.model_calls import ModelCalls
 from benchmarks.provenance import provenance
 from robustsuite.attacks import PGD, BoundaryAttack
 from robustsuite.threats import L2Ball, LinfBall
@@ -169,27 +170,15 @@ def bench_pgd(model, x, y, *, k: int, eps: float, repeats: int, norm: str = "lin
 
 # --- (b) boundary attack ------------------------------------------------------------------------------
 
-class _CallSizes(nn.Module):
-    """Records the rows of every call to ``inner`` (the attack's forwarding pattern)."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner, self.sizes = inner, []
-
-    def forward(self, x):
-        self.sizes.append(int(x.shape[0]))
-        return self.inner(x)
-
-
 def bench_boundary(model, x, y, *, max_queries: int, repeats: int) -> dict:
     """(b): ours vs the bare loop that makes the same model calls (same batch sizes, same order),
     recorded from one run of the attack; the bare loop is the least any implementation with this
     forwarding pattern pays (the forward passes and the argmax, nothing else)."""
     B = x.shape[0]
     settings = dict(max_queries=max_queries, seed=0, record_every=10**9)
-    recorder = _CallSizes(model)
-    res = BoundaryAttack(recorder, **settings).run(x, y)
-    sizes = recorder.sizes
+    with ModelCalls(model) as calls:
+        res = BoundaryAttack(model, **settings).run(x, y)
+    sizes = calls.sizes
     queries = int(res.queries.sum())          # labels the attack asked for (all phases)
     rows = sum(sizes)
     # every forwarded row is a counted query, plus run's final success check (B rows)
@@ -235,18 +224,6 @@ def _foolbox():
         return None, f"foolbox not importable ({e}); install it apart and set PYTHONPATH"
 
 
-class _RowCounter(nn.Module):
-    """Counts the rows a model is asked for (foolbox's queries)."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner, self.rows = inner, 0
-
-    def forward(self, x):
-        self.rows += x.shape[0]
-        return self.inner(x)
-
-
 def _median_l2(x, x_adv, success) -> float:
     """Median L2 over all samples, a failure counting as infinitely far."""
     d = (x_adv - x).flatten(1).norm(dim=1)
@@ -259,27 +236,27 @@ def bench_cw(model, x, y, *, steps: int = 1000, search_steps: int = 9) -> dict:
     from robustsuite.attacks import CW
     out: dict = {"batch": int(x.shape[0]), "steps": steps, "search_steps": search_steps, "c": 1e-3, "lr": 1e-2}
     for name, abort in (("no_abort", False), ("abort", True)):
-        counted = _RowCounter(model)
-        atk = CW(counted, steps=steps, search_steps=search_steps, abort_early=abort)
-        wall, cpu = timed(lambda: out.__setitem__("_r", atk.run(x, y)))
+        atk = CW(model, steps=steps, search_steps=search_steps, abort_early=abort)
+        with ModelCalls(model) as counted:
+            wall, cpu = timed(lambda: out.__setitem__("_r", atk.run(x, y)))
         r = out.pop("_r")
         out[name] = {"median_l2": _median_l2(x, r.x_adv, r.success), "success": int(r.success.sum()),
-                     "cpu_s": cpu, "wall_s": wall, "rows_per_sample": counted.rows / x.shape[0],
+                     "cpu_s": cpu, "wall_s": wall, "rows_per_sample": counted.total / x.shape[0],
                      "loop_iterations": r.steps}
     fb, why = _foolbox()
     if fb is None:
         out["foolbox"] = {"skipped": why}
     else:
-        counted = _RowCounter(model)
         atk = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=search_steps, steps=steps, stepsize=1e-2,
                                                confidence=0, initial_const=1e-3, abort_early=True)
-        fmodel = fb.PyTorchModel(counted, bounds=(0, 1))
-        wall, cpu = timed(lambda: out.__setitem__("_a", atk.run(fmodel, x, y)))
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+        with ModelCalls(model) as counted:
+            wall, cpu = timed(lambda: out.__setitem__("_a", atk.run(fmodel, x, y)))
         adv = out.pop("_a")
         with torch.no_grad():
             ok = model(adv).argmax(1) != y
         out["foolbox"] = {"version": fb.__version__, "median_l2": _median_l2(x, adv, ok), "success": int(ok.sum()),
-                          "cpu_s": cpu, "wall_s": wall, "rows_per_sample": counted.rows / x.shape[0]}
+                          "cpu_s": cpu, "wall_s": wall, "rows_per_sample": counted.total / x.shape[0]}
     out["abort_over_no_abort_median_l2"] = out["abort"]["median_l2"] / out["no_abort"]["median_l2"]
     out["goal_l2_within_0.5pct_met"] = abs(out["abort_over_no_abort_median_l2"] - 1) <= 0.005
     out["abort_over_no_abort_cpu"] = out["abort"]["cpu_s"] / out["no_abort"]["cpu_s"]
@@ -293,9 +270,9 @@ def bench_boundary_vs_foolbox(model, x, y, *, max_queries: int = 20000) -> dict:
     """Our boundary attack at ``max_queries`` against foolbox's ``BoundaryAttack`` given the same
     number of model rows per sample (its steps = budget * 10/11, as it labels the spherical
     candidate every 10th step; its start search is not counted by it, but by the wrapper here)."""
-    counted = _RowCounter(model)
-    atk = BoundaryAttack(counted, max_queries=max_queries, seed=0, record_every=10**9)
-    wall, cpu = timed(lambda: setattr(atk, "_res", atk.run(x, y)))
+    atk = BoundaryAttack(model, max_queries=max_queries, seed=0, record_every=10**9)
+    with ModelCalls(model) as counted:
+        wall, cpu = timed(lambda: setattr(atk, "_res", atk.run(x, y)))
     r = atk._res
     walked = r.extras["distance_history"][0] > 0
     out: dict = {"batch": int(x.shape[0]), "max_queries": max_queries,
@@ -303,21 +280,21 @@ def bench_boundary_vs_foolbox(model, x, y, *, max_queries: int = 20000) -> dict:
                           "queries_median": float(r.queries.float().median()),
                           "queries_min_walked": int(r.queries[walked].min()) if bool(walked.any()) else None,
                           "converged": int(r.extras["converged"].sum()), "steps": r.steps,
-                          "rows_per_sample": counted.rows / x.shape[0], "cpu_s": cpu, "wall_s": wall}}
+                          "rows_per_sample": counted.total / x.shape[0], "cpu_s": cpu, "wall_s": wall}}
     fb, why = _foolbox()
     if fb is None:
         out["foolbox"] = {"skipped": why}
         return out
-    counted = _RowCounter(model)
     steps = max(1, round(max_queries * 10 / 11))
     fatk = fb.attacks.BoundaryAttack(steps=steps)
-    fmodel = fb.PyTorchModel(counted, bounds=(0, 1))
-    wall, cpu = timed(lambda: setattr(fatk, "_adv", fatk.run(fmodel, x, fb.criteria.Misclassification(y))))
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    with ModelCalls(model) as counted:
+        wall, cpu = timed(lambda: setattr(fatk, "_adv", fatk.run(fmodel, x, fb.criteria.Misclassification(y))))
     adv = fatk._adv
     with torch.no_grad():
         ok = model(adv).argmax(1) != y
     out["foolbox"] = {"version": fb.__version__, "steps": steps, "median_l2": _median_l2(x, adv, ok),
-                      "success": int(ok.sum()), "rows_per_sample": counted.rows / x.shape[0],
+                      "success": int(ok.sum()), "rows_per_sample": counted.total / x.shape[0],
                       "cpu_s": cpu, "wall_s": wall}
     out["ours_over_foolbox_median_l2"] = out["ours"]["median_l2"] / out["foolbox"]["median_l2"]
     return out

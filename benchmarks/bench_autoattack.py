@@ -55,6 +55,7 @@ from typing import Callable
 import torch
 import yaml
 
+from benchmarks.model_calls import ModelCalls
 from benchmarks.provenance import provenance
 
 log = logging.getLogger("bench_autoattack")
@@ -244,31 +245,6 @@ def per_row_cost(model, x: torch.Tensor, y: torch.Tensor, device, reps: int = 5)
     return out
 
 
-class RowCounter:
-    """Counts the rows the model is called on, split by whether autograd was on (a gradient pass:
-    forward + backward, assuming every such forward is differentiated) or off (a forward only).
-    A forward hook: the same small cost for ours and the reference's, so both are counted alike."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-        self.rows = {"grad": 0, "no_grad": 0}
-        self._handle = None
-
-    def _hook(self, module, inputs, output) -> None:
-        self.rows["grad" if torch.is_grad_enabled() else "no_grad"] += int(inputs[0].shape[0])
-
-    def __enter__(self) -> "RowCounter":
-        self._handle = self.model.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._handle.remove()
-
-    def floor_s(self, cost: dict[str, float], runs: int) -> float:
-        """Estimated CPU seconds of the model alone per run (rows x the measured per-row cost)."""
-        return (self.rows["grad"] * cost["forward_backward"] + self.rows["no_grad"] * cost["forward"]) / runs
-
-
 def components(model, norm: str, eps: float, x, y, robust: torch.Tensor, device, repeats: int,
                cascade: bool = True) -> list[dict]:
     """Each component, ours vs the reference's, on the same samples (those still robust after our
@@ -293,7 +269,7 @@ def components(model, norm: str, eps: float, x, y, robust: torch.Tensor, device,
                 return model(adv).argmax(1) != ys
 
         # with one repeat the first of a pair pays the warm-up for the new batch shape: alternate it
-        counters = {"ours": RowCounter(model), "reference": RowCounter(model)}
+        counters = {"ours": ModelCalls(model), "reference": ModelCalls(model)}
 
         def counted(key, fn):
             def run():

@@ -209,15 +209,6 @@ class BoundaryAttack(Attack):
         blocks, rest = labels.div(per_block, rounding_mode="floor"), labels.remainder(per_block)
         return blocks * self.update_every + rest.clamp_max(self.update_every - 1)
 
-    def _labeler(self):
-        """The label oracle for the walk, as a column (B, 1): :meth:`predict`, or where that is one
-        plain forward pass (``eot == 1``, no ``max_batch`` chunking, ``predict`` not overridden)
-        the same ``model(rows).argmax(1)`` without the per-call wrapping of the voting oracle."""
-        if self.eot == 1 and self.max_batch is None and type(self).predict is BoundaryAttack.predict:
-            model = self.model
-            return lambda rows: model(rows).argmax(1, keepdim=True)
-        return lambda rows: self.predict(rows).unsqueeze(1)
-
     @staticmethod
     def _step_factors(sph: Tensor, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-sample factors (B, 1) of the proposal that change only with the step sizes (at check
@@ -265,7 +256,8 @@ class BoundaryAttack(Attack):
         budget_steps = self._affordable_steps(self.max_queries - queries)
         eps = float(self.threat.eps) if self.threat is not None else None
         fac, conv = self.step_adaptation, self.source_step_convergence
-        label = self._labeler()
+        def label(rows: Tensor) -> Tensor:   # the oracle's labels as a column (b, 1)
+            return self.predict(rows).unsqueeze(1)
         windows = tuple(torch.tensor(v, device=x.device) for v in zip(*self._WINDOWS))
         is_adv_of = torch.eq if self.targeted else torch.ne
         addcmul, vector_norm = torch.addcmul, torch.linalg.vector_norm

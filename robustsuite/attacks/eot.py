@@ -73,6 +73,9 @@ def majority_vote(logits: Tensor) -> Tensor:
 def vote_labels(model: Callable[[Tensor], Tensor], x: Tensor, n: int = 1,
                 max_batch: int | None = None) -> Tensor:
     """Majority-vote labels ``(B,)`` of ``n`` draws of ``model`` on ``x`` (n = 1: the argmax)."""
+    if n == 1 and (max_batch is None or max_batch >= x.shape[0]):
+        with torch.no_grad():  # one plain pass: the label oracle of every step of a decision-based walk
+            return model(x).argmax(1)
     return majority_vote(eot_logits(model, x, n, max_batch))
 
 
